@@ -1,0 +1,630 @@
+//! Session settings with Flask's names and defaults, and Flask's rules for
+//! when a cookie is read, rewritten or deleted (spec section 4).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cookie::{CookieCodec, CookieError};
+use crate::error::{Error, ErrorKind};
+use crate::key::SecretKey;
+use crate::session::{PERMANENT_KEY, Session};
+use crate::value::Value;
+
+/// Flask's default `PERMANENT_SESSION_LIFETIME`: 31 days.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(31 * 24 * 3600);
+/// Flask's default `MAX_COOKIE_SIZE`.
+pub const DEFAULT_MAX_COOKIE_SIZE: usize = 4093;
+
+/// `SESSION_COOKIE_SAMESITE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax`.
+    Lax,
+    /// `SameSite=None` (browsers then require `Secure`).
+    None,
+}
+
+impl SameSite {
+    /// Parses `Strict`, `Lax` or `None` in any case, as Flask title-cases the setting.
+    pub fn parse(text: &str) -> Option<SameSite> {
+        match text.to_ascii_lowercase().as_str() {
+            "strict" => Some(SameSite::Strict),
+            "lax" => Some(SameSite::Lax),
+            "none" => Some(SameSite::None),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// A clock returning Unix seconds; replaceable so tests can freeze time.
+pub type Clock = fn() -> u64;
+
+fn system_clock() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Validated session settings. Cheap to clone (one `Arc`).
+///
+/// Build one with [`Config::builder`] or from environment variables with
+/// [`ConfigBuilder::from_env`]. Every default is Flask's, so an app moving
+/// from Flask behaves the same; the docs of each setter say where a stricter
+/// value is wiser.
+///
+/// ```
+/// use hipflask::{Config, SameSite};
+/// use std::time::Duration;
+///
+/// let config = Config::builder()
+///     .secret_key("change me")
+///     .cookie_samesite(Some(SameSite::Lax))
+///     .permanent_session_lifetime(Duration::from_secs(7 * 24 * 3600))
+///     .build()?;
+/// assert_eq!(config.cookie_name(), "session");
+/// # Ok::<(), hipflask::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Config(Arc<Inner>);
+
+struct Inner {
+    codec: CookieCodec,
+    cookie_name: String,
+    domain: Option<String>,
+    path: String,
+    httponly: bool,
+    secure: bool,
+    samesite: Option<SameSite>,
+    partitioned: bool,
+    lifetime: u64,
+    refresh_each_request: bool,
+    max_cookie_size: usize,
+    strict_cookie_size: bool,
+    clock: Clock,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.0;
+        f.debug_struct("Config")
+            .field("secret_key", &"..")
+            .field("cookie_name", &c.cookie_name)
+            .field("domain", &c.domain)
+            .field("path", &c.path)
+            .field("httponly", &c.httponly)
+            .field("secure", &c.secure)
+            .field("samesite", &c.samesite)
+            .field("partitioned", &c.partitioned)
+            .field("lifetime", &c.lifetime)
+            .field("refresh_each_request", &c.refresh_each_request)
+            .field("max_cookie_size", &c.max_cookie_size)
+            .finish()
+    }
+}
+
+/// Builds a [`Config`]; see each method for Flask's name and default.
+#[derive(Clone, Debug)]
+pub struct ConfigBuilder {
+    secret_key: Option<SecretKey>,
+    fallbacks: Vec<SecretKey>,
+    /// A key that could not be built, reported by `build`.
+    key_error: Option<String>,
+    cookie_name: String,
+    domain: Option<String>,
+    path: Option<String>,
+    application_root: String,
+    httponly: bool,
+    secure: bool,
+    samesite: Option<SameSite>,
+    partitioned: bool,
+    lifetime: Duration,
+    refresh_each_request: bool,
+    max_cookie_size: usize,
+    strict_cookie_size: bool,
+    clock: Clock,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        ConfigBuilder {
+            secret_key: None,
+            fallbacks: Vec::new(),
+            key_error: None,
+            cookie_name: "session".into(),
+            domain: None,
+            path: None,
+            application_root: "/".into(),
+            httponly: true,
+            secure: false,
+            samesite: None,
+            partitioned: false,
+            lifetime: DEFAULT_LIFETIME,
+            refresh_each_request: true,
+            max_cookie_size: DEFAULT_MAX_COOKIE_SIZE,
+            strict_cookie_size: false,
+            clock: system_clock,
+        }
+    }
+}
+
+impl ConfigBuilder {
+    /// `SECRET_KEY` (required): signs every cookie. Text is used as UTF-8
+    /// bytes; raw bytes work too. Use a long random value.
+    pub fn secret_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        match SecretKey::new(key) {
+            Ok(k) => self.secret_key = Some(k),
+            Err(e) => self.key_error = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Whether a secret key has been set.
+    pub fn has_secret_key(&self) -> bool {
+        self.secret_key.is_some()
+    }
+
+    /// `SECRET_KEY_FALLBACKS` (default none): older keys, oldest first, that
+    /// still verify cookies but never sign. Rotate by moving the current key
+    /// here and setting a new `SECRET_KEY`; drop it after one lifetime.
+    pub fn secret_key_fallbacks<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        self.fallbacks.clear();
+        for key in keys {
+            match SecretKey::new(key) {
+                Ok(k) => self.fallbacks.push(k),
+                Err(_) => self.key_error = Some("SECRET_KEY_FALLBACKS holds an empty key".into()),
+            }
+        }
+        self
+    }
+
+    /// `SESSION_COOKIE_NAME` (default `"session"`).
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
+    }
+
+    /// `SESSION_COOKIE_DOMAIN` (default none: the cookie is sent back only to
+    /// the host that set it, which is the safest choice).
+    pub fn cookie_domain(mut self, domain: Option<impl Into<String>>) -> Self {
+        self.domain = domain.map(Into::into);
+        self
+    }
+
+    /// `SESSION_COOKIE_PATH` (default none, meaning `APPLICATION_ROOT`).
+    pub fn cookie_path(mut self, path: Option<impl Into<String>>) -> Self {
+        self.path = path.map(Into::into);
+        self
+    }
+
+    /// `APPLICATION_ROOT` (default `"/"`): the cookie path when
+    /// `SESSION_COOKIE_PATH` is not set.
+    pub fn application_root(mut self, root: impl Into<String>) -> Self {
+        self.application_root = root.into();
+        self
+    }
+
+    /// `SESSION_COOKIE_HTTPONLY` (default `true`): keeps the cookie away from
+    /// page scripts. Leave it on.
+    pub fn cookie_httponly(mut self, on: bool) -> Self {
+        self.httponly = on;
+        self
+    }
+
+    /// `SESSION_COOKIE_SECURE` (default `false`, as in Flask): send the cookie
+    /// over HTTPS only. Turn it on for any site served over HTTPS.
+    pub fn cookie_secure(mut self, on: bool) -> Self {
+        self.secure = on;
+        self
+    }
+
+    /// `SESSION_COOKIE_SAMESITE` (default none, as in Flask). `Lax` is the
+    /// wiser choice for most sites: it blocks most cross-site request forgery.
+    pub fn cookie_samesite(mut self, samesite: Option<SameSite>) -> Self {
+        self.samesite = samesite;
+        self
+    }
+
+    /// `SESSION_COOKIE_PARTITIONED` (default `false`): CHIPS partitioned
+    /// cookie; implies `Secure`.
+    pub fn cookie_partitioned(mut self, on: bool) -> Self {
+        self.partitioned = on;
+        self
+    }
+
+    /// `PERMANENT_SESSION_LIFETIME` (default 31 days): how long a permanent
+    /// cookie lives, and the maximum age of **any** cookie the server accepts.
+    pub fn permanent_session_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// `SESSION_REFRESH_EACH_REQUEST` (default `true`): re-issue permanent
+    /// cookies on every response, giving them a sliding expiry.
+    pub fn refresh_each_request(mut self, on: bool) -> Self {
+        self.refresh_each_request = on;
+        self
+    }
+
+    /// `MAX_COOKIE_SIZE` (default 4093; 0 turns the check off): a Set-Cookie
+    /// header longer than this is logged as Flask warns, since browsers drop it.
+    pub fn max_cookie_size(mut self, size: usize) -> Self {
+        self.max_cookie_size = size;
+        self
+    }
+
+    /// Fail the save with [`ErrorKind::CookieTooLarge`] instead of only
+    /// warning when the cookie exceeds `MAX_COOKIE_SIZE` (default off, as in
+    /// Flask). The middleware then answers 500 rather than letting the browser
+    /// silently drop the session.
+    pub fn strict_cookie_size(mut self, on: bool) -> Self {
+        self.strict_cookie_size = on;
+        self
+    }
+
+    /// The clock (default: the system clock). For tests that freeze time.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Reads Flask's setting names from the environment, on top of the
+    /// defaults. Durations are whole seconds; booleans are
+    /// `true/false/1/0/yes/no/on/off`; `SECRET_KEY_FALLBACKS` is
+    /// comma-separated. A bad value is an error naming the variable. A missing
+    /// `SECRET_KEY` is reported by [`build`](ConfigBuilder::build).
+    pub fn from_env() -> Result<ConfigBuilder, Error> {
+        ConfigBuilder::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](ConfigBuilder::from_env), reading from any lookup.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<ConfigBuilder, Error> {
+        let mut b = ConfigBuilder::default();
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("SECRET_KEY") {
+            b = b.secret_key(v);
+        }
+        if let Some(v) = get("SECRET_KEY_FALLBACKS") {
+            b = b.secret_key_fallbacks(v.split(',').map(str::trim).filter(|s| !s.is_empty()));
+        }
+        if let Some(v) = get("SESSION_COOKIE_NAME") {
+            b = b.cookie_name(v);
+        }
+        b.domain = get("SESSION_COOKIE_DOMAIN");
+        b.path = get("SESSION_COOKIE_PATH");
+        if let Some(v) = get("APPLICATION_ROOT") {
+            b.application_root = v;
+        }
+        if let Some(v) = get("SESSION_COOKIE_HTTPONLY") {
+            b.httponly = parse_bool("SESSION_COOKIE_HTTPONLY", &v)?;
+        }
+        if let Some(v) = get("SESSION_COOKIE_SECURE") {
+            b.secure = parse_bool("SESSION_COOKIE_SECURE", &v)?;
+        }
+        if let Some(v) = get("SESSION_COOKIE_SAMESITE") {
+            b.samesite = Some(SameSite::parse(&v).ok_or_else(|| {
+                Error::config(format!("SESSION_COOKIE_SAMESITE must be Strict, Lax or None, not {v:?}"))
+            })?);
+        }
+        if let Some(v) = get("SESSION_COOKIE_PARTITIONED") {
+            b.partitioned = parse_bool("SESSION_COOKIE_PARTITIONED", &v)?;
+        }
+        if let Some(v) = get("PERMANENT_SESSION_LIFETIME") {
+            b.lifetime = Duration::from_secs(parse_num("PERMANENT_SESSION_LIFETIME", &v)?);
+        }
+        if let Some(v) = get("SESSION_REFRESH_EACH_REQUEST") {
+            b.refresh_each_request = parse_bool("SESSION_REFRESH_EACH_REQUEST", &v)?;
+        }
+        if let Some(v) = get("MAX_COOKIE_SIZE") {
+            b.max_cookie_size = parse_num("MAX_COOKIE_SIZE", &v)? as usize;
+        }
+        Ok(b)
+    }
+
+    /// Validates the settings. Fails with [`ErrorKind::Config`] and a message
+    /// saying what to set when the secret key is missing or empty, or a
+    /// cookie attribute could not be sent as given.
+    pub fn build(self) -> Result<Config, Error> {
+        if let Some(e) = self.key_error {
+            return Err(Error::config(e));
+        }
+        let secret = self.secret_key.ok_or_else(|| {
+            Error::config(
+                "SECRET_KEY is not set: sessions are signed with it. Set it to a long random value, \
+                 e.g. the output of `python -c 'import secrets; print(secrets.token_hex())'`",
+            )
+        })?;
+        if self.cookie_name.is_empty() || !self.cookie_name.bytes().all(is_token_byte) {
+            return Err(Error::config(format!(
+                "SESSION_COOKIE_NAME {:?} is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                self.cookie_name
+            )));
+        }
+        let domain = match &self.domain {
+            None => None,
+            Some(d) => Some(normalize_domain(d)?),
+        };
+        let raw_path = self.path.filter(|p| !p.is_empty()).unwrap_or(self.application_root);
+        let path = quote_path(&raw_path);
+        let lifetime = self.lifetime.as_secs();
+        Ok(Config(Arc::new(Inner {
+            codec: CookieCodec::new(&secret, &self.fallbacks, lifetime),
+            cookie_name: self.cookie_name,
+            domain,
+            path,
+            httponly: self.httponly,
+            secure: self.secure,
+            samesite: self.samesite,
+            partitioned: self.partitioned,
+            lifetime,
+            refresh_each_request: self.refresh_each_request,
+            max_cookie_size: self.max_cookie_size,
+            strict_cookie_size: self.strict_cookie_size,
+            clock: self.clock,
+        })))
+    }
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, Error> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::config(format!("{name} must be true or false, not {v:?}"))),
+    }
+}
+
+fn parse_num(name: &str, v: &str) -> Result<u64, Error> {
+    v.trim()
+        .parse()
+        .map_err(|e| Error::config(format!("{name} must be a whole number of seconds or bytes, not {v:?}")).with_source(e))
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Werkzeug's domain handling: drop a `:port` and leading dots, then IDNA.
+fn normalize_domain(domain: &str) -> Result<String, Error> {
+    let host = domain.rsplit_once(':').map_or(domain, |(h, _)| h).trim_start_matches('.');
+    let mut labels = Vec::new();
+    for label in host.split('.') {
+        let lower = label.to_lowercase();
+        if lower.is_ascii() {
+            labels.push(lower);
+        } else {
+            labels.push(format!("xn--{}", crate::punycode::encode(&lower)));
+        }
+    }
+    let out = labels.join(".");
+    if out.is_empty() || !out.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(Error::config(format!("SESSION_COOKIE_DOMAIN {domain:?} is not a valid domain")));
+    }
+    Ok(out)
+}
+
+/// Werkzeug's path quoting: percent-encode all but a safe set.
+fn quote_path(path: &str) -> String {
+    const SAFE: &[u8] = b"_.-~%!$&'()*+,/:=@";
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        if b.is_ascii_alphanumeric() || SAFE.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a response must carry for the session, decided by Flask's rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SaveOutcome {
+    /// Add `Cookie` to `Vary`.
+    pub vary_cookie: bool,
+    /// A `Set-Cookie` header value to append (a new cookie or a deletion).
+    pub set_cookie: Option<String>,
+    /// Whether `Vary` was earned by an access before the cookie was written
+    /// (Flask then puts `Vary` before `Set-Cookie`; a cosmetic detail).
+    pub vary_first: bool,
+}
+
+impl Config {
+    /// Starts a [`ConfigBuilder`] with Flask's defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The cookie name.
+    pub fn cookie_name(&self) -> &str {
+        &self.0.cookie_name
+    }
+
+    /// `PERMANENT_SESSION_LIFETIME` in seconds.
+    pub fn lifetime_secs(&self) -> u64 {
+        self.0.lifetime
+    }
+
+    /// Whether permanent sessions are re-issued on every response.
+    pub fn refresh_each_request(&self) -> bool {
+        self.0.refresh_each_request
+    }
+
+    /// The codec, for encoding or decoding cookie values directly.
+    pub fn codec(&self) -> &CookieCodec {
+        &self.0.codec
+    }
+
+    /// The current time in Unix seconds, from the configured clock.
+    pub fn now(&self) -> u64 {
+        (self.0.clock)()
+    }
+
+    /// Flask's `open_session`: the session carried by the request's `Cookie`
+    /// header values (the first cookie with the session's name wins). A
+    /// missing or rejected cookie gives a new empty session; a rejection is
+    /// logged as a warning with its reason, never failing the request.
+    pub fn open<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> Session {
+        match crate::header::find_cookie(cookie_headers, self.cookie_name().as_bytes()) {
+            Some(raw) => self.open_value(&raw),
+            None => Session::new(),
+        }
+    }
+
+    /// Like [`open`](Config::open), from the cookie value itself.
+    pub fn open_value(&self, value: &[u8]) -> Session {
+        if value.is_empty() {
+            return Session::new();
+        }
+        let result = match std::str::from_utf8(value) {
+            Ok(text) => self.0.codec.decode(text, self.now()),
+            Err(_) => Err(CookieError::BadSignature),
+        };
+        match result {
+            Ok(data) => Session::from_dict(data),
+            Err(e) => {
+                tracing::warn!(reason = e.reason(), error = %e, "rejected session cookie; starting an empty session");
+                Session::new()
+            }
+        }
+    }
+
+    /// Flask's `save_session`: what the response needs. Fails only with
+    /// [`ErrorKind::CookieTooLarge`] when strict cookie size is on.
+    pub fn save(&self, session: &Session) -> Result<SaveOutcome, Error> {
+        let c = &self.0;
+        session.inspect(|data, modified, accessed| {
+            let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
+            if data.is_empty() {
+                if modified {
+                    out.set_cookie = Some(self.cookie_header("", None, true));
+                    out.vary_cookie = true;
+                }
+                return Ok(out);
+            }
+            let permanent = data.get(PERMANENT_KEY).is_some_and(Value::is_truthy);
+            if !(modified || (permanent && c.refresh_each_request)) {
+                return Ok(out);
+            }
+            let now = self.now();
+            let expires = permanent.then(|| now.saturating_add(c.lifetime) as i64);
+            let value = c.codec.encode(data, now);
+            let header = self.cookie_header(&value, expires, false);
+            self.check_size(&value, &header)?;
+            out.set_cookie = Some(header);
+            out.vary_cookie = true;
+            Ok(out)
+        })
+    }
+
+    fn check_size(&self, value: &str, header: &str) -> Result<(), Error> {
+        let max = self.0.max_cookie_size;
+        if max == 0 || header.len() <= max {
+            return Ok(());
+        }
+        let message = format!(
+            "The '{}' cookie is too large: the value was {} bytes but the header required {} extra bytes. \
+             The final size was {} bytes but the limit is {} bytes. Browsers may silently ignore cookies larger than this.",
+            self.cookie_name(),
+            value.len(),
+            header.len() - value.len(),
+            header.len(),
+            max
+        );
+        if self.0.strict_cookie_size {
+            return Err(Error::new(ErrorKind::CookieTooLarge, message));
+        }
+        tracing::warn!("{message}");
+        Ok(())
+    }
+
+    /// A `Set-Cookie` value with Werkzeug's attribute order.
+    fn cookie_header(&self, value: &str, expires: Option<i64>, delete: bool) -> String {
+        let c = &self.0;
+        let mut h = String::with_capacity(value.len() + 96);
+        h.push_str(&c.cookie_name);
+        h.push('=');
+        h.push_str(value);
+        if let Some(d) = &c.domain {
+            h.push_str("; Domain=");
+            h.push_str(d);
+        }
+        if delete {
+            h.push_str("; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0");
+        } else if let Some(t) = expires {
+            h.push_str("; Expires=");
+            crate::date::write_http_date(&mut h, t);
+        }
+        if c.secure || c.partitioned {
+            h.push_str("; Secure");
+        }
+        if c.httponly {
+            h.push_str("; HttpOnly");
+        }
+        h.push_str("; Path=");
+        h.push_str(&c.path);
+        if let Some(s) = c.samesite {
+            h.push_str("; SameSite=");
+            h.push_str(s.as_str());
+        }
+        if c.partitioned {
+            h.push_str("; Partitioned");
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_loader_reads_flask_names_and_names_bad_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        let b = ConfigBuilder::from_lookup(env(&[
+            ("SECRET_KEY", "s"),
+            ("PERMANENT_SESSION_LIFETIME", "60"),
+            ("SESSION_COOKIE_SAMESITE", "lax"),
+        ]))
+        .unwrap();
+        let c = b.build().unwrap();
+        assert_eq!(c.lifetime_secs(), 60);
+        assert_eq!(c.0.samesite, Some(SameSite::Lax));
+
+        let err = ConfigBuilder::from_lookup(env(&[("SESSION_COOKIE_SECURE", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("SESSION_COOKIE_SECURE"), "{err}");
+        let err = ConfigBuilder::from_lookup(env(&[("PERMANENT_SESSION_LIFETIME", "31d")])).unwrap_err();
+        assert!(err.to_string().contains("PERMANENT_SESSION_LIFETIME"), "{err}");
+        let err = ConfigBuilder::from_lookup(env(&[])).unwrap().build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("SECRET_KEY"), "{err}");
+    }
+
+    #[test]
+    fn empty_secret_fails_at_build() {
+        let err = Config::builder().secret_key("").build().unwrap_err();
+        assert!(err.to_string().contains("SECRET_KEY is empty"), "{err}");
+    }
+
+    #[test]
+    fn bad_cookie_attributes_fail_at_build() {
+        assert!(Config::builder().secret_key("k").cookie_name("a b").build().is_err());
+        assert!(Config::builder().secret_key("k").cookie_domain(Some("a;b")).build().is_err());
+    }
+
+    #[test]
+    fn domain_and_path_follow_werkzeug() {
+        assert_eq!(normalize_domain(".example.com:8080").unwrap(), "example.com");
+        assert_eq!(normalize_domain("bücher.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(quote_path("/a b/ü"), "/a%20b/%C3%BC");
+    }
+}

@@ -1,0 +1,371 @@
+//! The dict-like session of one request.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind};
+use crate::value::{Dict, Value};
+
+/// The key Flask stores permanence under.
+pub const PERMANENT_KEY: &str = "_permanent";
+/// The key Flask stores flashed messages under.
+pub const FLASHES_KEY: &str = "_flashes";
+
+/// The session of one request: Flask's `session`, as a cheap, cloneable handle.
+///
+/// Every clone refers to the same data, so a handle can be moved into tasks
+/// and held across `.await`; each method takes an internal lock only for the
+/// duration of the call.
+///
+/// Change tracking follows Flask exactly: `insert`, `remove` of a present key,
+/// `clear` (always), `set_permanent` and `mark_modified` set
+/// [`is_modified`](Session::is_modified); reading never does. Changing a nested
+/// value in place through [`with_value_mut`](Session::with_value_mut) is not
+/// detected, just as `session["cart"].append(x)` is not in Flask: call
+/// [`mark_modified`](Session::mark_modified) afterwards.
+///
+/// ```
+/// use hipflask::Session;
+///
+/// let session = Session::new();
+/// session.insert("user", "poloyy")?;
+/// session.insert("visits", 3)?;
+/// assert_eq!(session.get::<String>("user").as_deref(), Some("poloyy"));
+/// assert_eq!(session.get::<u32>("missing"), None);
+/// assert!(session.require::<u32>("user").is_err()); // a str, not an int
+/// assert_eq!(session.remove_as::<u32>("visits")?, Some(3));
+/// assert!(session.is_modified());
+/// # Ok::<(), hipflask::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Session(Arc<Mutex<Inner>>);
+
+struct Inner {
+    data: Dict,
+    modified: bool,
+    accessed: bool,
+    new: bool,
+    /// Messages taken out of `_flashes` by the first `get_flashed_messages`
+    /// call, kept for later calls in the same request as Flask does.
+    flashes: Option<Vec<Flash>>,
+}
+
+/// One flashed message with its category.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Flash {
+    /// The category (`"message"` unless another was given).
+    pub category: String,
+    /// The message: usually a string, but any value Flask can flash.
+    pub message: Value,
+}
+
+impl Flash {
+    /// The message as text (also for `Markup`); `None` for other values.
+    pub fn text(&self) -> Option<&str> {
+        self.message.as_str()
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}
+
+impl fmt::Debug for Session {
+    /// Shows the state and the keys, never the values: sessions hold secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.raw();
+        f.debug_struct("Session")
+            .field("keys", &inner.data.keys().collect::<Vec<_>>())
+            .field("modified", &inner.modified)
+            .field("accessed", &inner.accessed)
+            .field("new", &inner.new)
+            .finish()
+    }
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new() -> Session {
+        Session::with_state(Dict::new(), true)
+    }
+
+    /// A session loaded from stored data (not new, not modified).
+    pub fn from_dict(data: Dict) -> Session {
+        Session::with_state(data, false)
+    }
+
+    fn with_state(data: Dict, new: bool) -> Session {
+        Session(Arc::new(Mutex::new(Inner { data, modified: false, accessed: false, new, flashes: None })))
+    }
+
+    /// The lock without marking access: for the middleware's own reads.
+    fn raw(&self) -> MutexGuard<'_, Inner> {
+        // A panic in another holder cannot leave the map half-updated (every
+        // change is a single map operation), so a poisoned lock is still sound.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lock, marking the session accessed as any use of Flask's proxy does.
+    fn touch(&self) -> MutexGuard<'_, Inner> {
+        let mut inner = self.raw();
+        inner.accessed = true;
+        inner
+    }
+
+    /// Stores `value` under `key` (`session[key] = value`). Marks the session
+    /// modified even when the value is unchanged, as Flask does.
+    ///
+    /// Fails only when `value` cannot be represented (e.g. a map whose keys
+    /// are not strings, integers or bools); the session is then unchanged.
+    pub fn insert<T: Serialize>(&self, key: impl Into<String>, value: T) -> Result<(), Error> {
+        let value = crate::to_value(&value)?;
+        self.insert_value(key, value);
+        Ok(())
+    }
+
+    /// Stores a [`Value`] under `key`; infallible.
+    pub fn insert_value(&self, key: impl Into<String>, value: Value) {
+        let mut inner = self.touch();
+        inner.data.insert(key.into(), value);
+        inner.modified = true;
+    }
+
+    /// The value under `key` as `T` (`session.get(key)`): `None` when the key
+    /// is missing or holds another type. Use [`require`](Session::require) to
+    /// tell those apart.
+    pub fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Option<T> {
+        self.require(key).ok()
+    }
+
+    /// The value under `key` as `T` (`session[key]`), failing with
+    /// [`ErrorKind::MissingKey`] or [`ErrorKind::Decode`].
+    pub fn require<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<T, Error> {
+        let inner = self.touch();
+        let value = inner.data.get(key).ok_or_else(|| {
+            Error::new(ErrorKind::MissingKey, format!("the session has no key {key:?}"))
+        })?;
+        convert(key, value)
+    }
+
+    /// A copy of the raw value under `key`.
+    pub fn get_value(&self, key: &str) -> Option<Value> {
+        self.touch().data.get(key).cloned()
+    }
+
+    /// Runs `f` on the value under `key` in place and returns its result.
+    ///
+    /// Like mutating a nested object in Flask, this does **not** mark the
+    /// session modified: call [`mark_modified`](Session::mark_modified) when
+    /// the change must be saved.
+    pub fn with_value_mut<R>(&self, key: &str, f: impl FnOnce(&mut Value) -> R) -> Option<R> {
+        self.touch().data.get_mut(key).map(f)
+    }
+
+    /// `session.setdefault(key, default)`: the value under `key`, inserting
+    /// `default` first when the key is missing (which marks the session modified).
+    pub fn setdefault(&self, key: &str, default: impl Into<Value>) -> Value {
+        let mut inner = self.touch();
+        if let Some(v) = inner.data.get(key) {
+            return v.clone();
+        }
+        let v = default.into();
+        inner.data.insert(key.to_owned(), v.clone());
+        inner.modified = true;
+        v
+    }
+
+    /// Removes `key` and returns its value (`session.pop(key, None)`). Marks
+    /// the session modified only when the key was present.
+    pub fn remove(&self, key: &str) -> Option<Value> {
+        let mut inner = self.touch();
+        let v = inner.data.remove(key);
+        if v.is_some() {
+            inner.modified = true;
+        }
+        v
+    }
+
+    /// Removes `key` and returns its value as `T`. When the value is not a
+    /// `T`, it stays in the session and the error says so; no data is lost.
+    pub fn remove_as<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>, Error> {
+        let mut inner = self.touch();
+        let Some(value) = inner.data.get(key) else {
+            return Ok(None);
+        };
+        let typed = convert(key, value)?;
+        inner.data.remove(key);
+        inner.modified = true;
+        Ok(Some(typed))
+    }
+
+    /// Whether `key` is in the session (`key in session`).
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.touch().data.contains_key(key)
+    }
+
+    /// The keys, in sorted order.
+    pub fn keys(&self) -> Vec<String> {
+        self.touch().data.keys().cloned().collect()
+    }
+
+    /// A snapshot of every entry, in key order.
+    pub fn iter(&self) -> std::collections::btree_map::IntoIter<String, Value> {
+        self.to_dict().into_iter()
+    }
+
+    /// A copy of the whole session.
+    pub fn to_dict(&self) -> Dict {
+        self.touch().data.clone()
+    }
+
+    /// The number of keys (`_permanent` and `_flashes` included, as in Flask).
+    pub fn len(&self) -> usize {
+        self.touch().data.len()
+    }
+
+    /// Whether the session has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.touch().data.is_empty()
+    }
+
+    /// Removes everything. Always marks the session modified, so the
+    /// response deletes the cookie even when the session was already empty.
+    pub fn clear(&self) {
+        let mut inner = self.touch();
+        inner.data.clear();
+        inner.modified = true;
+    }
+
+    /// Whether the session outlives the browser session (`session.permanent`):
+    /// the truthiness of the `_permanent` key.
+    pub fn permanent(&self) -> bool {
+        self.touch().data.get(PERMANENT_KEY).is_some_and(Value::is_truthy)
+    }
+
+    /// Sets `session.permanent`. Like Flask, `false` stores `"_permanent": false`
+    /// rather than removing the key.
+    pub fn set_permanent(&self, permanent: bool) {
+        self.insert_value(PERMANENT_KEY, Value::Bool(permanent));
+    }
+
+    /// Whether no valid session came with the request. (Flask's cookie
+    /// sessions always say `False`; this follows Flask-Session's meaning.)
+    pub fn is_new(&self) -> bool {
+        self.raw().new
+    }
+
+    /// Whether the session will be written back.
+    pub fn is_modified(&self) -> bool {
+        self.raw().modified
+    }
+
+    /// Whether the handler used the session at all (drives `Vary: Cookie`).
+    pub fn is_accessed(&self) -> bool {
+        self.raw().accessed
+    }
+
+    /// `session.modified = True`: save the session even though no key was
+    /// assigned, e.g. after changing a nested value in place.
+    pub fn mark_modified(&self) {
+        self.touch().modified = true;
+    }
+
+    /// Flask's `flash(message, category)`: appends `(category, message)` to
+    /// `_flashes`, shown by the next `get_flashed_messages`.
+    ///
+    /// ```
+    /// let session = hipflask::Session::new();
+    /// session.flash("Logged in", "message");
+    /// session.flash("Bad thing", "error");
+    /// let errors = session.get_flashed_messages(&["error"]);
+    /// assert_eq!(errors[0].text(), Some("Bad thing"));
+    /// assert!(!session.contains_key("_flashes")); // all were consumed
+    /// ```
+    pub fn flash(&self, message: impl Into<Value>, category: &str) {
+        let entry = Value::Tuple(vec![Value::Str(category.to_owned()), message.into()]);
+        let mut inner = self.touch();
+        match inner.data.get_mut(FLASHES_KEY) {
+            Some(Value::List(list)) => list.push(entry),
+            _ => {
+                inner.data.insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
+            }
+        }
+        inner.modified = true;
+    }
+
+    /// Flask's `get_flashed_messages(category_filter=...)`: the flashed
+    /// messages whose category is in `categories` (all when it is empty).
+    ///
+    /// The first call in a request removes **all** messages from the session,
+    /// whatever the filter, and later calls in the same request see the same
+    /// list, exactly as Flask behaves.
+    pub fn get_flashed_messages(&self, categories: &[&str]) -> Vec<Flash> {
+        let mut inner = self.touch();
+        if inner.flashes.is_none() {
+            let taken = inner.data.remove(FLASHES_KEY);
+            if taken.is_some() {
+                inner.modified = true;
+            }
+            inner.flashes = Some(taken.as_ref().map(parse_flashes).unwrap_or_default());
+        }
+        let all = inner.flashes.as_deref().unwrap_or_default();
+        all.iter()
+            .filter(|f| categories.is_empty() || categories.contains(&f.category.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Runs `f` over the data and flags without copying, for the middleware.
+    pub(crate) fn inspect<R>(&self, f: impl FnOnce(&Dict, bool, bool) -> R) -> R {
+        let inner = self.raw();
+        f(&inner.data, inner.modified, inner.accessed)
+    }
+}
+
+fn parse_flashes(value: &Value) -> Vec<Flash> {
+    let Some(items) = value.as_list() else {
+        tracing::warn!("ignoring `_flashes` that is not a list");
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item.as_list() {
+            // Tuples from cookies, two-item lists from Flask-Session's msgpack.
+            Some([Value::Str(category), message]) => {
+                Some(Flash { category: category.clone(), message: message.clone() })
+            }
+            _ => {
+                tracing::warn!("ignoring a malformed entry in `_flashes`");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Reads a value as `T`, with a shortcut that makes `T = Value` exact.
+fn convert<T: DeserializeOwned + 'static>(key: &str, value: &Value) -> Result<T, Error> {
+    if let Some(v) = (value as &dyn Any).downcast_ref::<T>() {
+        // T is Value itself: hand over a copy, with no serde round trip.
+        return Ok(clone_any(v));
+    }
+    crate::from_value(value).map_err(|e| {
+        Error::new(
+            ErrorKind::Decode,
+            format!("session key {key:?} holds a {} that cannot be read as {}: {e}", value.type_name(), std::any::type_name::<T>()),
+        )
+    })
+}
+
+fn clone_any<T: 'static>(v: &T) -> T {
+    // Only reached when T is Value (checked by the caller's downcast).
+    let any: &dyn Any = v;
+    let value: &Value = any.downcast_ref().expect("T is Value");
+    let boxed: Box<dyn Any> = Box::new(value.clone());
+    *boxed.downcast::<T>().expect("T is Value")
+}
