@@ -51,7 +51,9 @@ impl SameSite {
 pub type Clock = fn() -> u64;
 
 fn system_clock() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Validated session settings. Cheap to clone (one `Arc`).
@@ -175,7 +177,10 @@ impl ConfigBuilder {
     /// `SECRET_KEY_FALLBACKS` (default none): older keys, oldest first, that
     /// still verify cookies but never sign. Rotate by moving the current key
     /// here and setting a new `SECRET_KEY`; drop it after one lifetime.
-    pub fn secret_key_fallbacks<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+    pub fn secret_key_fallbacks<K: AsRef<[u8]>>(
+        mut self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Self {
         self.fallbacks.clear();
         for key in keys {
             match SecretKey::new(key) {
@@ -311,7 +316,9 @@ impl ConfigBuilder {
         }
         if let Some(v) = get("SESSION_COOKIE_SAMESITE") {
             b.samesite = Some(SameSite::parse(&v).ok_or_else(|| {
-                Error::config(format!("SESSION_COOKIE_SAMESITE must be Strict, Lax or None, not {v:?}"))
+                Error::config(format!(
+                    "SESSION_COOKIE_SAMESITE must be Strict, Lax or None, not {v:?}"
+                ))
             })?);
         }
         if let Some(v) = get("SESSION_COOKIE_PARTITIONED") {
@@ -352,7 +359,10 @@ impl ConfigBuilder {
             None => None,
             Some(d) => Some(normalize_domain(d)?),
         };
-        let raw_path = self.path.filter(|p| !p.is_empty()).unwrap_or(self.application_root);
+        let raw_path = self
+            .path
+            .filter(|p| !p.is_empty())
+            .unwrap_or(self.application_root);
         let path = quote_path(&raw_path);
         let lifetime = self.lifetime.as_secs();
         Ok(Config(Arc::new(Inner {
@@ -377,14 +387,19 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, Error> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::config(format!("{name} must be true or false, not {v:?}"))),
+        _ => Err(Error::config(format!(
+            "{name} must be true or false, not {v:?}"
+        ))),
     }
 }
 
 fn parse_num(name: &str, v: &str) -> Result<u64, Error> {
-    v.trim()
-        .parse()
-        .map_err(|e| Error::config(format!("{name} must be a whole number of seconds or bytes, not {v:?}")).with_source(e))
+    v.trim().parse().map_err(|e| {
+        Error::config(format!(
+            "{name} must be a whole number of seconds or bytes, not {v:?}"
+        ))
+        .with_source(e)
+    })
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -393,7 +408,10 @@ fn is_token_byte(b: u8) -> bool {
 
 /// Werkzeug's domain handling: drop a `:port` and leading dots, then IDNA.
 fn normalize_domain(domain: &str) -> Result<String, Error> {
-    let host = domain.rsplit_once(':').map_or(domain, |(h, _)| h).trim_start_matches('.');
+    let host = domain
+        .rsplit_once(':')
+        .map_or(domain, |(h, _)| h)
+        .trim_start_matches('.');
     let mut labels = Vec::new();
     for label in host.split('.') {
         let lower = label.to_lowercase();
@@ -404,8 +422,14 @@ fn normalize_domain(domain: &str) -> Result<String, Error> {
         }
     }
     let out = labels.join(".");
-    if out.is_empty() || !out.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(Error::config(format!("SESSION_COOKIE_DOMAIN {domain:?} is not a valid domain")));
+    if out.is_empty()
+        || !out
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(Error::config(format!(
+            "SESSION_COOKIE_DOMAIN {domain:?} is not a valid domain"
+        )));
     }
     Ok(out)
 }
@@ -501,7 +525,11 @@ impl Config {
     pub fn save(&self, session: &Session) -> Result<SaveOutcome, Error> {
         let c = &self.0;
         session.inspect(|data, modified, accessed| {
-            let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
+            let mut out = SaveOutcome {
+                vary_cookie: accessed,
+                vary_first: accessed,
+                set_cookie: None,
+            };
             if data.is_empty() {
                 if modified {
                     out.set_cookie = Some(self.cookie_header("", None, true));
@@ -588,7 +616,12 @@ mod tests {
     #[test]
     fn env_loader_reads_flask_names_and_names_bad_variables() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
         };
         let b = ConfigBuilder::from_lookup(env(&[
             ("SECRET_KEY", "s"),
@@ -600,11 +633,19 @@ mod tests {
         assert_eq!(c.lifetime_secs(), 60);
         assert_eq!(c.0.samesite, Some(SameSite::Lax));
 
-        let err = ConfigBuilder::from_lookup(env(&[("SESSION_COOKIE_SECURE", "maybe")])).unwrap_err();
+        let err =
+            ConfigBuilder::from_lookup(env(&[("SESSION_COOKIE_SECURE", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("SESSION_COOKIE_SECURE"), "{err}");
-        let err = ConfigBuilder::from_lookup(env(&[("PERMANENT_SESSION_LIFETIME", "31d")])).unwrap_err();
-        assert!(err.to_string().contains("PERMANENT_SESSION_LIFETIME"), "{err}");
-        let err = ConfigBuilder::from_lookup(env(&[])).unwrap().build().unwrap_err();
+        let err =
+            ConfigBuilder::from_lookup(env(&[("PERMANENT_SESSION_LIFETIME", "31d")])).unwrap_err();
+        assert!(
+            err.to_string().contains("PERMANENT_SESSION_LIFETIME"),
+            "{err}"
+        );
+        let err = ConfigBuilder::from_lookup(env(&[]))
+            .unwrap()
+            .build()
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().contains("SECRET_KEY"), "{err}");
     }
@@ -617,14 +658,32 @@ mod tests {
 
     #[test]
     fn bad_cookie_attributes_fail_at_build() {
-        assert!(Config::builder().secret_key("k").cookie_name("a b").build().is_err());
-        assert!(Config::builder().secret_key("k").cookie_domain(Some("a;b")).build().is_err());
+        assert!(
+            Config::builder()
+                .secret_key("k")
+                .cookie_name("a b")
+                .build()
+                .is_err()
+        );
+        assert!(
+            Config::builder()
+                .secret_key("k")
+                .cookie_domain(Some("a;b"))
+                .build()
+                .is_err()
+        );
     }
 
     #[test]
     fn domain_and_path_follow_werkzeug() {
-        assert_eq!(normalize_domain(".example.com:8080").unwrap(), "example.com");
-        assert_eq!(normalize_domain("bücher.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(
+            normalize_domain(".example.com:8080").unwrap(),
+            "example.com"
+        );
+        assert_eq!(
+            normalize_domain("bücher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
         assert_eq!(quote_path("/a b/ü"), "/a%20b/%C3%BC");
     }
 }

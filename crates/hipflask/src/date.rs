@@ -226,14 +226,24 @@ mod tests {
     fn http_date_matches_werkzeug_examples() {
         assert_eq!(http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
         assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(from_civil(999, 12, 31, 0, 0, 1).unwrap()), "Tue, 31 Dec 0999 00:00:01 GMT");
+        assert_eq!(
+            http_date(from_civil(999, 12, 31, 0, 0, 1).unwrap()),
+            "Tue, 31 Dec 0999 00:00:01 GMT"
+        );
         assert_eq!(http_date(MIN_UNIX), "Mon, 01 Jan 0001 00:00:00 GMT");
         assert_eq!(http_date(MAX_UNIX), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]
     fn rfc2822_round_trips_http_dates() {
-        for t in [0, 1_700_000_000, MIN_UNIX, MAX_UNIX, from_civil(999, 12, 31, 0, 0, 1).unwrap(), 951_782_400] {
+        for t in [
+            0,
+            1_700_000_000,
+            MIN_UNIX,
+            MAX_UNIX,
+            from_civil(999, 12, 31, 0, 0, 1).unwrap(),
+            951_782_400,
+        ] {
             assert_eq!(parse_rfc2822(&http_date(t)), Some(t), "{t}");
         }
     }
@@ -245,7 +255,12 @@ mod tests {
             parse_rfc2822("Fri, 01 Mar 2024 04:30:00 GMT")
         );
         assert_eq!(parse_rfc2822("01 Mar 2024 04:30 GMT"), Some(1_709_267_400));
-        for bad in ["garbage", "", "Tue, 31 Feb 2024 00:00:00 GMT", "1 Foo 2024 00:00:00"] {
+        for bad in [
+            "garbage",
+            "",
+            "Tue, 31 Feb 2024 00:00:00 GMT",
+            "1 Foo 2024 00:00:00",
+        ] {
             assert_eq!(parse_rfc2822(bad), None, "{bad}");
         }
     }

@@ -84,7 +84,9 @@ mod ser;
 mod session;
 mod value;
 
-pub use config::{Clock, Config, ConfigBuilder, DEFAULT_LIFETIME, DEFAULT_MAX_COOKIE_SIZE, SameSite, SaveOutcome};
+pub use config::{
+    Clock, Config, ConfigBuilder, DEFAULT_LIFETIME, DEFAULT_MAX_COOKIE_SIZE, SameSite, SaveOutcome,
+};
 pub use cookie::{COOKIE_SALT, CookieCodec, CookieError, MAX_COOKIE_VALUE_LEN, MAX_INFLATED_LEN};
 pub use de::from_value;
 pub use error::{Error, ErrorKind};
@@ -104,7 +106,10 @@ pub use value::{BigInt, DateTime, Dict, Value};
 pub fn parse_tagged_json(text: &str) -> Result<Dict, Error> {
     match json::parse_session(text.as_bytes()) {
         Ok(d) => Ok(d.unwrap_or_default()),
-        Err(e) => Err(Error::new(ErrorKind::Decode, format!("{} at byte {}", e.message, e.offset))),
+        Err(e) => Err(Error::new(
+            ErrorKind::Decode,
+            format!("{} at byte {}", e.message, e.offset),
+        )),
     }
 }
 

@@ -21,7 +21,11 @@ fn adapt(mut delta: u32, num_points: u32, first_time: bool) -> u32 {
 
 fn digit(d: u32) -> char {
     // 0..=25 -> a..=z, 26..=35 -> 0..=9
-    let b = if d < 26 { b'a' + d as u8 } else { b'0' + (d - 26) as u8 };
+    let b = if d < 26 {
+        b'a' + d as u8
+    } else {
+        b'0' + (d - 26) as u8
+    };
     b as char
 }
 
@@ -46,7 +50,13 @@ pub(crate) fn encode(label: &str) -> String {
                 let mut q = delta;
                 let mut k = BASE;
                 loop {
-                    let t = if k <= bias { T_MIN } else if k >= bias + T_MAX { T_MAX } else { k - bias };
+                    let t = if k <= bias {
+                        T_MIN
+                    } else if k >= bias + T_MAX {
+                        T_MAX
+                    } else {
+                        k - bias
+                    };
                     if q < t {
                         break;
                     }

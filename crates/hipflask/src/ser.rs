@@ -39,7 +39,11 @@ struct TaggedForm<'a>(&'a Value);
 impl Serialize for TaggedForm<'_> {
     fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use ser::{SerializeMap as _, SerializeSeq as _};
-        fn tag<S: ser::Serializer, V: Serialize + ?Sized>(s: S, name: &str, v: &V) -> Result<S::Ok, S::Error> {
+        fn tag<S: ser::Serializer, V: Serialize + ?Sized>(
+            s: S,
+            name: &str,
+            v: &V,
+        ) -> Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(Some(1))?;
             m.serialize_entry(name, v)?;
             m.end()
@@ -84,7 +88,11 @@ impl Serialize for TaggedForm<'_> {
             }
             Value::Bytes(b) => {
                 use base64::Engine as _;
-                tag(s, " b", &base64::engine::general_purpose::STANDARD.encode(b))
+                tag(
+                    s,
+                    " b",
+                    &base64::engine::general_purpose::STANDARD.encode(b),
+                )
             }
             Value::Markup(m) => tag(s, " m", m),
             Value::Uuid(u) => tag(s, " u", &u.simple().to_string()),
@@ -171,12 +179,25 @@ impl ser::Serializer for ValueSerializer {
     fn serialize_unit_struct(self, _: &'static str) -> Result<Value, Error> {
         Ok(Value::Null)
     }
-    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, Error> {
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<Value, Error> {
         Ok(Value::Str(variant.to_owned()))
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, name: &'static str, v: &T) -> Result<Value, Error> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<Value, Error> {
         let value = v.serialize(ValueSerializer)?;
-        if name == TAGGED { crate::de::untag_tree(value) } else { Ok(value) }
+        if name == TAGGED {
+            crate::de::untag_tree(value)
+        } else {
+            Ok(value)
+        }
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
@@ -190,13 +211,22 @@ impl ser::Serializer for ValueSerializer {
         Ok(Value::Dict(d))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<SeqBuilder, Error> {
-        Ok(SeqBuilder { items: Vec::with_capacity(len.unwrap_or(0)), tuple: false })
+        Ok(SeqBuilder {
+            items: Vec::with_capacity(len.unwrap_or(0)),
+            tuple: false,
+        })
     }
     fn serialize_tuple(self, len: usize) -> Result<SeqBuilder, Error> {
-        Ok(SeqBuilder { items: Vec::with_capacity(len), tuple: true })
+        Ok(SeqBuilder {
+            items: Vec::with_capacity(len),
+            tuple: true,
+        })
     }
     fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<SeqBuilder, Error> {
-        Ok(SeqBuilder { items: Vec::with_capacity(len), tuple: false })
+        Ok(SeqBuilder {
+            items: Vec::with_capacity(len),
+            tuple: false,
+        })
     }
     fn serialize_tuple_variant(
         self,
@@ -205,10 +235,16 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         len: usize,
     ) -> Result<VariantBuilder<SeqBuilder>, Error> {
-        Ok(VariantBuilder { variant, inner: self.serialize_tuple_struct("", len)? })
+        Ok(VariantBuilder {
+            variant,
+            inner: self.serialize_tuple_struct("", len)?,
+        })
     }
     fn serialize_map(self, _: Option<usize>) -> Result<MapBuilder, Error> {
-        Ok(MapBuilder { dict: Dict::new(), key: None })
+        Ok(MapBuilder {
+            dict: Dict::new(),
+            key: None,
+        })
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<MapBuilder, Error> {
         self.serialize_map(None)
@@ -220,7 +256,10 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         _: usize,
     ) -> Result<VariantBuilder<MapBuilder>, Error> {
-        Ok(VariantBuilder { variant, inner: self.serialize_map(None)? })
+        Ok(VariantBuilder {
+            variant,
+            inner: self.serialize_map(None)?,
+        })
     }
 }
 
@@ -235,7 +274,11 @@ impl SeqBuilder {
         Ok(())
     }
     fn finish(self) -> Value {
-        if self.tuple { Value::Tuple(self.items) } else { Value::List(self.items) }
+        if self.tuple {
+            Value::Tuple(self.items)
+        } else {
+            Value::List(self.items)
+        }
     }
 }
 
@@ -304,8 +347,13 @@ impl ser::SerializeMap for MapBuilder {
 impl ser::SerializeStruct for MapBuilder {
     type Ok = Value;
     type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), Error> {
-        self.dict.insert(key.to_owned(), v.serialize(ValueSerializer)?);
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), Error> {
+        self.dict
+            .insert(key.to_owned(), v.serialize(ValueSerializer)?);
         Ok(())
     }
     fn end(self) -> Result<Value, Error> {
@@ -341,7 +389,11 @@ impl ser::SerializeTupleVariant for VariantBuilder<SeqBuilder> {
 impl ser::SerializeStructVariant for VariantBuilder<MapBuilder> {
     type Ok = Value;
     type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), Error> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), Error> {
         ser::SerializeStruct::serialize_field(&mut self.inner, key, v)
     }
     fn end(self) -> Result<Value, Error> {

@@ -101,7 +101,13 @@ impl Session {
     }
 
     fn with_state(data: Dict, new: bool) -> Session {
-        Session(Arc::new(Mutex::new(Inner { data, modified: false, accessed: false, new, flashes: None })))
+        Session(Arc::new(Mutex::new(Inner {
+            data,
+            modified: false,
+            accessed: false,
+            new,
+            flashes: None,
+        })))
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -148,7 +154,10 @@ impl Session {
     pub fn require<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<T, Error> {
         let inner = self.touch();
         let value = inner.data.get(key).ok_or_else(|| {
-            Error::new(ErrorKind::MissingKey, format!("the session has no key {key:?}"))
+            Error::new(
+                ErrorKind::MissingKey,
+                format!("the session has no key {key:?}"),
+            )
         })?;
         convert(key, value)
     }
@@ -245,7 +254,10 @@ impl Session {
     /// Whether the session outlives the browser session (`session.permanent`):
     /// the truthiness of the `_permanent` key.
     pub fn permanent(&self) -> bool {
-        self.touch().data.get(PERMANENT_KEY).is_some_and(Value::is_truthy)
+        self.touch()
+            .data
+            .get(PERMANENT_KEY)
+            .is_some_and(Value::is_truthy)
     }
 
     /// Sets `session.permanent`. Like Flask, `false` stores `"_permanent": false`
@@ -293,7 +305,9 @@ impl Session {
         match inner.data.get_mut(FLASHES_KEY) {
             Some(Value::List(list)) => list.push(entry),
             _ => {
-                inner.data.insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
+                inner
+                    .data
+                    .insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
             }
         }
         inner.modified = true;
@@ -337,9 +351,10 @@ fn parse_flashes(value: &Value) -> Vec<Flash> {
         .iter()
         .filter_map(|item| match item.as_list() {
             // Tuples from cookies, two-item lists from Flask-Session's msgpack.
-            Some([Value::Str(category), message]) => {
-                Some(Flash { category: category.clone(), message: message.clone() })
-            }
+            Some([Value::Str(category), message]) => Some(Flash {
+                category: category.clone(),
+                message: message.clone(),
+            }),
             _ => {
                 tracing::warn!("ignoring a malformed entry in `_flashes`");
                 None
@@ -357,7 +372,11 @@ fn convert<T: DeserializeOwned + 'static>(key: &str, value: &Value) -> Result<T,
     crate::from_value(value).map_err(|e| {
         Error::new(
             ErrorKind::Decode,
-            format!("session key {key:?} holds a {} that cannot be read as {}: {e}", value.type_name(), std::any::type_name::<T>()),
+            format!(
+                "session key {key:?} holds a {} that cannot be read as {}: {e}",
+                value.type_name(),
+                std::any::type_name::<T>()
+            ),
         )
     })
 }

@@ -122,7 +122,8 @@ impl DateTime {
     /// As a `time::OffsetDateTime` in UTC.
     pub fn to_offset_date_time(self) -> time::OffsetDateTime {
         // The range check in every constructor keeps this within `time`'s range.
-        time::OffsetDateTime::from_unix_timestamp(self.0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        time::OffsetDateTime::from_unix_timestamp(self.0)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 
     /// Parses an RFC 2822 date as Werkzeug's `parse_date` does.
