@@ -47,6 +47,11 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 #[cfg(feature = "axum")]
 mod extract;
+
+// The README's examples are compiled as doctests so they cannot rot.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 #[cfg(feature = "axum")]
 pub use extract::{Session, SessionMissing};
 
