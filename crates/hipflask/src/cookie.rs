@@ -264,9 +264,10 @@ fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(limit);
     DEFLATE.with(|cell| {
         let mut z = cell.borrow_mut();
-        z.reset();
         let status = z.compress_vec(data, &mut out, FlushCompress::Finish);
         let finished = matches!(status, Ok(Status::StreamEnd)) && z.total_in() == data.len() as u64;
+        // Reset once, after use, so the state is fresh for the next call: a
+        // reset clears a 64 KiB hash table, the main cost of a small encode.
         z.reset();
         finished.then_some(out)
     })
