@@ -39,7 +39,7 @@ enum CookieCommand {
         /// Signing time in Unix seconds (default: now).
         #[arg(long)]
         timestamp: Option<u64>,
-        /// The session as Flask's tagged JSON, e.g. '{"cart":{" t":[1,2]},"user":"Tom"}'.
+        /// The session as Flask's tagged JSON, e.g. `{"cart":{" t":[1,2]},"user":"Tom"}`.
         json: String,
     },
     /// Verify a cookie and print its session as Flask's tagged JSON.

@@ -169,6 +169,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// A random secret key from the operating system, for development: every
+    /// session becomes invalid when the process restarts.
+    pub fn random_secret_key(mut self) -> Self {
+        self.secret_key = Some(SecretKey::generate());
+        self
+    }
+
     /// Whether a secret key has been set.
     pub fn has_secret_key(&self) -> bool {
         self.secret_key.is_some()

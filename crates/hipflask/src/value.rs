@@ -240,7 +240,7 @@ impl Value {
     }
 
     /// The dict, mutably (for changing a nested value in place; see
-    /// [`Session::modify`](crate::Session::modify)).
+    /// [`Session::with_value_mut`](crate::Session::with_value_mut)).
     pub fn as_dict_mut(&mut self) -> Option<&mut Dict> {
         match self {
             Value::Dict(d) => Some(d),
