@@ -1,0 +1,551 @@
+//! The hipflask demo: every example of the Flask session tutorials the
+//! project started from, as one app. [`app`] builds the router, so tests
+//! drive it in-process without a socket.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post, put};
+use hipflask::Value;
+use hipflask_tower::{Session, SessionLayer};
+use minijinja::Environment;
+use minijinja::value::{Enumerator, Kwargs, Object, Value as JValue, from_args};
+use serde::Deserialize;
+
+/// Largest JSON body the API accepts; session values must fit in a cookie anyway.
+const MAX_API_BODY: usize = 64 * 1024;
+
+/// The demo's settings.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// Session settings (Flask's names).
+    pub session: hipflask::Config,
+}
+
+impl DemoConfig {
+    /// Reads the settings from the environment: Flask's names plus
+    /// `SESSION_TYPE`. Without `SECRET_KEY` a random key is generated and a
+    /// warning is returned. Errors are one line naming the variable.
+    pub fn from_env() -> Result<(DemoConfig, Vec<String>), String> {
+        DemoConfig::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](DemoConfig::from_env) from any lookup (for tests).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(DemoConfig, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        let session_type = lookup("SESSION_TYPE").unwrap_or_default();
+        match session_type.trim().to_ascii_lowercase().as_str() {
+            "" | "cookie" => {}
+            t @ ("memory" | "filesystem" | "sqlite" | "redis" | "postgresql" | "mysql") => {
+                return Err(format!(
+                    "SESSION_TYPE={t}: server-side sessions are not available in this build yet; use SESSION_TYPE=cookie"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "SESSION_TYPE={other:?} is not one of cookie, memory, filesystem, sqlite, redis, postgresql, mysql"
+                ));
+            }
+        }
+        let mut builder =
+            hipflask::ConfigBuilder::from_lookup(&lookup).map_err(|e| e.to_string())?;
+        if !builder.has_secret_key() && lookup("SECRET_KEY").is_none_or(|k| k.is_empty()) {
+            builder = builder.random_secret_key();
+            warnings.push(
+                "SECRET_KEY is not set: using a random key, so sessions will not survive a restart"
+                    .to_owned(),
+            );
+        }
+        let session = builder.build().map_err(|e| e.to_string())?;
+        Ok((DemoConfig { session }, warnings))
+    }
+}
+
+struct AppState {
+    templates: Environment<'static>,
+    lifetime_days: u64,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The demo's router, with the session layer installed.
+pub fn app(config: DemoConfig) -> Router {
+    let mut templates = Environment::new();
+    for (name, source) in [
+        ("base.html", include_str!("templates/base.html")),
+        ("index.html", include_str!("templates/index.html")),
+        ("query.html", include_str!("templates/query.html")),
+    ] {
+        templates
+            .add_template(name, source)
+            .expect("the bundled templates are valid");
+    }
+    templates.add_filter("py", |v: JValue| python_str(&v));
+    let state = Arc::new(AppState {
+        templates,
+        lifetime_days: config.session.lifetime_secs() / 86_400,
+    });
+
+    let api = Router::new()
+        .route("/api/session", get(api_get).delete(api_clear))
+        .route("/api/session/{key}", put(api_put).delete(api_delete))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY));
+
+    Router::new()
+        .route("/", get(index))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/set", get(set))
+        .route("/get", get(get_query))
+        .route("/del", get(del))
+        .route("/clear", get(clear))
+        .route("/visits-counter/", get(visits_counter))
+        .route("/delete-visits/", get(delete_visits))
+        .route("/session/", get(cart))
+        .route("/permanent/", get(permanent))
+        .route("/get_session/", get(get_session))
+        .route("/del_session/", get(del_session))
+        .route("/bench/none", get(bench_none))
+        .route("/bench/read", get(bench_read))
+        .route("/bench/write", get(bench_write))
+        .route("/bench/seed", get(bench_seed))
+        .merge(api)
+        .with_state(state)
+        .layer(SessionLayer::new(config.session))
+}
+
+/// `session` inside templates, as in Flask: `session.get('user')`,
+/// `session.user`, `session.permanent`, `'user' in session`, `session.items()`.
+#[derive(Debug)]
+struct SessionObject(hipflask::Session);
+
+impl Object for SessionObject {
+    fn get_value(self: &Arc<Self>, key: &JValue) -> Option<JValue> {
+        let key = key.as_str()?;
+        if key == "permanent" {
+            return Some(JValue::from(self.0.permanent()));
+        }
+        self.0.get_value(key).map(|v| to_jinja(&v))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.keys().into_iter().map(JValue::from).collect())
+    }
+
+    fn is_true(self: &Arc<Self>) -> bool {
+        !self.0.is_empty()
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[JValue],
+    ) -> Result<JValue, minijinja::Error> {
+        match method {
+            "get" => {
+                let (key, default): (&str, Option<JValue>) = from_args(args)?;
+                Ok(self
+                    .0
+                    .get_value(key)
+                    .map(|v| to_jinja(&v))
+                    .or(default)
+                    .unwrap_or(JValue::from(())))
+            }
+            "keys" => Ok(JValue::from(self.0.keys())),
+            "items" => Ok(JValue::from(
+                self.0
+                    .iter()
+                    .map(|(k, v)| JValue::from(vec![JValue::from(k), to_jinja(&v)]))
+                    .collect::<Vec<_>>(),
+            )),
+            _ => Err(minijinja::Error::new(
+                minijinja::ErrorKind::UnknownMethod,
+                format!("session has no method {method}"),
+            )),
+        }
+    }
+}
+
+/// A session value as a template value: Markup stays safe HTML, the other
+/// tagged types show as Flask would print them.
+fn to_jinja(v: &Value) -> JValue {
+    match v {
+        Value::Null => JValue::from(()),
+        Value::Bool(b) => JValue::from(*b),
+        Value::Int(i) => JValue::from(*i),
+        Value::BigInt(b) => b
+            .to_i128()
+            .map_or_else(|| JValue::from(b.to_string()), JValue::from),
+        Value::Float(f) => JValue::from(*f),
+        Value::Str(s) => JValue::from(s.as_str()),
+        Value::List(items) | Value::Tuple(items) => {
+            JValue::from(items.iter().map(to_jinja).collect::<Vec<_>>())
+        }
+        Value::Dict(d) => JValue::from_iter(d.iter().map(|(k, v)| (k.clone(), to_jinja(v)))),
+        Value::Bytes(b) => JValue::from_bytes(b.clone()),
+        Value::Markup(m) => JValue::from_safe_string(m.clone()),
+        Value::Uuid(u) => JValue::from(u.hyphenated().to_string()),
+        Value::DateTime(d) => JValue::from(d.to_string()),
+    }
+}
+
+/// Python's `str()` of a template value, so pages print `None` and `True`
+/// as the tutorials' Flask pages do.
+fn python_str(v: &JValue) -> String {
+    use minijinja::value::ValueKind;
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => "None".into(),
+        ValueKind::Bool => if v.is_true() { "True" } else { "False" }.into(),
+        ValueKind::String => v.as_str().unwrap_or_default().to_owned(),
+        _ => v.to_string(),
+    }
+}
+
+/// Python's `repr()` of a session value (dict keys in sorted order).
+pub fn python_repr(v: &Value) -> String {
+    let mut out = String::new();
+    write_repr(v, &mut out);
+    out
+}
+
+fn write_repr(v: &Value, out: &mut String) {
+    let seq = |items: &[Value], open: &str, close: &str, out: &mut String| {
+        out.push_str(open);
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            write_repr(item, out);
+        }
+        if close == ")" && items.len() == 1 {
+            out.push(',');
+        }
+        out.push_str(close);
+    };
+    match v {
+        Value::Null => out.push_str("None"),
+        Value::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::BigInt(b) => out.push_str(b.as_str()),
+        Value::Float(f) => {
+            let mut tmp = hipflask::Dict::new();
+            tmp.insert(String::new(), Value::Float(*f));
+            let json = hipflask::to_tagged_json(&tmp);
+            let text = &json[4..json.len() - 1];
+            out.push_str(match text {
+                "Infinity" => "inf",
+                "-Infinity" => "-inf",
+                "NaN" => "nan",
+                t => t,
+            });
+        }
+        Value::Str(s) => str_repr(s, out),
+        Value::List(items) => seq(items, "[", "]", out),
+        Value::Tuple(items) => seq(items, "(", ")", out),
+        Value::Dict(d) => {
+            out.push('{');
+            for (i, (k, v)) in d.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                str_repr(k, out);
+                out.push_str(": ");
+                write_repr(v, out);
+            }
+            out.push('}');
+        }
+        Value::Bytes(b) => {
+            out.push_str("b'");
+            for &c in b {
+                match c {
+                    b'\\' => out.push_str("\\\\"),
+                    b'\'' => out.push_str("\\'"),
+                    0x20..=0x7e => out.push(c as char),
+                    _ => {
+                        let _ = write!(out, "\\x{c:02x}");
+                    }
+                }
+            }
+            out.push('\'');
+        }
+        Value::Markup(m) => {
+            out.push_str("Markup(");
+            str_repr(m, out);
+            out.push(')');
+        }
+        Value::Uuid(u) => {
+            let _ = write!(out, "UUID('{}')", u.hyphenated());
+        }
+        Value::DateTime(d) => {
+            let t = d.to_offset_date_time();
+            let _ = write!(
+                out,
+                "datetime.datetime({}, {}, {}, {}, {}, {}, tzinfo=datetime.timezone.utc)",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+        }
+    }
+}
+
+fn str_repr(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+fn render(state: &AppState, name: &str, session: &hipflask::Session, extra: JValue) -> Response {
+    let flash_session = session.clone();
+    let get_flashed_messages =
+        JValue::from_function(move |kwargs: Kwargs| -> Result<JValue, minijinja::Error> {
+            let with_categories: Option<bool> = kwargs.get("with_categories")?;
+            let filter: Option<Vec<String>> = kwargs.get("category_filter")?;
+            kwargs.assert_all_used()?;
+            let filter: Vec<&str> = filter.iter().flatten().map(String::as_str).collect();
+            let flashes = flash_session.get_flashed_messages(&filter);
+            Ok(JValue::from(
+                flashes
+                    .into_iter()
+                    .map(|f| {
+                        let message = to_jinja(&f.message);
+                        if with_categories.unwrap_or(false) {
+                            JValue::from(vec![JValue::from(f.category), message])
+                        } else {
+                            message
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ))
+        });
+    let ctx = minijinja::context! {
+        session => JValue::from_object(SessionObject(session.clone())),
+        get_flashed_messages => get_flashed_messages,
+        lifetime_days => state.lifetime_days,
+        ..extra
+    };
+    match state
+        .templates
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+    {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, template = name, "template rendering failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn index(State(state): Shared, session: Session) -> Response {
+    let items: Vec<(String, String)> = session
+        .iter()
+        .filter(|(k, _)| k != hipflask::FLASHES_KEY)
+        .map(|(k, v)| (k, python_repr(&v)))
+        .collect();
+    render(
+        &state,
+        "index.html",
+        &session,
+        minijinja::context! { items },
+    )
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    #[serde(default)]
+    password: String,
+    remember: Option<String>,
+}
+
+async fn login(session: Session, Form(form): Form<LoginForm>) -> Redirect {
+    let name = form.username.trim();
+    let _ = form.password; // a demo: any password is accepted
+    if name.is_empty() {
+        session.flash("Please enter a username.", "error");
+        return Redirect::to("/");
+    }
+    session.insert_value("username", Value::from(name));
+    // Seed 000's use case: "remember me" is a long-lived (permanent) session.
+    session.set_permanent(form.remember.as_deref() == Some("on"));
+    session.flash(format!("Logged in as {name}"), "message");
+    Redirect::to("/")
+}
+
+async fn logout(session: Session) -> Redirect {
+    session.clear();
+    session.flash("Logged out", "message");
+    Redirect::to("/")
+}
+
+fn query(state: &AppState, session: &hipflask::Session, action: &str) -> Response {
+    render(state, "query.html", session, minijinja::context! { action })
+}
+
+async fn set(State(state): Shared, session: Session) -> Response {
+    session.insert_value("user", Value::from("poloyy"));
+    session.insert_value("pwd", Value::from("password"));
+    query(&state, &session, "set")
+}
+
+async fn get_query(State(state): Shared, session: Session) -> Response {
+    query(&state, &session, "get")
+}
+
+async fn del(State(state): Shared, session: Session) -> Response {
+    session.remove("user");
+    query(&state, &session, "del")
+}
+
+async fn clear(State(state): Shared, session: Session) -> Response {
+    session.clear();
+    query(&state, &session, "clear")
+}
+
+async fn visits_counter(session: Session) -> String {
+    let visits = match session.get_value("visits") {
+        Some(Value::Int(n)) => n.saturating_add(1),
+        _ => 1,
+    };
+    session.insert_value("visits", Value::Int(visits));
+    format!("Total visits: {visits}")
+}
+
+async fn delete_visits(session: Session) -> &'static str {
+    session.remove("visits");
+    "Visits deleted"
+}
+
+/// Seed 004: change a nested value in place, then mark the session modified.
+async fn cart(session: Session) -> String {
+    let before: Vec<String> = session
+        .iter()
+        .map(|(k, v)| format!("({}, {})", python_repr(&Value::Str(k)), python_repr(&v)))
+        .collect();
+    let page = format!("dict_items([{}])", before.join(", "));
+    let changed = session.with_value_mut("cart_item", |item| {
+        if let Some(cart) = item.as_dict_mut() {
+            cart.insert("pineapples".into(), Value::from("100"));
+        }
+    });
+    if changed.is_some() {
+        // Changing a nested value is invisible to the session, as in Flask.
+        session.mark_modified();
+    } else {
+        let cart: hipflask::Dict = [("pineapples", "10"), ("apples", "20"), ("mangoes", "30")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        session.insert_value("cart_item", Value::Dict(cart));
+    }
+    page
+}
+
+async fn permanent(session: Session) -> &'static str {
+    session.insert_value("username", Value::from("zhiliao"));
+    session.insert_value("age", Value::Int(20));
+    session.set_permanent(true);
+    "session set (permanent)"
+}
+
+async fn get_session(session: Session) -> String {
+    session
+        .get::<String>("username")
+        .unwrap_or_else(|| "没有session数据".to_owned())
+}
+
+async fn del_session(session: Session) -> &'static str {
+    session.clear();
+    "删除session成功..."
+}
+
+async fn api_get(session: Session) -> Response {
+    let value = Value::Dict(session.to_dict());
+    axum::Json(value).into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
+}
+
+async fn api_put(session: Session, Path(key): Path<String>, body: Bytes) -> Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(format!("the body must be JSON: {e}\n")),
+    };
+    if key == hipflask::PERMANENT_KEY {
+        return match value {
+            Value::Bool(b) => {
+                session.set_permanent(b);
+                StatusCode::NO_CONTENT.into_response()
+            }
+            _ => bad_request("_permanent takes true or false\n".into()),
+        };
+    }
+    session.insert_value(key, value);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn api_delete(session: Session, Path(key): Path<String>) -> Response {
+    match session.remove(&key) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => (StatusCode::NOT_FOUND, "no such key\n").into_response(),
+    }
+}
+
+async fn api_clear(session: Session) -> StatusCode {
+    session.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn bench_none() -> &'static str {
+    "ok"
+}
+
+async fn bench_read(session: Session) -> String {
+    session.get::<i64>("visits").unwrap_or(0).to_string()
+}
+
+async fn bench_write(session: Session) -> String {
+    let n = session.get::<i64>("visits").unwrap_or(0).saturating_add(1);
+    session.insert_value("visits", Value::Int(n));
+    n.to_string()
+}
+
+async fn bench_seed(session: Session) -> &'static str {
+    session.insert_value("visits", Value::Int(1));
+    "1"
+}

@@ -1,0 +1,54 @@
+//! `hipflask-demo [--bind ADDR]`: serves the demo, by default on 127.0.0.1:5000.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "hipflask-demo",
+    version,
+    about = "The Flask session tutorials, served by hipflask"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    bind: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_target(false).init();
+    let args = Args::parse();
+    let (config, warnings) = match hipflask_demo::DemoConfig::from_env() {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    let listener = match tokio::net::TcpListener::bind(args.bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.bind);
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!("hipflask demo on http://{}/", args.bind);
+    let app = hipflask_demo::app(config);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
