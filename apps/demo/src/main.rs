@@ -38,7 +38,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    eprintln!("hipflask demo on http://{}/", args.bind);
+    let addr = listener.local_addr().unwrap_or(args.bind);
+    eprintln!("hipflask demo on http://{addr}/");
     let app = hipflask_demo::app(config);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
