@@ -1,8 +1,7 @@
 //! Every Set-Cookie / Vary transcript recorded from Flask 3.1.3
 //! (`flask-headers.json` from the spec), replayed through the middleware.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +14,9 @@ use hipflask_tower::{LazySession, SessionLayer};
 use http::StatusCode;
 use serde_json::Value as Json;
 use tower::ServiceExt;
+
+mod common;
+use common::Logs;
 
 const FROZEN: u64 = 1_700_000_000;
 
@@ -178,20 +180,6 @@ async fn view(State((id, blob)): State<(String, Arc<String>)>, req: Request) -> 
     res
 }
 
-/// Collects what the middleware logs, to compare with Flask's warnings.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn every_flask_transcript_is_reproduced() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -219,14 +207,7 @@ fn every_flask_transcript_is_reproduced() {
         let req = req.body(Body::empty()).unwrap();
 
         let logs = Logs::default();
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .without_time()
-            .finish();
-        let res = tracing::subscriber::with_default(subscriber, || rt.block_on(app.oneshot(req)))
-            .unwrap();
+        let res = logs.capture(|| rt.block_on(app.oneshot(req))).unwrap();
 
         let want = &scenario["response"];
         assert_eq!(
@@ -266,7 +247,7 @@ fn every_flask_transcript_is_reproduced() {
             .collect();
         assert_eq!(order, want_order, "{id}: header order");
 
-        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let logged = logs.text();
         for warning in scenario["warnings"].as_array().unwrap() {
             assert!(
                 logged.contains(warning.as_str().unwrap()),

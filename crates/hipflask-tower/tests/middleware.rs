@@ -1,9 +1,6 @@
 //! The middleware end to end: bad input, laziness, strict size, the
 //! extractor, and a Flask-style round trip across requests.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
@@ -13,6 +10,9 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value as Json;
 use tower::ServiceExt;
+
+mod common;
+use common::Logs;
 
 const FROZEN: u64 = 1_700_000_000;
 
@@ -67,19 +67,6 @@ fn app(config: Config) -> Router {
         .layer(SessionLayer::new(config))
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Answer {
     status: StatusCode,
     set_cookie: Vec<String>,
@@ -96,12 +83,7 @@ fn send(app: Router, path: &str, cookie: Option<HeaderValue>) -> Answer {
         req.headers_mut().insert("cookie", c);
     }
     let logs = Logs::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let (status, set_cookie, body) = tracing::subscriber::with_default(subscriber, || {
+    let (status, set_cookie, body) = logs.capture(|| {
         rt.block_on(async {
             let res = app.oneshot(req).await.unwrap();
             let status = res.status();
@@ -119,7 +101,7 @@ fn send(app: Router, path: &str, cookie: Option<HeaderValue>) -> Answer {
             )
         })
     });
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     Answer {
         status,
         set_cookie,

@@ -48,7 +48,7 @@ pub(crate) fn untag_tree(value: Value) -> Result<Value, Error> {
             for (k, v) in d {
                 out.insert(k, untag_tree(v)?);
             }
-            if out.len() == 1 && out.keys().next().is_some_and(|k| crate::json::is_tag(k)) {
+            if crate::json::looks_like_tag(&out) {
                 let (tag, member) = out.pop_first().unwrap_or_default();
                 let first = member.as_dict().and_then(|d| d.keys().next().cloned());
                 return crate::json::untag(&tag, member, first).map_err(decode_err);
@@ -61,7 +61,7 @@ pub(crate) fn untag_tree(value: Value) -> Result<Value, Error> {
 
 /// The tagged form of a value as plain data: the shape `Value::serialize`
 /// writes, and the shape `Value::deserialize` reads back exactly.
-fn tagged_form(value: &Value) -> Value {
+pub(crate) fn tagged_form(value: &Value) -> Value {
     fn tag(name: &str, v: Value) -> Value {
         Value::Dict(Dict::from([(name.to_owned(), v)]))
     }
@@ -69,7 +69,7 @@ fn tagged_form(value: &Value) -> Value {
         Value::List(items) => Value::List(items.iter().map(tagged_form).collect()),
         Value::Tuple(items) => tag(" t", Value::List(items.iter().map(tagged_form).collect())),
         Value::Dict(d) => match d.iter().next() {
-            Some((k, v)) if d.len() == 1 && crate::json::is_tag(k) => {
+            Some((k, v)) if crate::json::looks_like_tag(d) => {
                 tag(" di", tag(&format!("{k}__"), tagged_form(v)))
             }
             _ => Value::Dict(d.iter().map(|(k, v)| (k.clone(), tagged_form(v))).collect()),

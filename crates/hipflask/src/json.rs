@@ -24,6 +24,11 @@ pub(crate) fn is_tag(key: &str) -> bool {
     TAGS.contains(&key)
 }
 
+/// Whether a dict would read back as a tag: Flask then wraps it in `" di"`.
+pub(crate) fn looks_like_tag(d: &Dict) -> bool {
+    d.len() == 1 && d.keys().next().is_some_and(|k| is_tag(k))
+}
+
 /// Writes a whole session dict.
 pub(crate) fn write_session(dict: &Dict, out: &mut String) {
     write_dict(dict, out);
@@ -91,20 +96,16 @@ fn write_list(items: &[Value], out: &mut String) {
 fn write_dict(dict: &Dict, out: &mut String) {
     // A one-key dict whose key is a tag name would read back as that tag, so
     // Flask wraps it in " di" with the key suffixed by "__" (rule 1 of 3.2).
-    if dict.len() == 1 {
-        if let Some((k, v)) = dict.iter().next() {
-            if is_tag(k) {
-                out.push_str("{\" di\":{");
-                let mut key = String::with_capacity(k.len() + 2);
-                key.push_str(k);
-                key.push_str("__");
-                write_str(&key, out);
-                out.push(':');
-                write_value(v, out);
-                out.push_str("}}");
-                return;
-            }
-        }
+    if let Some((k, v)) = dict.iter().next().filter(|_| looks_like_tag(dict)) {
+        out.push_str("{\" di\":{");
+        let mut key = String::with_capacity(k.len() + 2);
+        key.push_str(k);
+        key.push_str("__");
+        write_str(&key, out);
+        out.push(':');
+        write_value(v, out);
+        out.push_str("}}");
+        return;
     }
     out.push('{');
     for (i, (k, v)) in dict.iter().enumerate() {
@@ -218,18 +219,7 @@ type Parsed<T> = Result<T, ParseError>;
 /// Parses a session payload. `Ok(None)` is JSON `null`, which Flask loads as
 /// an empty session; any other non-object is an error.
 pub(crate) fn parse_session(text: &[u8]) -> Parsed<Option<Dict>> {
-    let mut p = Parser {
-        s: text,
-        pos: 0,
-        depth: 0,
-    };
-    p.skip_ws();
-    let value = p.value()?;
-    p.skip_ws();
-    if p.pos != p.s.len() {
-        return Err(p.err("extra data after the JSON value"));
-    }
-    match value {
+    match parse_value(text)? {
         Value::Dict(d) => Ok(Some(d)),
         Value::Null => Ok(None),
         _ => Err(ParseError {
@@ -239,8 +229,7 @@ pub(crate) fn parse_session(text: &[u8]) -> Parsed<Option<Dict>> {
     }
 }
 
-/// Parses one tagged JSON value (the CLI and tests use it for any text).
-#[cfg(test)]
+/// Parses one tagged JSON value, the whole text.
 pub(crate) fn parse_value(text: &[u8]) -> Parsed<Value> {
     let mut p = Parser {
         s: text,

@@ -30,35 +30,30 @@ pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, Error> {
 /// dict that would otherwise look like a tag.
 impl Serialize for Value {
     fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_newtype_struct(TAGGED, &TaggedForm(self))
+        serializer.serialize_newtype_struct(
+            TAGGED,
+            &Plain {
+                value: self,
+                tagged: false,
+            },
+        )
     }
 }
 
-struct TaggedForm<'a>(&'a Value);
+/// Serializes the plain-data shape of a value. Tagged types (and dicts that
+/// look like tags) are first turned into their tagged form; `tagged` marks
+/// data that already is one, whose `{" t": ...}` maps must be written as they
+/// are rather than tagged again.
+struct Plain<'a> {
+    value: &'a Value,
+    tagged: bool,
+}
 
-impl Serialize for TaggedForm<'_> {
+impl Serialize for Plain<'_> {
     fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use ser::{SerializeMap as _, SerializeSeq as _};
-        fn tag<S: ser::Serializer, V: Serialize + ?Sized>(
-            s: S,
-            name: &str,
-            v: &V,
-        ) -> Result<S::Ok, S::Error> {
-            let mut m = s.serialize_map(Some(1))?;
-            m.serialize_entry(name, v)?;
-            m.end()
-        }
-        struct Items<'a>(&'a [Value]);
-        impl Serialize for Items<'_> {
-            fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for item in self.0 {
-                    seq.serialize_element(&TaggedForm(item))?;
-                }
-                seq.end()
-            }
-        }
-        match self.0 {
+        let tagged = self.tagged;
+        match self.value {
             Value::Null => s.serialize_unit(),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Int(i) => s.serialize_i64(*i),
@@ -68,35 +63,25 @@ impl Serialize for TaggedForm<'_> {
             },
             Value::Float(f) => s.serialize_f64(*f),
             Value::Str(v) => s.serialize_str(v),
-            Value::List(items) => Items(items).serialize(s),
-            Value::Tuple(items) => tag(s, " t", &Items(items)),
-            Value::Dict(d) => {
-                if d.len() == 1 {
-                    if let Some((k, v)) = d.iter().next() {
-                        if crate::json::is_tag(k) {
-                            let mut inner = Dict::new();
-                            inner.insert(format!("{k}__"), v.clone());
-                            return tag(s, " di", &TaggedForm(&Value::Dict(inner)));
-                        }
-                    }
+            Value::List(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for value in items {
+                    seq.serialize_element(&Plain { value, tagged })?;
                 }
+                seq.end()
+            }
+            Value::Dict(d) if tagged || !crate::json::looks_like_tag(d) => {
                 let mut m = s.serialize_map(Some(d.len()))?;
-                for (k, v) in d {
-                    m.serialize_entry(k, &TaggedForm(v))?;
+                for (k, value) in d {
+                    m.serialize_entry(k, &Plain { value, tagged })?;
                 }
                 m.end()
             }
-            Value::Bytes(b) => {
-                use base64::Engine as _;
-                tag(
-                    s,
-                    " b",
-                    &base64::engine::general_purpose::STANDARD.encode(b),
-                )
+            other => Plain {
+                value: &crate::de::tagged_form(other),
+                tagged: true,
             }
-            Value::Markup(m) => tag(s, " m", m),
-            Value::Uuid(u) => tag(s, " u", &u.simple().to_string()),
-            Value::DateTime(d) => tag(s, " d", &d.to_string()),
+            .serialize(s),
         }
     }
 }
@@ -282,38 +267,25 @@ impl SeqBuilder {
     }
 }
 
-impl ser::SerializeSeq for SeqBuilder {
-    type Ok = Value;
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        self.push(v)
-    }
-    fn end(self) -> Result<Value, Error> {
-        Ok(self.finish())
-    }
+macro_rules! seq_builder {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for SeqBuilder {
+            type Ok = Value;
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+                self.push(v)
+            }
+            fn end(self) -> Result<Value, Error> {
+                Ok(self.finish())
+            }
+        }
+    )*};
 }
-
-impl ser::SerializeTuple for SeqBuilder {
-    type Ok = Value;
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        self.push(v)
-    }
-    fn end(self) -> Result<Value, Error> {
-        Ok(self.finish())
-    }
-}
-
-impl ser::SerializeTupleStruct for SeqBuilder {
-    type Ok = Value;
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        self.push(v)
-    }
-    fn end(self) -> Result<Value, Error> {
-        Ok(self.finish())
-    }
-}
+seq_builder!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 pub(crate) struct MapBuilder {
     dict: Dict,

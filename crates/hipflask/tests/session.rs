@@ -248,3 +248,25 @@ fn datetime_and_uuid_values_from_rust_types() {
     let too_old = time::OffsetDateTime::from_unix_timestamp(-62_135_596_801).unwrap();
     assert!(hipflask::DateTime::try_from(too_old).is_err());
 }
+
+#[test]
+fn value_serializes_in_flasks_tagged_form_and_reads_back() {
+    let text = r#"{"a":{" di":{" t__":1}},"b":{" t":[1,{" b":"AP8="}]},"c":[{" u":"12345678123456781234567812345678"}]}"#;
+    let value: Value = serde_json::from_str(text).unwrap();
+    let d = value.as_dict().unwrap();
+    assert_eq!(
+        d["a"].as_dict().unwrap()[" t"],
+        Value::Int(1),
+        "a dict that looks like a tag"
+    );
+    assert_eq!(
+        d["b"],
+        Value::Tuple(vec![1.into(), Value::Bytes(vec![0, 255])])
+    );
+    assert_eq!(serde_json::to_string(&value).unwrap(), text);
+    assert_eq!(
+        hipflask::to_tagged_json(d),
+        text,
+        "the same text Flask writes"
+    );
+}
