@@ -82,6 +82,7 @@ mod key;
 mod punycode;
 mod ser;
 mod session;
+mod sid;
 mod value;
 
 pub use config::{
@@ -93,6 +94,7 @@ pub use error::{Error, ErrorKind};
 pub use key::SecretKey;
 pub use ser::to_value;
 pub use session::{FLASHES_KEY, Flash, PERMANENT_KEY, Session};
+pub use sid::{SESSION_ID_LEN, SID_SALT, SessionId, SidSigner};
 pub use value::{BigInt, DateTime, Dict, Value};
 
 /// Parses Flask's tagged JSON text (what Flask's session serializer writes)

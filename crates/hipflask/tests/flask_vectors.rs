@@ -237,3 +237,40 @@ fn typed_values_come_out_as_rust_types() {
         ("info", Some("中文"))
     );
 }
+
+#[test]
+fn flask_session_signed_ids() {
+    let all = vectors();
+    let list = all["flask_session"]["signed_sid"].as_array().unwrap();
+    assert!(!list.is_empty());
+    for v in list {
+        let signer = hipflask::SidSigner::new(&secret(v));
+        let sid = v["sid"].as_str().unwrap();
+        let cookie = v["cookie_value"].as_str().unwrap();
+        assert_eq!(signer.sign(sid), cookie);
+        assert_eq!(signer.unsign(cookie), Some(sid));
+        let mut tampered = cookie.to_owned();
+        tampered.replace_range(0..1, if cookie.starts_with('A') { "B" } else { "A" });
+        assert_eq!(signer.unsign(&tampered), None);
+    }
+}
+
+#[test]
+fn flask_session_ids_from_the_vectors_parse() {
+    let all = vectors();
+    for v in all["flask_session"]["redis"].as_array().unwrap() {
+        let sid = v["sid"].as_str().unwrap();
+        assert!(hipflask::SessionId::parse(sid).is_some(), "{sid}");
+    }
+    for bad in [
+        "",
+        "abc",
+        "*",
+        "../../../../etc/passwd",
+        "' OR 1=1 --",
+        &"A".repeat(44),
+        &"é".repeat(43),
+    ] {
+        assert!(hipflask::SessionId::parse(bad).is_none(), "{bad}");
+    }
+}
