@@ -20,6 +20,14 @@ pub enum ErrorKind {
     /// The Set-Cookie header would exceed `MAX_COOKIE_SIZE` and strict size
     /// checking is on.
     CookieTooLarge,
+    /// Another request changed the same session key (with
+    /// `ConflictPolicy::Reject`), or a new session id was already taken.
+    Conflict,
+    /// The session store failed (unreachable, I/O error, corrupt data it
+    /// cannot skip); the source holds the driver's error.
+    Backend,
+    /// The session store did not answer in time.
+    Timeout,
 }
 
 /// A hipflask error: a [`ErrorKind`], a message saying what to do, and the
@@ -31,7 +39,8 @@ pub struct Error {
 }
 
 impl Error {
-    pub(crate) fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Error {
+    /// An error of `kind` with a message; for store implementations.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Error {
         Error {
             kind,
             message: message.into(),
@@ -47,7 +56,8 @@ impl Error {
         Error::new(ErrorKind::Encode, message)
     }
 
-    pub(crate) fn with_source(mut self, source: impl Into<Source>) -> Error {
+    /// Attaches the underlying error (kept as `source()`).
+    pub fn with_source(mut self, source: impl Into<Source>) -> Error {
         self.source = Some(source.into());
         self
     }

@@ -79,10 +79,12 @@ mod error;
 mod header;
 mod json;
 mod key;
+mod memory;
 mod punycode;
 mod ser;
 mod session;
 mod sid;
+mod store;
 mod value;
 
 pub use config::{
@@ -92,9 +94,13 @@ pub use cookie::{COOKIE_SALT, CookieCodec, CookieError, MAX_COOKIE_VALUE_LEN, MA
 pub use de::from_value;
 pub use error::{Error, ErrorKind};
 pub use key::SecretKey;
+pub use memory::MemoryStore;
 pub use ser::to_value;
 pub use session::{FLASHES_KEY, Flash, PERMANENT_KEY, Session};
 pub use sid::{SESSION_ID_LEN, SID_SALT, SessionId, SidSigner};
+pub use store::{
+    Changes, ConflictPolicy, Record, Store, StoreFuture, Update, Updated, apply_changes, user_of,
+};
 pub use value::{BigInt, DateTime, Dict, Value};
 
 /// Parses Flask's tagged JSON text (what Flask's session serializer writes)
