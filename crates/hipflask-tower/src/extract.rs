@@ -38,40 +38,61 @@ impl From<Session> for hipflask::Session {
     }
 }
 
-/// The rejection when [`SessionLayer`](crate::SessionLayer) is not installed
-/// in front of the handler: a programming error, answered with an empty 500
-/// and logged.
+/// Why the [`Session`] extractor failed. Answered with an empty body; the
+/// detail goes to `tracing`.
 #[derive(Debug)]
-pub struct SessionMissing;
+#[non_exhaustive]
+pub enum SessionRejection {
+    /// [`SessionLayer`](crate::SessionLayer) is not installed in front of the
+    /// handler: a programming error, answered with 500.
+    Missing,
+    /// The session store failed: 503.
+    Unavailable(hipflask::Error),
+}
 
-impl IntoResponse for SessionMissing {
+impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
-        tracing::error!(
-            "the Session extractor was used on a route without hipflask_tower::SessionLayer"
-        );
-        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        match self {
+            SessionRejection::Missing => {
+                tracing::error!(
+                    "the Session extractor was used on a route without hipflask_tower::SessionLayer"
+                );
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+            SessionRejection::Unavailable(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "could not load the session");
+                StatusCode::SERVICE_UNAVAILABLE.into_response()
+            }
+        }
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Session {
-    type Rejection = SessionMissing;
+    type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let lazy = parts
             .extensions
             .get::<LazySession>()
-            .ok_or(SessionMissing)?;
-        Ok(Session(lazy.session()))
+            .ok_or(SessionRejection::Missing)?;
+        lazy.load()
+            .await
+            .map(Session)
+            .map_err(SessionRejection::Unavailable)
     }
 }
 
 impl<S: Send + Sync> axum_core::extract::OptionalFromRequestParts<S> for Session {
-    type Rejection = std::convert::Infallible;
+    type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<LazySession>()
-            .map(|lazy| Session(lazy.session())))
+        match parts.extensions.get::<LazySession>() {
+            None => Ok(None),
+            Some(lazy) => lazy
+                .load()
+                .await
+                .map(|s| Some(Session(s)))
+                .map_err(SessionRejection::Unavailable),
+        }
     }
 }

@@ -41,7 +41,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
-use hipflask::Config;
+use hipflask::{Config, ErrorKind, SaveOutcome};
 use http::header::{COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
@@ -53,7 +53,7 @@ mod extract;
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 #[cfg(feature = "axum")]
-pub use extract::{Session, SessionMissing};
+pub use extract::{Session, SessionRejection};
 
 /// Adds Flask-compatible sessions to a service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -125,18 +125,23 @@ struct Slot {
 
 /// The request's session, not yet loaded; found in the request extensions.
 ///
-/// Plain tower services call [`session`](LazySession::session); axum
+/// Plain tower services call [`load`](LazySession::load); axum
 /// handlers use the [`Session`] extractor instead.
 #[derive(Clone, Debug)]
 pub struct LazySession(Arc<Slot>);
 
 impl LazySession {
-    /// The session, reading and verifying the cookie on the first call.
-    pub fn session(&self) -> hipflask::Session {
+    /// The session, reading the cookie (and the store, for server-side
+    /// sessions) on the first call. Fails only when the store fails.
+    pub async fn load(&self) -> Result<hipflask::Session, hipflask::Error> {
         let slot = &self.0;
-        slot.session
-            .get_or_init(|| slot.config.open(slot.cookies.values()))
-            .clone()
+        if let Some(s) = slot.session.get() {
+            return Ok(s.clone());
+        }
+        let cookies: Vec<&[u8]> = slot.cookies.values().collect();
+        let loaded = slot.config.load_session(&cookies).await?;
+        // Two loads racing within one request: the first one stored wins.
+        Ok(slot.session.get_or_init(|| loaded).clone())
     }
 }
 
@@ -147,7 +152,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -161,23 +166,34 @@ where
         });
         req.extensions_mut().insert(LazySession(slot.clone()));
         ResponseFuture {
-            inner: self.inner.call(req),
-            slot: Some(slot),
+            state: State::Running {
+                inner: self.inner.call(req),
+                slot: Some(slot),
+            },
         }
     }
 }
 
+type SaveFuture = Pin<Box<dyn Future<Output = Result<SaveOutcome, hipflask::Error>> + Send>>;
+
 pin_project_lite::pin_project! {
     /// The response future of [`SessionService`]: saves the session once the
-    /// inner service has answered.
-    pub struct ResponseFuture<F> {
+    /// inner service has answered (awaiting the store for server-side sessions).
+    pub struct ResponseFuture<F, B> {
         #[pin]
-        inner: F,
-        slot: Option<Arc<Slot>>,
+        state: State<F, B>,
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Running { #[pin] inner: F, slot: Option<Arc<Slot>> },
+        Saving { save: SaveFuture, response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Default,
@@ -185,21 +201,44 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
-        if let Some(slot) = this.slot.take() {
-            if let Err(status) = save(&slot, response.headers_mut()) {
-                // Only strict cookie-size mode gets here; the detail is logged.
-                response = Response::new(B::default());
-                *response.status_mut() = status;
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Running { inner, slot } => {
+                    let mut response = ready!(inner.poll(cx))?;
+                    let Some(slot) = slot.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    if !slot.config.is_server_side() {
+                        let outcome = cookie_outcome(&slot);
+                        finish(outcome, &mut response);
+                        return Poll::Ready(Ok(response));
+                    }
+                    // A handler that never loaded the session never reaches the store.
+                    let Some(session) = slot.session.get().cloned() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    let config = slot.config.clone();
+                    let save: SaveFuture =
+                        Box::pin(async move { config.save_session(&session).await });
+                    state.set(State::Saving {
+                        save,
+                        response: Some(response),
+                    });
+                }
+                StateProj::Saving { save, response } => {
+                    let outcome = ready!(save.as_mut().poll(cx));
+                    let mut response = response.take().expect("polled after completion");
+                    finish(outcome.map(Some), &mut response);
+                    return Poll::Ready(Ok(response));
+                }
             }
         }
-        Poll::Ready(Ok(response))
     }
 }
 
-/// Flask's `save_session`, applied to the response headers.
-fn save(slot: &Slot, headers: &mut HeaderMap) -> Result<(), StatusCode> {
+/// Flask's `save_session` for cookie sessions, done in place: nothing to await.
+fn cookie_outcome(slot: &Slot) -> Result<Option<SaveOutcome>, hipflask::Error> {
     let config = &slot.config;
     let session = match slot.session.get() {
         Some(s) => s.clone(),
@@ -208,12 +247,38 @@ fn save(slot: &Slot, headers: &mut HeaderMap) -> Result<(), StatusCode> {
         None if config.refresh_each_request() && !matches!(slot.cookies, Cookies::None) => {
             config.open(slot.cookies.values())
         }
-        None => return Ok(()),
+        None => return Ok(None),
     };
-    let outcome = config.save(&session).map_err(|e| {
-        tracing::error!(error = %e, "could not save the session");
-        StatusCode::INTERNAL_SERVER_ERROR
-    })?;
+    config.save(&session).map(Some)
+}
+
+/// Applies a save's outcome to the response, or replaces the response with
+/// an empty error one: clients get the status, `tracing` gets the detail.
+fn finish<B: Default>(
+    outcome: Result<Option<SaveOutcome>, hipflask::Error>,
+    response: &mut Response<B>,
+) {
+    let status = match outcome {
+        Ok(None) => return,
+        Ok(Some(outcome)) => match apply(outcome, response.headers_mut()) {
+            Ok(()) => return,
+            Err(status) => status,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "could not save the session");
+            match e.kind() {
+                ErrorKind::CookieTooLarge => StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorKind::Conflict => StatusCode::CONFLICT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            }
+        }
+    };
+    *response = Response::new(B::default());
+    *response.status_mut() = status;
+}
+
+/// Writes `Vary` and `Set-Cookie` in Flask's order.
+fn apply(outcome: SaveOutcome, headers: &mut HeaderMap) -> Result<(), StatusCode> {
     if outcome.vary_cookie && outcome.vary_first {
         add_vary_cookie(headers);
     }

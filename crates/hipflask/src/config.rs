@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::cookie::{CookieCodec, CookieError};
 use crate::error::{Error, ErrorKind};
 use crate::key::SecretKey;
+use crate::server::ServerSide;
 use crate::session::{PERMANENT_KEY, Session};
+use crate::sid::SidSigner;
+use crate::store::{ConflictPolicy, Store};
 use crate::value::Value;
 
 /// Flask's default `PERMANENT_SESSION_LIFETIME`: 31 days.
@@ -92,6 +95,7 @@ struct Inner {
     max_cookie_size: usize,
     strict_cookie_size: bool,
     clock: Clock,
+    server: Option<ServerSide>,
 }
 
 impl fmt::Debug for Config {
@@ -109,6 +113,7 @@ impl fmt::Debug for Config {
             .field("lifetime", &c.lifetime)
             .field("refresh_each_request", &c.refresh_each_request)
             .field("max_cookie_size", &c.max_cookie_size)
+            .field("store", &c.server.as_ref().map(|s| &s.store))
             .finish()
     }
 }
@@ -133,6 +138,12 @@ pub struct ConfigBuilder {
     max_cookie_size: usize,
     strict_cookie_size: bool,
     clock: Clock,
+    store: Option<Arc<dyn Store>>,
+    use_signer: bool,
+    session_permanent: bool,
+    refresh_fraction: f64,
+    absolute_timeout: Option<Duration>,
+    conflict: ConflictPolicy,
 }
 
 impl Default for ConfigBuilder {
@@ -154,6 +165,12 @@ impl Default for ConfigBuilder {
             max_cookie_size: DEFAULT_MAX_COOKIE_SIZE,
             strict_cookie_size: false,
             clock: system_clock,
+            store: None,
+            use_signer: false,
+            session_permanent: true,
+            refresh_fraction: 0.1,
+            absolute_timeout: None,
+            conflict: ConflictPolicy::LastWriteWins,
         }
     }
 }
@@ -282,6 +299,52 @@ impl ConfigBuilder {
         self
     }
 
+    /// Keep sessions server-side in `store`; the cookie then holds only a
+    /// random session id, as with Flask-Session (default: none, the data
+    /// lives in the signed cookie).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// `SESSION_USE_SIGNER` (default `false`, as Flask-Session): sign the
+    /// session id in the cookie with `SECRET_KEY`.
+    pub fn use_signer(mut self, on: bool) -> Self {
+        self.use_signer = on;
+        self
+    }
+
+    /// `SESSION_PERMANENT` (default `true`, as Flask-Session): new
+    /// server-side sessions start permanent.
+    pub fn session_permanent(mut self, on: bool) -> Self {
+        self.session_permanent = on;
+        self
+    }
+
+    /// How much of the lifetime must pass before an unchanged server-side
+    /// session's expiry is pushed back again (default 0.1: a 31-day session
+    /// is refreshed at most every 3.1 days, so reading it rarely writes).
+    /// `0.0` refreshes on every request, as Flask-Session does.
+    pub fn refresh_fraction(mut self, fraction: f64) -> Self {
+        self.refresh_fraction = fraction.clamp(0.0, 1.0);
+        self
+    }
+
+    /// An absolute timeout for server-side sessions: they end this long after
+    /// creation however active they are (default none: only the idle timeout).
+    pub fn absolute_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.absolute_timeout = timeout;
+        self
+    }
+
+    /// What happens when two requests set the same key (default: the later
+    /// save wins). With [`ConflictPolicy::Reject`] the later response is a
+    /// 409 and its changes are not saved.
+    pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
+        self.conflict = policy;
+        self
+    }
+
     /// The clock (default: the system clock). For tests that freeze time.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -340,6 +403,12 @@ impl ConfigBuilder {
         if let Some(v) = get("MAX_COOKIE_SIZE") {
             b.max_cookie_size = parse_num("MAX_COOKIE_SIZE", &v)? as usize;
         }
+        if let Some(v) = get("SESSION_USE_SIGNER") {
+            b.use_signer = parse_bool("SESSION_USE_SIGNER", &v)?;
+        }
+        if let Some(v) = get("SESSION_PERMANENT") {
+            b.session_permanent = parse_bool("SESSION_PERMANENT", &v)?;
+        }
         Ok(b)
     }
 
@@ -372,6 +441,14 @@ impl ConfigBuilder {
             .unwrap_or(self.application_root);
         let path = quote_path(&raw_path);
         let lifetime = self.lifetime.as_secs();
+        let server = self.store.map(|store| ServerSide {
+            store,
+            signer: self.use_signer.then(|| SidSigner::new(&secret)),
+            permanent_default: self.session_permanent,
+            refresh_after: (lifetime as f64 * self.refresh_fraction) as u64,
+            absolute_timeout: self.absolute_timeout.map(|d| d.as_secs()),
+            conflict: self.conflict,
+        });
         Ok(Config(Arc::new(Inner {
             codec: CookieCodec::new(&secret, &self.fallbacks, lifetime),
             cookie_name: self.cookie_name,
@@ -386,6 +463,7 @@ impl ConfigBuilder {
             max_cookie_size: self.max_cookie_size,
             strict_cookie_size: self.strict_cookie_size,
             clock: self.clock,
+            server,
         })))
     }
 }
@@ -498,6 +576,37 @@ impl Config {
         (self.0.clock)()
     }
 
+    /// Whether sessions live in a store (the cookie holds only an id).
+    pub fn is_server_side(&self) -> bool {
+        self.0.server.is_some()
+    }
+
+    /// Opens the request's session with whichever backend is configured:
+    /// [`open`](Config::open) for cookie sessions, the store otherwise. Fails
+    /// only when the store does ([`ErrorKind::Backend`]); a bad cookie or id
+    /// gives a new session.
+    pub async fn load_session(&self, cookie_headers: &[&[u8]]) -> Result<Session, Error> {
+        match &self.0.server {
+            None => Ok(self.open(cookie_headers.iter().copied())),
+            Some(server) => {
+                let cookie = crate::header::find_cookie(
+                    cookie_headers.iter().copied(),
+                    self.cookie_name().as_bytes(),
+                );
+                self.open_server(server, cookie).await
+            }
+        }
+    }
+
+    /// Saves the request's session with whichever backend is configured and
+    /// says what the response needs.
+    pub async fn save_session(&self, session: &Session) -> Result<SaveOutcome, Error> {
+        match &self.0.server {
+            None => self.save(session),
+            Some(server) => self.save_server(server, session).await,
+        }
+    }
+
     /// Flask's `open_session`: the session carried by the request's `Cookie`
     /// header values (the first cookie with the session's name wins). A
     /// missing or rejected cookie gives a new empty session; a rejection is
@@ -580,9 +689,33 @@ impl Config {
         Ok(())
     }
 
-    /// A `Set-Cookie` value with Werkzeug's attribute order.
+    /// A `Set-Cookie` value for Flask's signed-cookie sessions.
     fn cookie_header(&self, value: &str, expires: Option<i64>, delete: bool) -> String {
+        self.write_cookie(value, expires, delete, false)
+    }
+
+    /// A `Set-Cookie` value as Flask-Session writes it: never `Partitioned`,
+    /// and a deletion cookie with only `Domain` and `Path`.
+    pub(crate) fn server_cookie_header(
+        &self,
+        value: &str,
+        expires: Option<i64>,
+        delete: bool,
+    ) -> String {
+        self.write_cookie(value, expires, delete, true)
+    }
+
+    /// A `Set-Cookie` value with Werkzeug's attribute order.
+    fn write_cookie(
+        &self,
+        value: &str,
+        expires: Option<i64>,
+        delete: bool,
+        flask_session: bool,
+    ) -> String {
         let c = &self.0;
+        let bare = flask_session && delete;
+        let partitioned = c.partitioned && !flask_session;
         let mut h = String::with_capacity(value.len() + 96);
         h.push_str(&c.cookie_name);
         h.push('=');
@@ -597,19 +730,19 @@ impl Config {
             h.push_str("; Expires=");
             crate::date::write_http_date(&mut h, t);
         }
-        if c.secure || c.partitioned {
+        if !bare && (c.secure || partitioned) {
             h.push_str("; Secure");
         }
-        if c.httponly {
+        if !bare && c.httponly {
             h.push_str("; HttpOnly");
         }
         h.push_str("; Path=");
         h.push_str(&c.path);
-        if let Some(s) = c.samesite {
+        if let Some(s) = c.samesite.filter(|_| !bare) {
             h.push_str("; SameSite=");
             h.push_str(s.as_str());
         }
-        if c.partitioned {
+        if partitioned {
             h.push_str("; Partitioned");
         }
         h

@@ -82,6 +82,7 @@ mod key;
 mod memory;
 mod punycode;
 mod ser;
+mod server;
 mod session;
 mod sid;
 mod store;

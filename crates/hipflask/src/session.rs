@@ -8,6 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind};
+use crate::sid::SessionId;
+use crate::store::Changes;
 use crate::value::{Dict, Value};
 
 /// The key Flask stores permanence under.
@@ -52,6 +54,23 @@ struct Inner {
     /// Messages taken out of `_flashes` by the first `get_flashed_messages`
     /// call, kept for later calls in the same request as Flask does.
     flashes: Option<Vec<Flash>>,
+    /// What this request changed, for server-side stores (see `Changes`).
+    touched: std::collections::BTreeSet<String>,
+    cleared: bool,
+    /// Server-side state; `None` for cookie sessions.
+    server: Option<Server>,
+}
+
+/// Server-side session state: which stored session this is.
+#[derive(Clone, Debug)]
+pub(crate) struct Server {
+    pub(crate) id: SessionId,
+    /// The stored record's times, when it was loaded from the store.
+    pub(crate) stored: Option<(u64, u64)>,
+    /// The data as loaded, kept only when conflicts are to be detected.
+    pub(crate) loaded: Option<Dict>,
+    pub(crate) regenerate: bool,
+    pub(crate) destroy: bool,
 }
 
 /// One flashed message with its category.
@@ -101,13 +120,42 @@ impl Session {
     }
 
     fn with_state(data: Dict, new: bool) -> Session {
+        Session::build(data, new, None)
+    }
+
+    fn build(data: Dict, new: bool, server: Option<Server>) -> Session {
         Session(Arc::new(Mutex::new(Inner {
             data,
             modified: false,
             accessed: false,
             new,
             flashes: None,
+            touched: Default::default(),
+            cleared: false,
+            server,
         })))
+    }
+
+    /// A server-side session: loaded (`stored` = its times) or new.
+    pub(crate) fn server(
+        data: Dict,
+        id: SessionId,
+        stored: Option<(u64, u64)>,
+        keep_loaded: bool,
+    ) -> Session {
+        let loaded = keep_loaded.then(|| data.clone());
+        let new = stored.is_none();
+        Session::build(
+            data,
+            new,
+            Some(Server {
+                id,
+                stored,
+                loaded,
+                regenerate: false,
+                destroy: false,
+            }),
+        )
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -137,8 +185,10 @@ impl Session {
 
     /// Stores a [`Value`] under `key`; infallible.
     pub fn insert_value(&self, key: impl Into<String>, value: Value) {
+        let key = key.into();
         let mut inner = self.touch();
-        inner.data.insert(key.into(), value);
+        inner.touched.insert(key.clone());
+        inner.data.insert(key, value);
         inner.modified = true;
     }
 
@@ -173,7 +223,13 @@ impl Session {
     /// session modified: call [`mark_modified`](Session::mark_modified) when
     /// the change must be saved.
     pub fn with_value_mut<R>(&self, key: &str, f: impl FnOnce(&mut Value) -> R) -> Option<R> {
-        self.touch().data.get_mut(key).map(f)
+        let mut inner = self.touch();
+        let result = inner.data.get_mut(key).map(f);
+        if result.is_some() {
+            // Saved only if the session is marked modified, as in Flask.
+            inner.touched.insert(key.to_owned());
+        }
+        result
     }
 
     /// `session.setdefault(key, default)`: the value under `key`, inserting
@@ -185,6 +241,7 @@ impl Session {
         }
         let v = default.into();
         inner.data.insert(key.to_owned(), v.clone());
+        inner.touched.insert(key.to_owned());
         inner.modified = true;
         v
     }
@@ -195,6 +252,7 @@ impl Session {
         let mut inner = self.touch();
         let v = inner.data.remove(key);
         if v.is_some() {
+            inner.touched.insert(key.to_owned());
             inner.modified = true;
         }
         v
@@ -209,6 +267,7 @@ impl Session {
         };
         let typed = convert(key, value)?;
         inner.data.remove(key);
+        inner.touched.insert(key.to_owned());
         inner.modified = true;
         Ok(Some(typed))
     }
@@ -248,7 +307,37 @@ impl Session {
     pub fn clear(&self) {
         let mut inner = self.touch();
         inner.data.clear();
+        inner.touched.clear();
+        inner.cleared = true;
         inner.modified = true;
+    }
+
+    /// Ends the session: server-side, the stored session is deleted when the
+    /// response is sent and the cookie is deleted (call it at logout). With
+    /// the cookie backend this is [`clear`](Session::clear).
+    pub fn destroy(&self) {
+        self.clear();
+        if let Some(server) = self.raw().server.as_mut() {
+            server.destroy = true;
+        }
+    }
+
+    /// Gives the session a new id, keeping its data, and deletes the old
+    /// one: call it at login against session fixation. Server-side only; with
+    /// the cookie backend (which has no id) it only marks the session modified.
+    pub fn regenerate(&self) {
+        let mut inner = self.touch();
+        inner.modified = true;
+        if let Some(server) = inner.server.as_mut() {
+            server.regenerate = true;
+            server.destroy = false;
+        }
+    }
+
+    /// The server-side session id (`None` with the cookie backend). A
+    /// secret: never log it whole.
+    pub fn id(&self) -> Option<SessionId> {
+        self.raw().server.as_ref().map(|s| s.id.clone())
     }
 
     /// Whether the session outlives the browser session (`session.permanent`):
@@ -310,6 +399,7 @@ impl Session {
                     .insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
             }
         }
+        inner.touched.insert(FLASHES_KEY.to_owned());
         inner.modified = true;
     }
 
@@ -324,6 +414,7 @@ impl Session {
         if inner.flashes.is_none() {
             let taken = inner.data.remove(FLASHES_KEY);
             if taken.is_some() {
+                inner.touched.insert(FLASHES_KEY.to_owned());
                 inner.modified = true;
             }
             inner.flashes = Some(taken.as_ref().map(parse_flashes).unwrap_or_default());
@@ -333,6 +424,29 @@ impl Session {
             .filter(|f| categories.is_empty() || categories.contains(&f.category.as_str()))
             .cloned()
             .collect()
+    }
+
+    /// What this request changed, key by key, with the final values: what a
+    /// store applies to the stored session (see [`Changes`]). Empty unless
+    /// the session is modified.
+    pub fn changes(&self) -> Changes {
+        let inner = self.raw();
+        if !inner.modified {
+            return Changes::default();
+        }
+        let keys = inner
+            .touched
+            .iter()
+            .map(|k| (k.clone(), inner.data.get(k).cloned()))
+            .collect();
+        Changes {
+            cleared: inner.cleared,
+            keys,
+        }
+    }
+
+    pub(crate) fn server_state(&self) -> Option<Server> {
+        self.raw().server.clone()
     }
 
     /// Runs `f` over the data and flags without copying, for the middleware.

@@ -1,0 +1,225 @@
+//! Opening and saving server-side sessions: the cookie holds only the id.
+
+use std::sync::Arc;
+
+use crate::config::{Config, SaveOutcome};
+use crate::error::Error;
+use crate::session::{PERMANENT_KEY, Session};
+use crate::sid::{SessionId, SidSigner};
+use crate::store::{ConflictPolicy, Record, Store, Update, Updated, apply_changes};
+use crate::value::{Dict, Value};
+
+/// Settings of server-side sessions.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerSide {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) signer: Option<SidSigner>,
+    pub(crate) permanent_default: bool,
+    /// Seconds after its last refresh before an unchanged session's expiry
+    /// is pushed back again.
+    pub(crate) refresh_after: u64,
+    pub(crate) absolute_timeout: Option<u64>,
+    pub(crate) conflict: ConflictPolicy,
+}
+
+impl ServerSide {
+    fn cookie_value(&self, id: &SessionId) -> String {
+        match &self.signer {
+            Some(s) => s.sign(id.as_str()),
+            None => id.as_str().to_owned(),
+        }
+    }
+
+    /// The id a cookie names, or `None` (with a warning) when it is malformed
+    /// or its signature is bad.
+    fn parse_cookie(&self, raw: &[u8]) -> Option<SessionId> {
+        let text = std::str::from_utf8(raw).ok()?;
+        let sid = match &self.signer {
+            Some(signer) => signer.unsign(text),
+            None => Some(text),
+        };
+        let id = sid.and_then(SessionId::parse);
+        if id.is_none() {
+            tracing::warn!(
+                reason = "bad_session_id",
+                "rejected session cookie; starting a new session"
+            );
+        }
+        id
+    }
+
+    fn new_session(&self) -> Session {
+        let mut data = Dict::new();
+        if self.permanent_default {
+            // Flask-Session marks new sessions permanent when they are made.
+            data.insert(PERMANENT_KEY.to_owned(), Value::Bool(true));
+        }
+        Session::server(data, SessionId::generate(), None, false)
+    }
+}
+
+/// Flask-Session's "falsy": no keys, or only `_permanent`.
+fn falsy(data: &Dict) -> bool {
+    data.keys().all(|k| k == PERMANENT_KEY)
+}
+
+impl Config {
+    /// Opens the session named by the request's cookie from the store. A
+    /// missing, malformed, badly signed, unknown or expired id gives a new
+    /// session with a **new** id (a client's id is never adopted).
+    pub(crate) async fn open_server(
+        &self,
+        server: &ServerSide,
+        cookie: Option<Vec<u8>>,
+    ) -> Result<Session, Error> {
+        let Some(id) = cookie
+            .filter(|c| !c.is_empty())
+            .and_then(|c| server.parse_cookie(&c))
+        else {
+            return Ok(server.new_session());
+        };
+        let now = self.now();
+        let Some(record) = server.store.load(&id, now).await? else {
+            return Ok(server.new_session());
+        };
+        if server
+            .absolute_timeout
+            .is_some_and(|t| now >= record.created_at.saturating_add(t))
+        {
+            // Past the absolute timeout however active: end it for good.
+            server.store.delete(&id).await?;
+            return Ok(server.new_session());
+        }
+        let keep = server.conflict == ConflictPolicy::Reject;
+        Ok(Session::server(
+            record.data,
+            id,
+            Some((record.created_at, record.expires_at)),
+            keep,
+        ))
+    }
+
+    /// Saves a server-side session and says what the response needs.
+    pub(crate) async fn save_server(
+        &self,
+        server: &ServerSide,
+        session: &Session,
+    ) -> Result<SaveOutcome, Error> {
+        let Some(state) = session.server_state() else {
+            return self.save(session);
+        };
+        let (data, modified, accessed) = session.inspect(|d, m, a| (d.clone(), m, a));
+        let mut out = SaveOutcome {
+            vary_cookie: accessed,
+            vary_first: accessed,
+            set_cookie: None,
+        };
+        let now = self.now();
+        let lifetime = self.lifetime_secs();
+        let created_at = state.stored.map_or(now, |(created, _)| created);
+        let mut expires_at = now.saturating_add(lifetime);
+        if let Some(t) = server.absolute_timeout {
+            expires_at = expires_at.min(created_at.saturating_add(t));
+        }
+        let permanent = data.get(PERMANENT_KEY).is_some_and(Value::is_truthy);
+        let store = &server.store;
+
+        if state.destroy || (modified && falsy(&data)) {
+            if state.stored.is_some() {
+                store.delete(&state.id).await?;
+            }
+            if state.stored.is_some() || modified {
+                out.set_cookie = Some(self.server_cookie_header("", None, true));
+                out.vary_cookie = true;
+            }
+            return Ok(out);
+        }
+        if falsy(&data) {
+            return Ok(out);
+        }
+        let cookie_expires = permanent.then_some(expires_at as i64);
+        let Some((_, stored_expires)) = state.stored else {
+            if modified {
+                store
+                    .create(
+                        &state.id,
+                        Record {
+                            data,
+                            created_at: now,
+                            expires_at,
+                        },
+                    )
+                    .await?;
+                out.set_cookie = Some(self.server_cookie_header(
+                    &server.cookie_value(&state.id),
+                    cookie_expires,
+                    false,
+                ));
+                out.vary_cookie = true;
+            }
+            return Ok(out);
+        };
+        let changes = session.changes();
+        if state.regenerate {
+            // Move the session, with this request's changes, to a fresh id.
+            let Some(mut current) = store.load(&state.id, now).await? else {
+                return Ok(self.gone(out));
+            };
+            apply_changes(&mut current.data, &changes, state.loaded.as_ref())?;
+            let new_id = SessionId::generate();
+            store
+                .create(
+                    &new_id,
+                    Record {
+                        data: current.data,
+                        created_at,
+                        expires_at,
+                    },
+                )
+                .await?;
+            store.delete(&state.id).await?;
+            out.set_cookie = Some(self.server_cookie_header(
+                &server.cookie_value(&new_id),
+                cookie_expires,
+                false,
+            ));
+            out.vary_cookie = true;
+            return Ok(out);
+        }
+        let last_refresh = stored_expires.saturating_sub(lifetime);
+        let refresh =
+            self.refresh_each_request() && now.saturating_sub(last_refresh) >= server.refresh_after;
+        if changes.is_empty() && !refresh {
+            return Ok(out);
+        }
+        let loaded = if server.conflict == ConflictPolicy::Reject {
+            state.loaded
+        } else {
+            None
+        };
+        let update = Update {
+            changes,
+            expires_at,
+            loaded,
+        };
+        match store.update(&state.id, &update, now).await? {
+            Updated::Gone => Ok(self.gone(out)),
+            Updated::Applied => {
+                if modified || permanent {
+                    let value = server.cookie_value(&state.id);
+                    out.set_cookie = Some(self.server_cookie_header(&value, cookie_expires, false));
+                    out.vary_cookie = true;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The session was destroyed by another request: tell the browser too.
+    fn gone(&self, mut out: SaveOutcome) -> SaveOutcome {
+        tracing::info!("session was destroyed by a concurrent request; its changes are dropped");
+        out.set_cookie = Some(self.server_cookie_header("", None, true));
+        out.vary_cookie = true;
+        out
+    }
+}
