@@ -70,23 +70,17 @@ enum Failure {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn key(secret: Option<String>) -> Result<SecretKey, Failure> {
-    let secret = secret.ok_or_else(|| {
-        Failure::Usage("no secret key: pass --secret KEY or set SECRET_KEY".into())
-    })?;
+    let secret = secret.ok_or_else(|| Failure::Usage("no secret key: pass --secret KEY or set SECRET_KEY".into()))?;
     SecretKey::new(secret).map_err(|e| Failure::Usage(e.to_string()))
 }
 
 fn describe(e: &CookieError) -> String {
     match e {
-        CookieError::BadSignature => {
-            "bad signature: the cookie was not signed with this key, or was changed".into()
-        }
+        CookieError::BadSignature => "bad signature: the cookie was not signed with this key, or was changed".into(),
         other => other.to_string(),
     }
 }
@@ -94,35 +88,19 @@ fn describe(e: &CookieError) -> String {
 fn run(cli: Cli) -> Result<String, Failure> {
     let Command::Cookie(command) = cli.command;
     match command {
-        CookieCommand::Sign {
-            secret,
-            timestamp,
-            json,
-        } => {
+        CookieCommand::Sign { secret, timestamp, json } => {
             let key = key(secret)?;
             let session = hipflask::parse_tagged_json(&json)
                 .map_err(|e| Failure::Rejected(format!("invalid session JSON: {e}")))?;
             let codec = CookieCodec::new(&key, &[], DEFAULT_LIFETIME.as_secs());
             Ok(codec.encode(&session, timestamp.unwrap_or_else(now)))
         }
-        CookieCommand::Decode {
-            no_verify: true,
-            cookie,
-            ..
-        } => {
+        CookieCommand::Decode { no_verify: true, cookie, .. } => {
             eprintln!("warning: signature and age NOT verified; anyone can forge this content");
-            let session = CookieCodec::decode_unverified(cookie.trim())
-                .map_err(|e| Failure::Rejected(describe(&e)))?;
+            let session = CookieCodec::decode_unverified(cookie.trim()).map_err(|e| Failure::Rejected(describe(&e)))?;
             Ok(hipflask::to_tagged_json(&session))
         }
-        CookieCommand::Decode {
-            secret,
-            fallbacks,
-            max_age,
-            now: at,
-            cookie,
-            ..
-        } => {
+        CookieCommand::Decode { secret, fallbacks, max_age, now: at, cookie, .. } => {
             let key = key(secret)?;
             let fallbacks = fallbacks
                 .into_iter()
@@ -130,9 +108,8 @@ fn run(cli: Cli) -> Result<String, Failure> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Failure::Usage(format!("--fallback: {e}")))?;
             let codec = CookieCodec::new(&key, &fallbacks, max_age);
-            let session = codec
-                .decode(cookie.trim(), at.unwrap_or_else(now))
-                .map_err(|e| Failure::Rejected(describe(&e)))?;
+            let session =
+                codec.decode(cookie.trim(), at.unwrap_or_else(now)).map_err(|e| Failure::Rejected(describe(&e)))?;
             Ok(hipflask::to_tagged_json(&session))
         }
     }

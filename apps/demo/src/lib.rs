@@ -17,6 +17,9 @@ use minijinja::Environment;
 use minijinja::value::{Enumerator, Kwargs, Object, Value as JValue, from_args};
 use serde::Deserialize;
 
+/// The key the per-user index follows (Flask-Login's).
+const USER_KEY: &str = "_user_id";
+
 /// Largest JSON body the API accepts; session values must fit in a cookie anyway.
 const MAX_API_BODY: usize = 64 * 1024;
 
@@ -25,6 +28,16 @@ const MAX_API_BODY: usize = 64 * 1024;
 pub struct DemoConfig {
     /// Session settings (Flask's names).
     pub session: hipflask::Config,
+    /// The store of server-side sessions (`None`: signed-cookie sessions),
+    /// also used by the "log out everywhere" page.
+    pub store: Option<Arc<dyn hipflask::Store>>,
+}
+
+impl DemoConfig {
+    /// Signed-cookie sessions with `config`.
+    pub fn cookie(session: hipflask::Config) -> DemoConfig {
+        DemoConfig { session, store: None }
+    }
 }
 
 impl DemoConfig {
@@ -36,16 +49,15 @@ impl DemoConfig {
     }
 
     /// Like [`from_env`](DemoConfig::from_env) from any lookup (for tests).
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(DemoConfig, Vec<String>), String> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<(DemoConfig, Vec<String>), String> {
         let mut warnings = Vec::new();
         let session_type = lookup("SESSION_TYPE").unwrap_or_default();
-        match session_type.trim().to_ascii_lowercase().as_str() {
-            "" | "cookie" => {}
-            t @ ("memory" | "filesystem" | "sqlite" | "redis" | "postgresql" | "mysql") => {
+        let store: Option<Arc<dyn hipflask::Store>> = match session_type.trim().to_ascii_lowercase().as_str() {
+            "" | "cookie" => None,
+            "memory" => Some(Arc::new(hipflask::MemoryStore::new())),
+            t @ ("filesystem" | "sqlite" | "redis" | "postgresql" | "mysql") => {
                 return Err(format!(
-                    "SESSION_TYPE={t}: server-side sessions are not available in this build yet; use SESSION_TYPE=cookie"
+                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie or memory"
                 ));
             }
             other => {
@@ -53,24 +65,25 @@ impl DemoConfig {
                     "SESSION_TYPE={other:?} is not one of cookie, memory, filesystem, sqlite, redis, postgresql, mysql"
                 ));
             }
-        }
-        let mut builder =
-            hipflask::ConfigBuilder::from_lookup(&lookup).map_err(|e| e.to_string())?;
+        };
+        let mut builder = hipflask::ConfigBuilder::from_lookup(&lookup).map_err(|e| e.to_string())?;
         if !builder.has_secret_key() && lookup("SECRET_KEY").is_none_or(|k| k.is_empty()) {
             builder = builder.random_secret_key();
-            warnings.push(
-                "SECRET_KEY is not set: using a random key, so sessions will not survive a restart"
-                    .to_owned(),
-            );
+            warnings
+                .push("SECRET_KEY is not set: using a random key, so sessions will not survive a restart".to_owned());
+        }
+        if let Some(store) = &store {
+            builder = builder.store(store.clone());
         }
         let session = builder.build().map_err(|e| e.to_string())?;
-        Ok((DemoConfig { session }, warnings))
+        Ok((DemoConfig { session, store }, warnings))
     }
 }
 
 struct AppState {
     templates: Environment<'static>,
     lifetime_days: u64,
+    store: Option<Arc<dyn hipflask::Store>>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -83,14 +96,13 @@ pub fn app(config: DemoConfig) -> Router {
         ("index.html", include_str!("templates/index.html")),
         ("query.html", include_str!("templates/query.html")),
     ] {
-        templates
-            .add_template(name, source)
-            .expect("the bundled templates are valid");
+        templates.add_template(name, source).expect("the bundled templates are valid");
     }
     templates.add_filter("py", |v: JValue| python_str(&v));
     let state = Arc::new(AppState {
         templates,
         lifetime_days: config.session.lifetime_secs() / 86_400,
+        store: config.store.clone(),
     });
 
     let api = Router::new()
@@ -102,6 +114,7 @@ pub fn app(config: DemoConfig) -> Router {
         .route("/", get(index))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
         .route("/set", get(set))
         .route("/get", get(get_query))
         .route("/del", get(del))
@@ -152,19 +165,11 @@ impl Object for SessionObject {
         match method {
             "get" => {
                 let (key, default): (&str, Option<JValue>) = from_args(args)?;
-                Ok(self
-                    .0
-                    .get_value(key)
-                    .map(|v| to_jinja(&v))
-                    .or(default)
-                    .unwrap_or(JValue::from(())))
+                Ok(self.0.get_value(key).map(|v| to_jinja(&v)).or(default).unwrap_or(JValue::from(())))
             }
             "keys" => Ok(JValue::from(self.0.keys())),
             "items" => Ok(JValue::from(
-                self.0
-                    .iter()
-                    .map(|(k, v)| JValue::from(vec![JValue::from(k), to_jinja(&v)]))
-                    .collect::<Vec<_>>(),
+                self.0.iter().map(|(k, v)| JValue::from(vec![JValue::from(k), to_jinja(&v)])).collect::<Vec<_>>(),
             )),
             _ => Err(minijinja::Error::new(
                 minijinja::ErrorKind::UnknownMethod,
@@ -181,14 +186,10 @@ fn to_jinja(v: &Value) -> JValue {
         Value::Null => JValue::from(()),
         Value::Bool(b) => JValue::from(*b),
         Value::Int(i) => JValue::from(*i),
-        Value::BigInt(b) => b
-            .to_i128()
-            .map_or_else(|| JValue::from(b.to_string()), JValue::from),
+        Value::BigInt(b) => b.to_i128().map_or_else(|| JValue::from(b.to_string()), JValue::from),
         Value::Float(f) => JValue::from(*f),
         Value::Str(s) => JValue::from(s.as_str()),
-        Value::List(items) | Value::Tuple(items) => {
-            JValue::from(items.iter().map(to_jinja).collect::<Vec<_>>())
-        }
+        Value::List(items) | Value::Tuple(items) => JValue::from(items.iter().map(to_jinja).collect::<Vec<_>>()),
         Value::Dict(d) => JValue::from_iter(d.iter().map(|(k, v)| (k.clone(), to_jinja(v)))),
         Value::Bytes(b) => JValue::from_bytes(b.clone()),
         Value::Markup(m) => JValue::from_safe_string(m.clone()),
@@ -303,11 +304,7 @@ fn write_repr(v: &Value, out: &mut String) {
 }
 
 fn str_repr(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -330,38 +327,34 @@ fn str_repr(s: &str, out: &mut String) {
 
 fn render(state: &AppState, name: &str, session: &hipflask::Session, extra: JValue) -> Response {
     let flash_session = session.clone();
-    let get_flashed_messages =
-        JValue::from_function(move |kwargs: Kwargs| -> Result<JValue, minijinja::Error> {
-            let with_categories: Option<bool> = kwargs.get("with_categories")?;
-            let filter: Option<Vec<String>> = kwargs.get("category_filter")?;
-            kwargs.assert_all_used()?;
-            let filter: Vec<&str> = filter.iter().flatten().map(String::as_str).collect();
-            let flashes = flash_session.get_flashed_messages(&filter);
-            Ok(JValue::from(
-                flashes
-                    .into_iter()
-                    .map(|f| {
-                        let message = to_jinja(&f.message);
-                        if with_categories.unwrap_or(false) {
-                            JValue::from(vec![JValue::from(f.category), message])
-                        } else {
-                            message
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-            ))
-        });
+    let get_flashed_messages = JValue::from_function(move |kwargs: Kwargs| -> Result<JValue, minijinja::Error> {
+        let with_categories: Option<bool> = kwargs.get("with_categories")?;
+        let filter: Option<Vec<String>> = kwargs.get("category_filter")?;
+        kwargs.assert_all_used()?;
+        let filter: Vec<&str> = filter.iter().flatten().map(String::as_str).collect();
+        let flashes = flash_session.get_flashed_messages(&filter);
+        Ok(JValue::from(
+            flashes
+                .into_iter()
+                .map(|f| {
+                    let message = to_jinja(&f.message);
+                    if with_categories.unwrap_or(false) {
+                        JValue::from(vec![JValue::from(f.category), message])
+                    } else {
+                        message
+                    }
+                })
+                .collect::<Vec<_>>(),
+        ))
+    });
     let ctx = minijinja::context! {
         session => JValue::from_object(SessionObject(session.clone())),
         get_flashed_messages => get_flashed_messages,
         lifetime_days => state.lifetime_days,
+        server_side => state.store.is_some(),
         ..extra
     };
-    match state
-        .templates
-        .get_template(name)
-        .and_then(|t| t.render(ctx))
-    {
+    match state.templates.get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, template = name, "template rendering failed");
@@ -373,15 +366,10 @@ fn render(state: &AppState, name: &str, session: &hipflask::Session, extra: JVal
 async fn index(State(state): Shared, session: Session) -> Response {
     let items: Vec<(String, String)> = session
         .iter()
-        .filter(|(k, _)| k != hipflask::FLASHES_KEY)
+        .filter(|(k, _)| k != hipflask::FLASHES_KEY && k != USER_KEY)
         .map(|(k, v)| (k, python_repr(&v)))
         .collect();
-    render(
-        &state,
-        "index.html",
-        &session,
-        minijinja::context! { items },
-    )
+    render(&state, "index.html", &session, minijinja::context! { items })
 }
 
 #[derive(Deserialize)]
@@ -399,7 +387,11 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Redirect {
         session.flash("Please enter a username.", "error");
         return Redirect::to("/");
     }
+    // A new id at login, against session fixation (server-side sessions).
+    session.regenerate();
     session.insert_value("username", Value::from(name));
+    // Flask-Login's key: the store's per-user index follows it.
+    session.insert_value(USER_KEY, Value::from(name));
     // Seed 000's use case: "remember me" is a long-lived (permanent) session.
     session.set_permanent(form.remember.as_deref() == Some("on"));
     session.flash(format!("Logged in as {name}"), "message");
@@ -407,9 +399,31 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Redirect {
 }
 
 async fn logout(session: Session) -> Redirect {
-    session.clear();
+    session.destroy();
     session.flash("Logged out", "message");
     Redirect::to("/")
+}
+
+/// Ends every session of the logged-in user, on every browser.
+async fn logout_everywhere(State(state): Shared, session: Session) -> Response {
+    let Some(store) = &state.store else {
+        session.flash("Logging out everywhere needs server-side sessions (SESSION_TYPE=memory).", "error");
+        return Redirect::to("/").into_response();
+    };
+    let Some(user) = session.get::<String>(USER_KEY) else {
+        return Redirect::to("/").into_response();
+    };
+    match store.delete_user(&user).await {
+        Ok(n) => {
+            session.destroy();
+            session.flash(format!("Logged out of {n} sessions"), "message");
+            Redirect::to("/").into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "log out everywhere failed");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
 }
 
 fn query(state: &AppState, session: &hipflask::Session, action: &str) -> Response {
@@ -452,10 +466,8 @@ async fn delete_visits(session: Session) -> &'static str {
 
 /// Seed 004: change a nested value in place, then mark the session modified.
 async fn cart(session: Session) -> String {
-    let before: Vec<String> = session
-        .iter()
-        .map(|(k, v)| format!("({}, {})", python_repr(&Value::Str(k)), python_repr(&v)))
-        .collect();
+    let before: Vec<String> =
+        session.iter().map(|(k, v)| format!("({}, {})", python_repr(&Value::Str(k)), python_repr(&v))).collect();
     let page = format!("dict_items([{}])", before.join(", "));
     let changed = session.with_value_mut("cart_item", |item| {
         if let Some(cart) = item.as_dict_mut() {
@@ -466,9 +478,8 @@ async fn cart(session: Session) -> String {
         // Changing a nested value is invisible to the session, as in Flask.
         session.mark_modified();
     } else {
-        let cart: hipflask::Dict = [("pineapples", "10"), ("apples", "20"), ("mangoes", "30")]
-            .map(|(k, v)| (k.into(), v.into()))
-            .into();
+        let cart: hipflask::Dict =
+            [("pineapples", "10"), ("apples", "20"), ("mangoes", "30")].map(|(k, v)| (k.into(), v.into())).into();
         session.insert_value("cart_item", Value::Dict(cart));
     }
     page
@@ -482,9 +493,7 @@ async fn permanent(session: Session) -> &'static str {
 }
 
 async fn get_session(session: Session) -> String {
-    session
-        .get::<String>("username")
-        .unwrap_or_else(|| "没有session数据".to_owned())
+    session.get::<String>("username").unwrap_or_else(|| "没有session数据".to_owned())
 }
 
 async fn del_session(session: Session) -> &'static str {

@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "hipflask-demo",
-    version,
-    about = "The Flask session tutorials, served by hipflask"
-)]
+#[command(name = "hipflask-demo", version, about = "The Flask session tutorials, served by hipflask")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5000")]
@@ -44,10 +40,7 @@ async fn main() -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         eprintln!("error: {e}");
         return ExitCode::from(1);
     }

@@ -12,9 +12,7 @@
 
 use std::sync::Arc;
 
-use hipflask::{
-    BigInt, Changes, DateTime, Dict, ErrorKind, Record, SessionId, Store, Update, Updated, Value,
-};
+use hipflask::{BigInt, Changes, DateTime, Dict, ErrorKind, Record, SessionId, Store, Update, Updated, Value};
 
 /// The time the checks pretend it is.
 pub const NOW: u64 = 1_700_000_000;
@@ -46,33 +44,19 @@ pub async fn run(store: Arc<dyn Store>) {
 }
 
 fn dict(pairs: &[(&str, Value)]) -> Dict {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
 }
 
 fn record(data: Dict) -> Record {
-    Record {
-        data,
-        created_at: NOW,
-        expires_at: NOW + 3600,
-    }
+    Record { data, created_at: NOW, expires_at: NOW + 3600 }
 }
 
 fn set(key: &str, value: impl Into<Value>) -> Changes {
-    Changes {
-        cleared: false,
-        keys: vec![(key.to_owned(), Some(value.into()))],
-    }
+    Changes { cleared: false, keys: vec![(key.to_owned(), Some(value.into()))] }
 }
 
 fn update(changes: Changes) -> Update {
-    Update {
-        changes,
-        expires_at: NOW + 3600,
-        loaded: None,
-    }
+    Update { changes, expires_at: NOW + 3600, loaded: None }
 }
 
 async fn fresh(store: &Arc<dyn Store>, data: Dict) -> SessionId {
@@ -93,127 +77,60 @@ pub async fn round_trips_every_flask_value_type(store: Arc<dyn Store>) {
         ("_permanent", Value::Bool(true)),
         ("none", Value::Null),
         ("int", Value::Int(-42)),
-        (
-            "big",
-            Value::BigInt(BigInt::parse("18446744073709551617").unwrap()),
-        ),
+        ("big", Value::BigInt(BigInt::parse("18446744073709551617").unwrap())),
         ("float", Value::Float(0.1 + 0.2)),
         ("inf", Value::Float(f64::INFINITY)),
         ("str", Value::from("你好 \"quoted\" \u{1F600}")),
-        (
-            "list",
-            Value::List(vec![Value::Int(1), Value::List(vec![])]),
-        ),
-        (
-            "tuple",
-            Value::Tuple(vec![Value::from("message"), Value::from("Hello")]),
-        ),
+        ("list", Value::List(vec![Value::Int(1), Value::List(vec![])])),
+        ("tuple", Value::Tuple(vec![Value::from("message"), Value::from("Hello")])),
         ("bytes", Value::Bytes(vec![0, 1, 254, 255])),
         ("markup", Value::Markup("<b>bold</b>".into())),
-        (
-            "uuid",
-            Value::Uuid(uuid::Uuid::from_u128(
-                0xf47a_c10b_58cc_4372_a567_0e02_b2c3_d479,
-            )),
-        ),
-        (
-            "datetime",
-            Value::DateTime(DateTime::from_unix(1_704_164_645).unwrap()),
-        ),
+        ("uuid", Value::Uuid(uuid::Uuid::from_u128(0xf47a_c10b_58cc_4372_a567_0e02_b2c3_d479))),
+        ("datetime", Value::DateTime(DateTime::from_unix(1_704_164_645).unwrap())),
         ("dict", Value::Dict(nested)),
         (" spaced", Value::Int(1)),
     ]);
     let id = fresh(&store, data.clone()).await;
-    let got = store
-        .load(&id, NOW)
-        .await
-        .expect("load")
-        .expect("the session exists");
+    let got = store.load(&id, NOW).await.expect("load").expect("the session exists");
     assert_eq!(got.data, data, "round_trips_every_flask_value_type");
-    assert_eq!(
-        (got.created_at, got.expires_at),
-        (NOW, NOW + 3600),
-        "timestamps kept"
-    );
+    assert_eq!((got.created_at, got.expires_at), (NOW, NOW + 3600), "timestamps kept");
 }
 
 /// An id never stored loads as `None`.
 pub async fn unknown_id_loads_nothing(store: Arc<dyn Store>) {
-    assert_eq!(
-        load(&store, &SessionId::generate()).await,
-        None,
-        "unknown_id_loads_nothing"
-    );
+    assert_eq!(load(&store, &SessionId::generate()).await, None, "unknown_id_loads_nothing");
 }
 
 /// A session is live strictly before its expiry.
 pub async fn expired_sessions_are_invisible(store: Arc<dyn Store>) {
     let id = fresh(&store, dict(&[("a", Value::Int(1))])).await;
-    assert!(
-        store.load(&id, NOW + 3599).await.unwrap().is_some(),
-        "live before expiry"
-    );
-    assert!(
-        store.load(&id, NOW + 3600).await.unwrap().is_none(),
-        "expired at expiry"
-    );
-    let up = store
-        .update(&id, &update(set("b", 2)), NOW + 3600)
-        .await
-        .unwrap();
+    assert!(store.load(&id, NOW + 3599).await.unwrap().is_some(), "live before expiry");
+    assert!(store.load(&id, NOW + 3600).await.unwrap().is_none(), "expired at expiry");
+    let up = store.update(&id, &update(set("b", 2)), NOW + 3600).await.unwrap();
     assert_eq!(up, Updated::Gone, "an expired session is not updated");
 }
 
 /// Keys the request did not touch keep their stored values.
 pub async fn update_applies_only_the_changed_keys(store: Arc<dyn Store>) {
-    let id = fresh(
-        &store,
-        dict(&[
-            ("a", Value::Int(1)),
-            ("b", Value::Int(2)),
-            ("c", Value::Int(3)),
-        ]),
-    )
-    .await;
-    let changes = Changes {
-        cleared: false,
-        keys: vec![("a".into(), Some(Value::Int(10))), ("c".into(), None)],
-    };
-    assert_eq!(
-        store.update(&id, &update(changes), NOW).await.unwrap(),
-        Updated::Applied
-    );
-    assert_eq!(
-        load(&store, &id).await.unwrap(),
-        dict(&[("a", Value::Int(10)), ("b", Value::Int(2))])
-    );
+    let id = fresh(&store, dict(&[("a", Value::Int(1)), ("b", Value::Int(2)), ("c", Value::Int(3))])).await;
+    let changes = Changes { cleared: false, keys: vec![("a".into(), Some(Value::Int(10))), ("c".into(), None)] };
+    assert_eq!(store.update(&id, &update(changes), NOW).await.unwrap(), Updated::Applied);
+    assert_eq!(load(&store, &id).await.unwrap(), dict(&[("a", Value::Int(10)), ("b", Value::Int(2))]));
 }
 
 /// `clear()` followed by new keys leaves only the new keys.
 pub async fn cleared_then_set_keeps_only_the_new_keys(store: Arc<dyn Store>) {
     let id = fresh(&store, dict(&[("a", Value::Int(1)), ("b", Value::Int(2))])).await;
-    let changes = Changes {
-        cleared: true,
-        keys: vec![("z".into(), Some(Value::Int(26)))],
-    };
+    let changes = Changes { cleared: true, keys: vec![("z".into(), Some(Value::Int(26)))] };
     store.update(&id, &update(changes), NOW).await.unwrap();
-    assert_eq!(
-        load(&store, &id).await.unwrap(),
-        dict(&[("z", Value::Int(26))])
-    );
+    assert_eq!(load(&store, &id).await.unwrap(), dict(&[("z", Value::Int(26))]));
 }
 
 /// A session deleted by another request stays deleted.
 pub async fn update_of_a_destroyed_session_does_not_resurrect_it(store: Arc<dyn Store>) {
     let id = fresh(&store, dict(&[("user", Value::from("alice"))])).await;
     assert!(store.delete(&id).await.unwrap());
-    assert_eq!(
-        store
-            .update(&id, &update(set("cart", 1)), NOW)
-            .await
-            .unwrap(),
-        Updated::Gone
-    );
+    assert_eq!(store.update(&id, &update(set("cart", 1)), NOW).await.unwrap(), Updated::Gone);
     assert_eq!(load(&store, &id).await, None, "no resurrection");
 }
 
@@ -230,32 +147,18 @@ pub async fn same_key_conflict_is_rejected_when_asked(store: Arc<dyn Store>) {
     let id = fresh(&store, dict(&[("a", Value::Int(0))])).await;
     let loaded = dict(&[("a", Value::Int(0))]);
     store.update(&id, &update(set("a", 1)), NOW).await.unwrap();
-    let stale = Update {
-        changes: set("a", 2),
-        expires_at: NOW + 3600,
-        loaded: Some(loaded),
-    };
+    let stale = Update { changes: set("a", 2), expires_at: NOW + 3600, loaded: Some(loaded) };
     let err = store.update(&id, &stale, NOW).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    assert_eq!(
-        load(&store, &id).await.unwrap()["a"],
-        Value::Int(1),
-        "nothing written"
-    );
+    assert_eq!(load(&store, &id).await.unwrap()["a"], Value::Int(1), "nothing written");
 }
 
 /// Creating an existing id fails instead of overwriting.
 pub async fn duplicate_create_is_a_conflict(store: Arc<dyn Store>) {
     let id = fresh(&store, dict(&[("a", Value::Int(1))])).await;
-    let err = store
-        .create(&id, record(dict(&[("b", Value::Int(2))])))
-        .await
-        .unwrap_err();
+    let err = store.create(&id, record(dict(&[("b", Value::Int(2))]))).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    assert_eq!(
-        load(&store, &id).await.unwrap(),
-        dict(&[("a", Value::Int(1))])
-    );
+    assert_eq!(load(&store, &id).await.unwrap(), dict(&[("a", Value::Int(1))]));
 }
 
 /// 100 tasks each set their own key on one session at once: all 100 stay.
@@ -264,23 +167,14 @@ pub async fn concurrent_writers_of_different_keys_lose_nothing(store: Arc<dyn St
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             let (store, id) = (store.clone(), id.clone());
-            tokio::spawn(async move {
-                store
-                    .update(&id, &update(set(&format!("k{i:03}"), i)), NOW)
-                    .await
-            })
+            tokio::spawn(async move { store.update(&id, &update(set(&format!("k{i:03}"), i)), NOW).await })
         })
         .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), Updated::Applied);
     }
     let data = load(&store, &id).await.unwrap();
-    assert_eq!(
-        data.len(),
-        100,
-        "lost updates: only {} keys of 100",
-        data.len()
-    );
+    assert_eq!(data.len(), 100, "lost updates: only {} keys of 100", data.len());
 }
 
 /// A logout racing 50 writers: once it has happened no write brings the session back.
@@ -289,16 +183,12 @@ pub async fn logout_racing_writers_leaves_no_session(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for i in 0..50 {
         let (s, sid) = (store.clone(), id.clone());
-        tasks.push(tokio::spawn(async move {
-            s.update(&sid, &update(set(&format!("w{i}"), i)), NOW)
-                .await
-                .map(|_| ())
-        }));
+        tasks.push(tokio::spawn(
+            async move { s.update(&sid, &update(set(&format!("w{i}"), i)), NOW).await.map(|_| ()) },
+        ));
         if i == 25 {
             let (s, sid) = (store.clone(), id.clone());
-            tasks.push(tokio::spawn(
-                async move { s.delete(&sid).await.map(|_| ()) },
-            ));
+            tasks.push(tokio::spawn(async move { s.delete(&sid).await.map(|_| ()) }));
         }
     }
     for t in tasks {
@@ -317,28 +207,14 @@ pub async fn delete_reports_existence(store: Arc<dyn Store>) {
 /// Cleanup deletes expired sessions and keeps live ones.
 pub async fn cleanup_removes_only_expired_sessions(store: Arc<dyn Store>) {
     let short = SessionId::generate();
-    store
-        .create(
-            &short,
-            Record {
-                data: Dict::new(),
-                created_at: NOW,
-                expires_at: NOW + 5,
-            },
-        )
-        .await
-        .unwrap();
+    store.create(&short, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 5 }).await.unwrap();
     let long = fresh(&store, Dict::new()).await;
     let removed = store.delete_expired(NOW + 10).await.unwrap();
     assert!(removed >= 1, "removed {removed}");
     assert!(store.load(&long, NOW + 10).await.unwrap().is_some());
     let listed = store.list(NOW + 10).await.unwrap();
     assert!(listed.contains(&long) && !listed.contains(&short));
-    assert_eq!(
-        store.delete_expired(NOW + 10).await.unwrap(),
-        0,
-        "nothing left to remove"
-    );
+    assert_eq!(store.delete_expired(NOW + 10).await.unwrap(), 0, "nothing left to remove");
 }
 
 /// The per-user index follows the user key through writes and logs out everywhere.
@@ -351,35 +227,20 @@ pub async fn user_index_lists_and_logs_out_everywhere(store: Arc<dyn Store>) {
     let b1 = fresh(&store, dict(&[("_user_id", Value::from(bob.as_str()))])).await;
     let anon = fresh(&store, Dict::new()).await;
     // Logging in on an existing session adds it to the index.
-    store
-        .update(&anon, &update(set("_user_id", alice.as_str())), NOW)
-        .await
-        .unwrap();
+    store.update(&anon, &update(set("_user_id", alice.as_str())), NOW).await.unwrap();
     let mut mine = store.sessions_of_user(&alice, NOW).await.unwrap();
     mine.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     let mut want = vec![a1.clone(), a2.clone(), anon.clone()];
     want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     assert_eq!(mine, want);
     // Logging out of one session removes it from the index.
-    let logout = Changes {
-        cleared: true,
-        keys: vec![],
-    };
+    let logout = Changes { cleared: true, keys: vec![] };
     store.update(&a2, &update(logout), NOW).await.unwrap();
     assert_eq!(store.sessions_of_user(&alice, NOW).await.unwrap().len(), 2);
     assert_eq!(store.delete_user(&alice).await.unwrap(), 2);
     assert_eq!(load(&store, &a1).await, None);
     assert_eq!(load(&store, &anon).await, None);
-    assert!(
-        load(&store, &a2).await.is_some(),
-        "the logged-out session is not the user's any more"
-    );
-    assert!(
-        load(&store, &b1).await.is_some(),
-        "other users keep their sessions"
-    );
-    assert_eq!(
-        store.sessions_of_user(&alice, NOW).await.unwrap(),
-        Vec::<SessionId>::new()
-    );
+    assert!(load(&store, &a2).await.is_some(), "the logged-out session is not the user's any more");
+    assert!(load(&store, &b1).await.is_some(), "other users keep their sessions");
+    assert_eq!(store.sessions_of_user(&alice, NOW).await.unwrap(), Vec::<SessionId>::new());
 }

@@ -16,17 +16,7 @@ async fn memory_store_stays_within_capacity() {
     let mut ids = Vec::new();
     for i in 0..5u64 {
         let id = SessionId::generate();
-        store
-            .create(
-                &id,
-                Record {
-                    data: Dict::new(),
-                    created_at: now,
-                    expires_at: now + 100 + i,
-                },
-            )
-            .await
-            .unwrap();
+        store.create(&id, Record { data: Dict::new(), created_at: now, expires_at: now + 100 + i }).await.unwrap();
         ids.push(id);
     }
     assert_eq!(store.len(), 3);

@@ -54,9 +54,7 @@ impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
         match self {
             SessionRejection::Missing => {
-                tracing::error!(
-                    "the Session extractor was used on a route without hipflask_tower::SessionLayer"
-                );
+                tracing::error!("the Session extractor was used on a route without hipflask_tower::SessionLayer");
                 StatusCode::INTERNAL_SERVER_ERROR.into_response()
             }
             SessionRejection::Unavailable(e) => {
@@ -71,14 +69,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let lazy = parts
-            .extensions
-            .get::<LazySession>()
-            .ok_or(SessionRejection::Missing)?;
-        lazy.load()
-            .await
-            .map(Session)
-            .map_err(SessionRejection::Unavailable)
+        let lazy = parts.extensions.get::<LazySession>().ok_or(SessionRejection::Missing)?;
+        lazy.load().await.map(Session).map_err(SessionRejection::Unavailable)
     }
 }
 
@@ -88,11 +80,7 @@ impl<S: Send + Sync> axum_core::extract::OptionalFromRequestParts<S> for Session
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         match parts.extensions.get::<LazySession>() {
             None => Ok(None),
-            Some(lazy) => lazy
-                .load()
-                .await
-                .map(|s| Some(Session(s)))
-                .map_err(SessionRejection::Unavailable),
+            Some(lazy) => lazy.load().await.map(|s| Some(Session(s))).map_err(SessionRejection::Unavailable),
         }
     }
 }

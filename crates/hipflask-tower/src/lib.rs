@@ -73,10 +73,7 @@ impl<S> tower_layer::Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> SessionService<S> {
-        SessionService {
-            inner,
-            config: self.config.clone(),
-        }
+        SessionService { inner, config: self.config.clone() }
     }
 }
 
@@ -165,12 +162,7 @@ where
             session: OnceLock::new(),
         });
         req.extensions_mut().insert(LazySession(slot.clone()));
-        ResponseFuture {
-            state: State::Running {
-                inner: self.inner.call(req),
-                slot: Some(slot),
-            },
-        }
+        ResponseFuture { state: State::Running { inner: self.inner.call(req), slot: Some(slot) } }
     }
 }
 
@@ -219,12 +211,8 @@ where
                         return Poll::Ready(Ok(response));
                     };
                     let config = slot.config.clone();
-                    let save: SaveFuture =
-                        Box::pin(async move { config.save_session(&session).await });
-                    state.set(State::Saving {
-                        save,
-                        response: Some(response),
-                    });
+                    let save: SaveFuture = Box::pin(async move { config.save_session(&session).await });
+                    state.set(State::Saving { save, response: Some(response) });
                 }
                 StateProj::Saving { save, response } => {
                     let outcome = ready!(save.as_mut().poll(cx));
@@ -254,10 +242,7 @@ fn cookie_outcome(slot: &Slot) -> Result<Option<SaveOutcome>, hipflask::Error> {
 
 /// Applies a save's outcome to the response, or replaces the response with
 /// an empty error one: clients get the status, `tracing` gets the detail.
-fn finish<B: Default>(
-    outcome: Result<Option<SaveOutcome>, hipflask::Error>,
-    response: &mut Response<B>,
-) {
+fn finish<B: Default>(outcome: Result<Option<SaveOutcome>, hipflask::Error>, response: &mut Response<B>) {
     let status = match outcome {
         Ok(None) => return,
         Ok(Some(outcome)) => match apply(outcome, response.headers_mut()) {

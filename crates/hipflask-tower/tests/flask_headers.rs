@@ -25,25 +25,17 @@ fn frozen() -> u64 {
 }
 
 fn scenarios() -> Vec<Json> {
-    let all: Json = serde_json::from_str(include_str!(
-        "../../hipflask/tests/fixtures/flask-headers.json"
-    ))
-    .unwrap();
+    let all: Json = serde_json::from_str(include_str!("../../hipflask/tests/fixtures/flask-headers.json")).unwrap();
     all["scenarios"].as_array().unwrap().clone()
 }
 
 /// Python's `str(timedelta)`: `7 days, 0:00:00` or `0:01:00`.
 fn timedelta(text: &str) -> Duration {
-    let (days, hms) = match text
-        .split_once(" days, ")
-        .or_else(|| text.split_once(" day, "))
-    {
+    let (days, hms) = match text.split_once(" days, ").or_else(|| text.split_once(" day, ")) {
         Some((d, rest)) => (d.parse::<u64>().unwrap(), rest),
         None => (0, text),
     };
-    let secs = hms
-        .split(':')
-        .fold(0u64, |acc, p| acc * 60 + p.parse::<u64>().unwrap());
+    let secs = hms.split(':').fold(0u64, |acc, p| acc * 60 + p.parse::<u64>().unwrap());
     Duration::from_secs(days * 86_400 + secs)
 }
 
@@ -51,9 +43,7 @@ fn config_for(scenario: &Json) -> Config {
     let mut b: ConfigBuilder = Config::builder().secret_key("secret").clock(frozen);
     for (key, v) in scenario["config"].as_object().unwrap() {
         b = match key.as_str() {
-            "PERMANENT_SESSION_LIFETIME" => {
-                b.permanent_session_lifetime(timedelta(v.as_str().unwrap()))
-            }
+            "PERMANENT_SESSION_LIFETIME" => b.permanent_session_lifetime(timedelta(v.as_str().unwrap())),
             "SESSION_REFRESH_EACH_REQUEST" => b.refresh_each_request(v.as_bool().unwrap()),
             "SESSION_COOKIE_SAMESITE" => b.cookie_samesite(SameSite::parse(v.as_str().unwrap())),
             "SESSION_COOKIE_SECURE" => b.cookie_secure(v.as_bool().unwrap()),
@@ -74,12 +64,7 @@ fn config_for(scenario: &Json) -> Config {
 fn blob(scenario: &Json) -> String {
     let set_cookie = scenario["response"]["set_cookie"][0].as_str().unwrap();
     let value = &set_cookie["session=".len()..set_cookie.find(';').unwrap()];
-    let codec = Config::builder()
-        .secret_key("secret")
-        .build()
-        .unwrap()
-        .codec()
-        .clone();
+    let codec = Config::builder().secret_key("secret").build().unwrap().codec().clone();
     let d = codec.decode(value, FROZEN).unwrap();
     d["blob"].as_str().unwrap().to_owned()
 }
@@ -89,11 +74,7 @@ async fn view(State((id, blob)): State<(String, Arc<String>)>, req: Request) -> 
     let lazy = req.extensions().get::<LazySession>().unwrap().clone();
     // Untouched views must not load the session at all.
     let untouched = id.contains("untouched");
-    let session = if untouched {
-        None
-    } else {
-        Some(lazy.load().await.unwrap())
-    };
+    let session = if untouched { None } else { Some(lazy.load().await.unwrap()) };
     let s = || session.clone().expect("loaded for touched views");
     let mut status = StatusCode::OK;
     let mut vary_accept_encoding = false;
@@ -181,28 +162,23 @@ async fn view(State((id, blob)): State<(String, Arc<String>)>, req: Request) -> 
     }
     let mut res = (status, "ok").into_response();
     if vary_accept_encoding {
-        res.headers_mut()
-            .insert("vary", "Accept-Encoding".parse().unwrap());
+        res.headers_mut().insert("vary", "Accept-Encoding".parse().unwrap());
     }
     res
 }
 
 #[test]
 fn every_flask_transcript_is_reproduced() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let scenarios = scenarios();
     assert_eq!(scenarios.len(), 44);
     for scenario in &scenarios {
         let id = scenario["id"].as_str().unwrap().to_owned();
-        let blob = Arc::new(
-            if id == "cookie_too_large" || id == "cookie_size_limit_off" {
-                blob(scenario)
-            } else {
-                String::new()
-            },
-        );
+        let blob = Arc::new(if id == "cookie_too_large" || id == "cookie_size_limit_off" {
+            blob(scenario)
+        } else {
+            String::new()
+        });
         let app = Router::new()
             .route("/", get(view))
             .with_state((id.clone(), blob))
@@ -217,34 +193,17 @@ fn every_flask_transcript_is_reproduced() {
         let res = logs.capture(|| rt.block_on(app.oneshot(req))).unwrap();
 
         let want = &scenario["response"];
-        assert_eq!(
-            res.status().as_u16(),
-            want["status"].as_u64().unwrap() as u16,
-            "{id}: status"
-        );
-        let set_cookie: Vec<&str> = res
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        let want_set_cookie: Vec<&str> = want["set_cookie"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        assert_eq!(res.status().as_u16(), want["status"].as_u64().unwrap() as u16, "{id}: status");
+        let set_cookie: Vec<&str> = res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        let want_set_cookie: Vec<&str> =
+            want["set_cookie"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(set_cookie, want_set_cookie, "{id}: Set-Cookie");
         let vary = res.headers().get("vary").map(|v| v.to_str().unwrap());
         assert_eq!(vary, want["vary"].as_str(), "{id}: Vary");
 
         // Where both appear, they appear in Flask's order.
-        let order: Vec<String> = res
-            .headers()
-            .keys()
-            .map(|k| k.as_str().to_owned())
-            .filter(|k| k == "vary" || k == "set-cookie")
-            .collect();
+        let order: Vec<String> =
+            res.headers().keys().map(|k| k.as_str().to_owned()).filter(|k| k == "vary" || k == "set-cookie").collect();
         let want_order: Vec<String> = want["headers"]
             .as_array()
             .unwrap()
@@ -256,16 +215,10 @@ fn every_flask_transcript_is_reproduced() {
 
         let logged = logs.text();
         for warning in scenario["warnings"].as_array().unwrap() {
-            assert!(
-                logged.contains(warning.as_str().unwrap()),
-                "{id}: missing warning, logged: {logged}"
-            );
+            assert!(logged.contains(warning.as_str().unwrap()), "{id}: missing warning, logged: {logged}");
         }
         if scenario["warnings"].as_array().unwrap().is_empty() {
-            assert!(
-                !logged.contains("too large"),
-                "{id}: unexpected warning {logged}"
-            );
+            assert!(!logged.contains("too large"), "{id}: unexpected warning {logged}");
         }
     }
 }

@@ -21,17 +21,11 @@ fn frozen() -> u64 {
 }
 
 fn config() -> Config {
-    Config::builder()
-        .secret_key("secret")
-        .clock(frozen)
-        .build()
-        .unwrap()
+    Config::builder().secret_key("secret").clock(frozen).build().unwrap()
 }
 
 async fn whoami(session: Session) -> String {
-    session
-        .get::<String>("username")
-        .unwrap_or_else(|| "anonymous".into())
+    session.get::<String>("username").unwrap_or_else(|| "anonymous".into())
 }
 
 async fn untouched() -> &'static str {
@@ -75,9 +69,7 @@ struct Answer {
 }
 
 fn send(app: Router, path: &str, cookie: Option<HeaderValue>) -> Answer {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut req = Request::get(path).body(Body::empty()).unwrap();
     if let Some(c) = cookie {
         req.headers_mut().insert("cookie", c);
@@ -87,27 +79,14 @@ fn send(app: Router, path: &str, cookie: Option<HeaderValue>) -> Answer {
         rt.block_on(async {
             let res = app.oneshot(req).await.unwrap();
             let status = res.status();
-            let set_cookie = res
-                .headers()
-                .get_all("set-cookie")
-                .iter()
-                .map(|v| v.to_str().unwrap().to_owned())
-                .collect();
+            let set_cookie =
+                res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
             let body = res.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                set_cookie,
-                String::from_utf8(body.to_vec()).unwrap(),
-            )
+            (status, set_cookie, String::from_utf8(body.to_vec()).unwrap())
         })
     });
     let logs = logs.text();
-    Answer {
-        status,
-        set_cookie,
-        body,
-        logs,
-    }
+    Answer { status, set_cookie, body, logs }
 }
 
 fn cookie_header(value: &str) -> Option<HeaderValue> {
@@ -115,10 +94,7 @@ fn cookie_header(value: &str) -> Option<HeaderValue> {
 }
 
 fn signed(data: &[(&str, Value)], ts: u64) -> String {
-    let d: Dict = data
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
+    let d: Dict = data.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
     config().codec().encode(&d, ts)
 }
 
@@ -126,29 +102,14 @@ fn assert_rejected(name: &str, cookie: Option<HeaderValue>, reason: &str) {
     let a = send(app(config()), "/whoami", cookie);
     assert_eq!(a.status, StatusCode::OK, "{name}");
     assert_eq!(a.body, "anonymous", "{name}: an empty session");
-    assert!(
-        a.set_cookie.is_empty(),
-        "{name}: Flask never deletes a stale cookie by itself"
-    );
-    assert!(
-        a.logs.contains("rejected session cookie"),
-        "{name}: no warning in {}",
-        a.logs
-    );
-    assert!(
-        a.logs.contains(reason),
-        "{name}: reason {reason} not in {}",
-        a.logs
-    );
+    assert!(a.set_cookie.is_empty(), "{name}: Flask never deletes a stale cookie by itself");
+    assert!(a.logs.contains("rejected session cookie"), "{name}: no warning in {}", a.logs);
+    assert!(a.logs.contains(reason), "{name}: reason {reason} not in {}", a.logs);
 }
 
 #[test]
 fn valid_cookie_loads() {
-    let a = send(
-        app(config()),
-        "/whoami",
-        cookie_header(&signed(&[("username", "liefyuan".into())], FROZEN)),
-    );
+    let a = send(app(config()), "/whoami", cookie_header(&signed(&[("username", "liefyuan".into())], FROZEN)));
     assert_eq!(a.body, "liefyuan");
     assert!(a.logs.is_empty(), "{}", a.logs);
 }
@@ -173,25 +134,14 @@ fn expired_and_future_cookies_yield_empty_sessions() {
     assert_rejected("future", cookie_header(&future), "future_timestamp");
     // The boundary itself is still valid, as in itsdangerous.
     let boundary = signed(&[("username", "edge".into())], FROZEN - lifetime);
-    assert_eq!(
-        send(app(config()), "/whoami", cookie_header(&boundary)).body,
-        "edge"
-    );
+    assert_eq!(send(app(config()), "/whoami", cookie_header(&boundary)).body, "edge");
 }
 
 #[test]
 fn truncated_and_garbage_cookies_yield_empty_sessions() {
     let good = signed(&[("username", "liefyuan".into())], FROZEN);
-    assert_rejected(
-        "truncated",
-        cookie_header(&good[..good.len() - 5]),
-        "bad_signature",
-    );
-    assert_rejected(
-        "two parts",
-        cookie_header(&good[..good.rfind('.').unwrap()]),
-        "bad_signature",
-    );
+    assert_rejected("truncated", cookie_header(&good[..good.len() - 5]), "bad_signature");
+    assert_rejected("two parts", cookie_header(&good[..good.rfind('.').unwrap()]), "bad_signature");
     assert_rejected("garbage", cookie_header("!!!.@@@.###"), "bad_signature");
     assert_rejected("no dot", cookie_header("abc"), "bad_signature");
 }
@@ -205,10 +155,7 @@ fn oversized_and_non_utf8_cookies_yield_empty_sessions() {
 
 #[test]
 fn validly_signed_garbage_yields_empty_session_not_500() {
-    let vectors: Json = serde_json::from_str(include_str!(
-        "../../hipflask/tests/fixtures/flask-vectors.json"
-    ))
-    .unwrap();
+    let vectors: Json = serde_json::from_str(include_str!("../../hipflask/tests/fixtures/flask-vectors.json")).unwrap();
     let mut seen = 0;
     for v in vectors["cookie_vectors"].as_array().unwrap() {
         if v["kind"] != "cookie_signed_bad_payload" || v["expected"] != "error" {
@@ -216,11 +163,7 @@ fn validly_signed_garbage_yields_empty_session_not_500() {
         }
         // These vectors are signed at the frozen time with the key "secret".
         assert_eq!(v["secret_key"], "secret");
-        assert_rejected(
-            v["id"].as_str().unwrap(),
-            cookie_header(v["cookie"].as_str().unwrap()),
-            "bad_payload",
-        );
+        assert_rejected(v["id"].as_str().unwrap(), cookie_header(v["cookie"].as_str().unwrap()), "bad_payload");
         seen += 1;
     }
     assert_eq!(seen, 7);
@@ -229,36 +172,21 @@ fn validly_signed_garbage_yields_empty_session_not_500() {
 #[test]
 fn zip_bomb_in_a_validly_signed_cookie_is_capped() {
     let bomb = signed(&[("a", Value::Str("0".repeat(4 * 1024 * 1024)))], FROZEN);
-    assert!(
-        bomb.len() < 16 * 1024,
-        "the bomb is small on the wire: {}",
-        bomb.len()
-    );
+    assert!(bomb.len() < 16 * 1024, "the bomb is small on the wire: {}", bomb.len());
     assert_rejected("zip bomb", cookie_header(&bomb), "inflates past");
 }
 
 #[test]
 fn ten_thousand_cookies_still_find_the_session() {
     let mut header: String = (0..10_000).map(|i| format!("c{i}=v; ")).collect();
-    header.push_str(&format!(
-        "session={}",
-        signed(&[("username", "deep".into())], FROZEN)
-    ));
-    let a = send(
-        app(config()),
-        "/whoami",
-        Some(HeaderValue::from_str(&header).unwrap()),
-    );
+    header.push_str(&format!("session={}", signed(&[("username", "deep".into())], FROZEN)));
+    let a = send(app(config()), "/whoami", Some(HeaderValue::from_str(&header).unwrap()));
     assert_eq!(a.body, "deep");
 }
 
 #[test]
 fn untouched_request_sets_nothing() {
-    let a = send(
-        app(config()),
-        "/untouched",
-        cookie_header(&signed(&[("username", "x".into())], FROZEN)),
-    );
+    let a = send(app(config()), "/untouched", cookie_header(&signed(&[("username", "x".into())], FROZEN)));
     assert!(a.set_cookie.is_empty());
     let a = send(app(config()), "/untouched", None);
     assert!(a.set_cookie.is_empty());
@@ -269,10 +197,7 @@ fn written_session_reads_back_on_the_next_request() {
     let a = send(app(config()), "/login", None);
     let set = &a.set_cookie[0];
     let value = &set["session=".len()..set.find(';').unwrap()];
-    assert_eq!(
-        send(app(config()), "/whoami", cookie_header(value)).body,
-        "liefyuan"
-    );
+    assert_eq!(send(app(config()), "/whoami", cookie_header(value)).body, "liefyuan");
 }
 
 #[test]
@@ -282,20 +207,12 @@ fn oversized_session_warns_by_default_and_fails_in_strict_mode() {
     assert_eq!(a.set_cookie.len(), 1, "Flask still sends the cookie");
     assert!(a.logs.contains("cookie is too large"), "{}", a.logs);
 
-    let strict = Config::builder()
-        .secret_key("secret")
-        .strict_cookie_size(true)
-        .build()
-        .unwrap();
+    let strict = Config::builder().secret_key("secret").strict_cookie_size(true).build().unwrap();
     let a = send(app(strict), "/big", None);
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(a.body.is_empty(), "no detail in the body: {}", a.body);
     assert!(a.set_cookie.is_empty());
-    assert!(
-        a.logs.contains("cookie is too large"),
-        "the detail goes to tracing: {}",
-        a.logs
-    );
+    assert!(a.logs.contains("cookie is too large"), "the detail goes to tracing: {}", a.logs);
 }
 
 #[test]
@@ -320,9 +237,7 @@ fn session_handle_is_send_sync_and_survives_await() {
         tokio::task::yield_now().await;
         session.get::<i64>("after_await").unwrap().to_string()
     }
-    let router = Router::new()
-        .route("/", get(handler))
-        .layer(SessionLayer::new(config()));
+    let router = Router::new().route("/", get(handler)).layer(SessionLayer::new(config()));
     let a = send(router, "/", None);
     assert_eq!(a.body, "1");
     assert_eq!(a.set_cookie.len(), 1);
@@ -330,33 +245,14 @@ fn session_handle_is_send_sync_and_survives_await() {
 
 #[test]
 fn fallback_key_cookie_is_resigned_with_the_current_key_on_write() {
-    let old = Config::builder()
-        .secret_key("old")
-        .clock(frozen)
-        .build()
-        .unwrap();
+    let old = Config::builder().secret_key("old").clock(frozen).build().unwrap();
     let d: Dict = [("username".to_owned(), Value::from("rotating"))].into();
     let cookie = old.codec().encode(&d, FROZEN);
-    let rotated = Config::builder()
-        .secret_key("new")
-        .secret_key_fallbacks(["old"])
-        .clock(frozen)
-        .build()
-        .unwrap();
-    assert_eq!(
-        send(app(rotated.clone()), "/whoami", cookie_header(&cookie)).body,
-        "rotating"
-    );
+    let rotated = Config::builder().secret_key("new").secret_key_fallbacks(["old"]).clock(frozen).build().unwrap();
+    assert_eq!(send(app(rotated.clone()), "/whoami", cookie_header(&cookie)).body, "rotating");
     let a = send(app(rotated), "/login", cookie_header(&cookie));
     let set = &a.set_cookie[0];
     let value = &set["session=".len()..set.find(';').unwrap()];
-    let new_only = Config::builder()
-        .secret_key("new")
-        .clock(frozen)
-        .build()
-        .unwrap();
-    assert_eq!(
-        send(app(new_only), "/whoami", cookie_header(value)).body,
-        "liefyuan"
-    );
+    let new_only = Config::builder().secret_key("new").clock(frozen).build().unwrap();
+    assert_eq!(send(app(new_only), "/whoami", cookie_header(value)).body, "liefyuan");
 }

@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::get;
 use hipflask::{
-    Config, ConfigBuilder, ConflictPolicy, Error, ErrorKind, MemoryStore, Record, SessionId, Store,
-    StoreFuture, Update, Updated,
+    Config, ConfigBuilder, ConflictPolicy, Error, ErrorKind, MemoryStore, Record, SessionId, Store, StoreFuture,
+    Update, Updated,
 };
 use hipflask_tower::{Session, SessionLayer};
 use http::{Request, StatusCode};
@@ -26,10 +26,7 @@ fn clock() -> u64 {
 }
 
 fn builder(store: Arc<dyn Store>) -> ConfigBuilder {
-    Config::builder()
-        .secret_key("secret")
-        .clock(clock)
-        .store(store)
+    Config::builder().secret_key("secret").clock(clock).store(store)
 }
 
 async fn get_key(session: Session, Path(key): Path<String>) -> String {
@@ -86,28 +83,13 @@ async fn send(app: &Router, path: &str, cookie: Option<&str>) -> Answer {
     if let Some(c) = cookie {
         req = req.header("cookie", format!("session={c}"));
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     let (status, set_cookie, vary) = {
-        let header = |name| {
-            res.headers()
-                .get(name)
-                .map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned())
-        };
+        let header = |name| res.headers().get(name).map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned());
         (res.status(), header("set-cookie"), header("vary"))
     };
-    let body =
-        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    Answer {
-        status,
-        set_cookie,
-        vary,
-        body,
-        logs: String::new(),
-    }
+    let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    Answer { status, set_cookie, vary, body, logs: String::new() }
 }
 
 async fn stored(store: &MemoryStore, id: &str) -> Option<Record> {
@@ -117,12 +99,7 @@ async fn stored(store: &MemoryStore, id: &str) -> Option<Record> {
 
 async fn expiry(store: &MemoryStore, id: &str) -> u64 {
     let id = SessionId::parse(id).unwrap();
-    store
-        .load(&id, moving_clock())
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_at
+    store.load(&id, moving_clock()).await.unwrap().unwrap().expires_at
 }
 
 /// The refresh test moves time; it gets a clock of its own so that tests
@@ -141,10 +118,7 @@ async fn untouched_and_read_only_requests_write_nothing() {
     assert_eq!((a.set_cookie.as_deref(), a.vary.as_deref()), (None, None));
     let a = send(&app, "/get/user", None).await;
     assert_eq!(a.body, "None");
-    assert_eq!(
-        (a.set_cookie.as_deref(), a.vary.as_deref()),
-        (None, Some("Cookie"))
-    );
+    assert_eq!((a.set_cookie.as_deref(), a.vary.as_deref()), (None, Some("Cookie")));
     assert!(store.is_empty(), "reading a new session stores nothing");
 }
 
@@ -155,27 +129,15 @@ async fn a_write_stores_the_session_and_the_cookie_holds_only_the_id() {
     let a = send(&app, "/set/user/poloyy", None).await;
     let set = a.set_cookie.clone().unwrap();
     // Flask-Session's cookie: the 43-character id, permanent by default.
-    assert!(
-        set.ends_with("; Expires=Fri, 15 Dec 2023 22:13:20 GMT; HttpOnly; Path=/"),
-        "{set}"
-    );
+    assert!(set.ends_with("; Expires=Fri, 15 Dec 2023 22:13:20 GMT; HttpOnly; Path=/"), "{set}");
     let id = a.cookie_value().unwrap();
     assert_eq!(id.len(), 43);
     let record = stored(&store, &id).await.unwrap();
-    assert_eq!(
-        hipflask::to_tagged_json(&record.data),
-        r#"{"_permanent":true,"user":"poloyy"}"#
-    );
+    assert_eq!(hipflask::to_tagged_json(&record.data), r#"{"_permanent":true,"user":"poloyy"}"#);
     let b = send(&app, "/get/user", Some(&id)).await;
     assert_eq!(b.body, "poloyy");
-    assert_eq!(
-        b.set_cookie, None,
-        "a read within the refresh interval writes nothing"
-    );
-    assert_eq!(
-        stored(&store, &id).await.unwrap().expires_at,
-        record.expires_at
-    );
+    assert_eq!(b.set_cookie, None, "a read within the refresh interval writes nothing");
+    assert_eq!(stored(&store, &id).await.unwrap().expires_at, record.expires_at);
 }
 
 #[tokio::test]
@@ -191,18 +153,11 @@ async fn expiry_is_refreshed_once_the_refresh_fraction_has_passed() {
     let first = expiry(&store, &id).await;
     MOVING_CLOCK.fetch_add(50, Ordering::SeqCst);
     send(&app, "/get/a", Some(&id)).await;
-    assert_eq!(
-        expiry(&store, &id).await,
-        first,
-        "5% of the lifetime: no refresh"
-    );
+    assert_eq!(expiry(&store, &id).await, first, "5% of the lifetime: no refresh");
     MOVING_CLOCK.fetch_add(60, Ordering::SeqCst);
     let a = send(&app, "/get/a", Some(&id)).await;
     assert_eq!(expiry(&store, &id).await, first + 110, "11%: refreshed");
-    assert!(
-        a.set_cookie.unwrap().contains("Expires="),
-        "the permanent cookie follows the store"
-    );
+    assert!(a.set_cookie.unwrap().contains("Expires="), "the permanent cookie follows the store");
 }
 
 #[tokio::test]
@@ -210,14 +165,7 @@ async fn hostile_ids_never_reach_the_store_and_unknown_ids_are_not_adopted() {
     let store = Arc::new(MemoryStore::new());
     let app = app(builder(store.clone()).build().unwrap());
     let unknown = SessionId::generate();
-    for bad in [
-        "../../etc/passwd",
-        "*",
-        "' OR 1=1 --",
-        "x",
-        &"A".repeat(44),
-        unknown.as_str(),
-    ] {
+    for bad in ["../../etc/passwd", "*", "' OR 1=1 --", "x", &"A".repeat(44), unknown.as_str()] {
         let a = send(&app, "/set/k/v", Some(bad)).await;
         assert_eq!(a.status, StatusCode::OK, "{bad}");
         let new_id = a.cookie_value().unwrap();
@@ -236,11 +184,7 @@ async fn signed_ids_reject_a_bad_signature() {
     assert_eq!(signed.len(), 43 + 1 + 27, "Flask-Session's signed id");
     assert_eq!(send(&app, "/get/user", Some(&signed)).await.body, "tom");
     let (sid, _) = signed.split_once('.').unwrap();
-    assert_eq!(
-        send(&app, "/get/user", Some(sid)).await.body,
-        "None",
-        "an unsigned id is refused"
-    );
+    assert_eq!(send(&app, "/get/user", Some(sid)).await.body, "None", "an unsigned id is refused");
     let forged = format!("{sid}.AAAAAAAAAAAAAAAAAAAAAAAAAAA");
     assert_eq!(send(&app, "/get/user", Some(&forged)).await.body, "None");
 }
@@ -249,16 +193,10 @@ async fn signed_ids_reject_a_bad_signature() {
 async fn destroy_deletes_the_stored_session_and_the_cookie() {
     let store = Arc::new(MemoryStore::new());
     let app = app(builder(store.clone()).build().unwrap());
-    let id = send(&app, "/set/user/alice", None)
-        .await
-        .cookie_value()
-        .unwrap();
+    let id = send(&app, "/set/user/alice", None).await.cookie_value().unwrap();
     let a = send(&app, "/logout", Some(&id)).await;
     // Flask-Session's deletion cookie carries only Domain and Path.
-    assert_eq!(
-        a.set_cookie.as_deref(),
-        Some("session=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/")
-    );
+    assert_eq!(a.set_cookie.as_deref(), Some("session=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/"));
     assert!(stored(&store, &id).await.is_none());
     assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "None");
 }
@@ -267,42 +205,23 @@ async fn destroy_deletes_the_stored_session_and_the_cookie() {
 async fn regenerate_moves_the_data_to_a_new_id() {
     let store = Arc::new(MemoryStore::new());
     let app = app(builder(store.clone()).build().unwrap());
-    let old = send(&app, "/set/cart/apples", None)
-        .await
-        .cookie_value()
-        .unwrap();
-    let new = send(&app, "/login", Some(&old))
-        .await
-        .cookie_value()
-        .unwrap();
+    let old = send(&app, "/set/cart/apples", None).await.cookie_value().unwrap();
+    let new = send(&app, "/login", Some(&old)).await.cookie_value().unwrap();
     assert_ne!(old, new);
-    assert!(
-        stored(&store, &old).await.is_none(),
-        "the old id is gone (fixation)"
-    );
+    assert!(stored(&store, &old).await.is_none(), "the old id is gone (fixation)");
     let record = stored(&store, &new).await.unwrap();
-    assert_eq!(
-        hipflask::to_tagged_json(&record.data),
-        r#"{"_permanent":true,"_user_id":"alice","cart":"apples"}"#
-    );
+    assert_eq!(hipflask::to_tagged_json(&record.data), r#"{"_permanent":true,"_user_id":"alice","cart":"apples"}"#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_on_one_session_lose_nothing() {
     let store = Arc::new(MemoryStore::new());
     let app = app(builder(store.clone()).build().unwrap());
-    let id = send(&app, "/set/start/1", None)
-        .await
-        .cookie_value()
-        .unwrap();
+    let id = send(&app, "/set/start/1", None).await.cookie_value().unwrap();
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             let (app, id) = (app.clone(), id.clone());
-            tokio::spawn(async move {
-                send(&app, &format!("/set/k{i}/v{i}"), Some(&id))
-                    .await
-                    .status
-            })
+            tokio::spawn(async move { send(&app, &format!("/set/k{i}/v{i}"), Some(&id)).await.status })
         })
         .collect();
     for t in tasks {
@@ -316,47 +235,26 @@ async fn concurrent_requests_on_one_session_lose_nothing() {
 async fn logout_racing_writers_is_not_undone() {
     let store = Arc::new(MemoryStore::new());
     let app = app(builder(store.clone()).build().unwrap());
-    let id = send(&app, "/set/user/alice", None)
-        .await
-        .cookie_value()
-        .unwrap();
+    let id = send(&app, "/set/user/alice", None).await.cookie_value().unwrap();
     let mut tasks = Vec::new();
     for i in 0..50 {
         let (app, id) = (app.clone(), id.clone());
-        let path = if i == 25 {
-            "/logout".to_owned()
-        } else {
-            format!("/set/w{i}/x")
-        };
-        tasks.push(tokio::spawn(async move {
-            send(&app, &path, Some(&id)).await.status
-        }));
+        let path = if i == 25 { "/logout".to_owned() } else { format!("/set/w{i}/x") };
+        tasks.push(tokio::spawn(async move { send(&app, &path, Some(&id)).await.status }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
-    assert!(
-        stored(&store, &id).await.is_none(),
-        "a writer brought the session back"
-    );
+    assert!(stored(&store, &id).await.is_none(), "a writer brought the session back");
 }
 
 #[tokio::test]
 async fn conflicting_writes_of_one_key_are_refused_when_configured() {
     let store = Arc::new(MemoryStore::new());
-    let config = builder(store.clone())
-        .conflict_policy(ConflictPolicy::Reject)
-        .build()
-        .unwrap();
-    let id = send(&app(config.clone()), "/set/a/0", None)
-        .await
-        .cookie_value()
-        .unwrap();
+    let config = builder(store.clone()).conflict_policy(ConflictPolicy::Reject).build().unwrap();
+    let id = send(&app(config.clone()), "/set/a/0", None).await.cookie_value().unwrap();
     // A request that loaded a=0, while another saved a=1 in between.
-    let session = config
-        .load_session(&[format!("session={id}").as_bytes()])
-        .await
-        .unwrap();
+    let session = config.load_session(&[format!("session={id}").as_bytes()]).await.unwrap();
     send(&app(config.clone()), "/set/a/1", Some(&id)).await;
     session.insert("a", "2").unwrap();
     let err = config.save_session(&session).await.unwrap_err();
@@ -369,15 +267,8 @@ async fn conflicting_writes_of_one_key_are_refused_when_configured() {
 struct Down;
 
 fn down<T: Send + 'static>() -> StoreFuture<'static, T> {
-    let source = std::io::Error::new(
-        std::io::ErrorKind::ConnectionRefused,
-        "connection refused (secret detail)",
-    );
-    Box::pin(std::future::ready(Err(Error::new(
-        ErrorKind::Backend,
-        "store unreachable",
-    )
-    .with_source(source))))
+    let source = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused (secret detail)");
+    Box::pin(std::future::ready(Err(Error::new(ErrorKind::Backend, "store unreachable").with_source(source))))
 }
 
 impl Store for Down {
@@ -409,9 +300,7 @@ impl Store for Down {
 
 #[test]
 fn a_store_that_is_down_gives_503_with_an_empty_body() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let app = app(builder(Arc::new(Down)).build().unwrap());
     let id = SessionId::generate();
     for (path, cookie) in [("/get/user", Some(id.as_str())), ("/set/a/b", None)] {
@@ -419,16 +308,8 @@ fn a_store_that_is_down_gives_503_with_an_empty_body() {
         let mut a = logs.capture(|| rt.block_on(send(&app, path, cookie)));
         a.logs = logs.text();
         assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
-        assert!(
-            a.body.is_empty(),
-            "{path}: no detail to the client: {}",
-            a.body
-        );
-        assert!(
-            a.logs.contains("secret detail"),
-            "{path}: the detail goes to tracing: {}",
-            a.logs
-        );
+        assert!(a.body.is_empty(), "{path}: no detail to the client: {}", a.body);
+        assert!(a.logs.contains("secret detail"), "{path}: the detail goes to tracing: {}", a.logs);
     }
     // A route that never touches the session does not notice the outage.
     let a = rt.block_on(send(&app, "/untouched", Some(id.as_str())));

@@ -54,9 +54,7 @@ impl SameSite {
 pub type Clock = fn() -> u64;
 
 fn system_clock() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Validated session settings. Cheap to clone (one `Arc`).
@@ -201,10 +199,7 @@ impl ConfigBuilder {
     /// `SECRET_KEY_FALLBACKS` (default none): older keys, oldest first, that
     /// still verify cookies but never sign. Rotate by moving the current key
     /// here and setting a new `SECRET_KEY`; drop it after one lifetime.
-    pub fn secret_key_fallbacks<K: AsRef<[u8]>>(
-        mut self,
-        keys: impl IntoIterator<Item = K>,
-    ) -> Self {
+    pub fn secret_key_fallbacks<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
         self.fallbacks.clear();
         for key in keys {
             match SecretKey::new(key) {
@@ -386,9 +381,7 @@ impl ConfigBuilder {
         }
         if let Some(v) = get("SESSION_COOKIE_SAMESITE") {
             b.samesite = Some(SameSite::parse(&v).ok_or_else(|| {
-                Error::config(format!(
-                    "SESSION_COOKIE_SAMESITE must be Strict, Lax or None, not {v:?}"
-                ))
+                Error::config(format!("SESSION_COOKIE_SAMESITE must be Strict, Lax or None, not {v:?}"))
             })?);
         }
         if let Some(v) = get("SESSION_COOKIE_PARTITIONED") {
@@ -435,10 +428,7 @@ impl ConfigBuilder {
             None => None,
             Some(d) => Some(normalize_domain(d)?),
         };
-        let raw_path = self
-            .path
-            .filter(|p| !p.is_empty())
-            .unwrap_or(self.application_root);
+        let raw_path = self.path.filter(|p| !p.is_empty()).unwrap_or(self.application_root);
         let path = quote_path(&raw_path);
         let lifetime = self.lifetime.as_secs();
         let server = self.store.map(|store| ServerSide {
@@ -472,18 +462,13 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, Error> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::config(format!(
-            "{name} must be true or false, not {v:?}"
-        ))),
+        _ => Err(Error::config(format!("{name} must be true or false, not {v:?}"))),
     }
 }
 
 fn parse_num(name: &str, v: &str) -> Result<u64, Error> {
     v.trim().parse().map_err(|e| {
-        Error::config(format!(
-            "{name} must be a whole number of seconds or bytes, not {v:?}"
-        ))
-        .with_source(e)
+        Error::config(format!("{name} must be a whole number of seconds or bytes, not {v:?}")).with_source(e)
     })
 }
 
@@ -493,10 +478,7 @@ fn is_token_byte(b: u8) -> bool {
 
 /// Werkzeug's domain handling: drop a `:port` and leading dots, then IDNA.
 fn normalize_domain(domain: &str) -> Result<String, Error> {
-    let host = domain
-        .rsplit_once(':')
-        .map_or(domain, |(h, _)| h)
-        .trim_start_matches('.');
+    let host = domain.rsplit_once(':').map_or(domain, |(h, _)| h).trim_start_matches('.');
     let mut labels = Vec::new();
     for label in host.split('.') {
         let lower = label.to_lowercase();
@@ -507,14 +489,8 @@ fn normalize_domain(domain: &str) -> Result<String, Error> {
         }
     }
     let out = labels.join(".");
-    if out.is_empty()
-        || !out
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return Err(Error::config(format!(
-            "SESSION_COOKIE_DOMAIN {domain:?} is not a valid domain"
-        )));
+    if out.is_empty() || !out.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(Error::config(format!("SESSION_COOKIE_DOMAIN {domain:?} is not a valid domain")));
     }
     Ok(out)
 }
@@ -589,10 +565,7 @@ impl Config {
         match &self.0.server {
             None => Ok(self.open(cookie_headers.iter().copied())),
             Some(server) => {
-                let cookie = crate::header::find_cookie(
-                    cookie_headers.iter().copied(),
-                    self.cookie_name().as_bytes(),
-                );
+                let cookie = crate::header::find_cookie(cookie_headers.iter().copied(), self.cookie_name().as_bytes());
                 self.open_server(server, cookie).await
             }
         }
@@ -641,11 +614,7 @@ impl Config {
     pub fn save(&self, session: &Session) -> Result<SaveOutcome, Error> {
         let c = &self.0;
         session.inspect(|data, modified, accessed| {
-            let mut out = SaveOutcome {
-                vary_cookie: accessed,
-                vary_first: accessed,
-                set_cookie: None,
-            };
+            let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
             if data.is_empty() {
                 if modified {
                     out.set_cookie = Some(self.cookie_header("", None, true));
@@ -696,23 +665,12 @@ impl Config {
 
     /// A `Set-Cookie` value as Flask-Session writes it: never `Partitioned`,
     /// and a deletion cookie with only `Domain` and `Path`.
-    pub(crate) fn server_cookie_header(
-        &self,
-        value: &str,
-        expires: Option<i64>,
-        delete: bool,
-    ) -> String {
+    pub(crate) fn server_cookie_header(&self, value: &str, expires: Option<i64>, delete: bool) -> String {
         self.write_cookie(value, expires, delete, true)
     }
 
     /// A `Set-Cookie` value with Werkzeug's attribute order.
-    fn write_cookie(
-        &self,
-        value: &str,
-        expires: Option<i64>,
-        delete: bool,
-        flask_session: bool,
-    ) -> String {
+    fn write_cookie(&self, value: &str, expires: Option<i64>, delete: bool, flask_session: bool) -> String {
         let c = &self.0;
         let bare = flask_session && delete;
         let partitioned = c.partitioned && !flask_session;
@@ -756,12 +714,7 @@ mod tests {
     #[test]
     fn env_loader_reads_flask_names_and_names_bad_variables() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| (*v).to_owned())
-            }
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
         };
         let b = ConfigBuilder::from_lookup(env(&[
             ("SECRET_KEY", "s"),
@@ -773,19 +726,11 @@ mod tests {
         assert_eq!(c.lifetime_secs(), 60);
         assert_eq!(c.0.samesite, Some(SameSite::Lax));
 
-        let err =
-            ConfigBuilder::from_lookup(env(&[("SESSION_COOKIE_SECURE", "maybe")])).unwrap_err();
+        let err = ConfigBuilder::from_lookup(env(&[("SESSION_COOKIE_SECURE", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("SESSION_COOKIE_SECURE"), "{err}");
-        let err =
-            ConfigBuilder::from_lookup(env(&[("PERMANENT_SESSION_LIFETIME", "31d")])).unwrap_err();
-        assert!(
-            err.to_string().contains("PERMANENT_SESSION_LIFETIME"),
-            "{err}"
-        );
-        let err = ConfigBuilder::from_lookup(env(&[]))
-            .unwrap()
-            .build()
-            .unwrap_err();
+        let err = ConfigBuilder::from_lookup(env(&[("PERMANENT_SESSION_LIFETIME", "31d")])).unwrap_err();
+        assert!(err.to_string().contains("PERMANENT_SESSION_LIFETIME"), "{err}");
+        let err = ConfigBuilder::from_lookup(env(&[])).unwrap().build().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().contains("SECRET_KEY"), "{err}");
     }
@@ -798,32 +743,14 @@ mod tests {
 
     #[test]
     fn bad_cookie_attributes_fail_at_build() {
-        assert!(
-            Config::builder()
-                .secret_key("k")
-                .cookie_name("a b")
-                .build()
-                .is_err()
-        );
-        assert!(
-            Config::builder()
-                .secret_key("k")
-                .cookie_domain(Some("a;b"))
-                .build()
-                .is_err()
-        );
+        assert!(Config::builder().secret_key("k").cookie_name("a b").build().is_err());
+        assert!(Config::builder().secret_key("k").cookie_domain(Some("a;b")).build().is_err());
     }
 
     #[test]
     fn domain_and_path_follow_werkzeug() {
-        assert_eq!(
-            normalize_domain(".example.com:8080").unwrap(),
-            "example.com"
-        );
-        assert_eq!(
-            normalize_domain("bücher.example").unwrap(),
-            "xn--bcher-kva.example"
-        );
+        assert_eq!(normalize_domain(".example.com:8080").unwrap(), "example.com");
+        assert_eq!(normalize_domain("bücher.example").unwrap(), "xn--bcher-kva.example");
         assert_eq!(quote_path("/a b/ü"), "/a%20b/%C3%BC");
     }
 }

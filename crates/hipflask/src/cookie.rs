@@ -81,10 +81,7 @@ impl fmt::Display for CookieError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CookieError::TooLong { len } => {
-                write!(
-                    f,
-                    "cookie too long: {len} bytes (limit {MAX_COOKIE_VALUE_LEN})"
-                )
+                write!(f, "cookie too long: {len} bytes (limit {MAX_COOKIE_VALUE_LEN})")
             }
             CookieError::BadSignature => f.write_str("bad signature"),
             CookieError::MissingTimestamp => f.write_str("signature timestamp missing"),
@@ -93,10 +90,7 @@ impl fmt::Display for CookieError {
                 write!(f, "expired: signature age {age} > {max_age} seconds")
             }
             CookieError::FutureTimestamp { ahead } => {
-                write!(
-                    f,
-                    "timestamp in the future: signed {ahead} seconds from now"
-                )
+                write!(f, "timestamp in the future: signed {ahead} seconds from now")
             }
             CookieError::BadPayload { reason } => write!(f, "bad payload: {reason}"),
         }
@@ -129,10 +123,7 @@ impl CookieCodec {
     /// of `fallbacks` (Flask's `SECRET_KEY_FALLBACKS`, oldest first), and
     /// rejects cookies older than `max_age` seconds.
     pub fn new(secret: &SecretKey, fallbacks: &[SecretKey], max_age: u64) -> CookieCodec {
-        CookieCodec {
-            keys: KeyRing::new(secret, fallbacks, COOKIE_SALT.as_bytes()),
-            max_age,
-        }
+        CookieCodec { keys: KeyRing::new(secret, fallbacks, COOKIE_SALT.as_bytes()), max_age }
     }
 
     /// The maximum age in seconds.
@@ -175,24 +166,18 @@ impl CookieCodec {
             return Err(CookieError::TooLong { len: cookie.len() });
         }
         let (signed, signature) = cookie.rsplit_once('.').ok_or(CookieError::BadSignature)?;
-        let signature =
-            b64decode_lenient(signature.as_bytes()).map_err(|_| CookieError::BadSignature)?;
+        let signature = b64decode_lenient(signature.as_bytes()).map_err(|_| CookieError::BadSignature)?;
         if !self.keys.verify(signed.as_bytes(), &signature) {
             return Err(CookieError::BadSignature);
         }
-        let (payload, ts) = signed
-            .rsplit_once('.')
-            .ok_or(CookieError::MissingTimestamp)?;
+        let (payload, ts) = signed.rsplit_once('.').ok_or(CookieError::MissingTimestamp)?;
         let ts = decode_timestamp(ts).ok_or(CookieError::MalformedTimestamp)?;
         if ts > now {
             return Err(CookieError::FutureTimestamp { ahead: ts - now });
         }
         let age = now - ts;
         if age > self.max_age {
-            return Err(CookieError::Expired {
-                age,
-                max_age: self.max_age,
-            });
+            return Err(CookieError::Expired { age, max_age: self.max_age });
         }
         decode_payload(payload)
     }
@@ -207,9 +192,7 @@ impl CookieCodec {
 }
 
 fn bad_payload(reason: impl Into<String>) -> CookieError {
-    CookieError::BadPayload {
-        reason: reason.into(),
-    }
+    CookieError::BadPayload { reason: reason.into() }
 }
 
 fn decode_payload(segment: &str) -> Result<Dict, CookieError> {
@@ -218,11 +201,7 @@ fn decode_payload(segment: &str) -> Result<Dict, CookieError> {
         None => (false, segment),
     };
     let raw = b64decode_lenient(data.as_bytes()).map_err(bad_payload)?;
-    let raw = if compressed {
-        inflate_capped(&raw, MAX_INFLATED_LEN)?
-    } else {
-        raw
-    };
+    let raw = if compressed { inflate_capped(&raw, MAX_INFLATED_LEN)? } else { raw };
     // Python decodes the payload as strict UTF-8 before parsing.
     std::str::from_utf8(&raw).map_err(|_| bad_payload("payload is not valid UTF-8"))?;
     match json::parse_session(&raw) {
@@ -280,9 +259,7 @@ pub(crate) fn inflate_capped(data: &[u8], cap: usize) -> Result<Vec<u8>, CookieE
     loop {
         if out.len() == out.capacity() {
             if out.len() >= cap {
-                return Err(bad_payload(format!(
-                    "compressed payload inflates past {cap} bytes"
-                )));
+                return Err(bad_payload(format!("compressed payload inflates past {cap} bytes")));
             }
             out.reserve((out.capacity() * 2).min(cap) - out.len());
         }
@@ -294,9 +271,7 @@ pub(crate) fn inflate_capped(data: &[u8], cap: usize) -> Result<Vec<u8>, CookieE
             Status::StreamEnd => return Ok(out),
             Status::Ok | Status::BufError => {
                 if z.total_in() as usize == data.len() && out.len() < out.capacity() {
-                    return Err(bad_payload(
-                        "could not zlib decompress the payload: truncated",
-                    ));
+                    return Err(bad_payload("could not zlib decompress the payload: truncated"));
                 }
             }
         }
@@ -321,8 +296,7 @@ mod tests {
             let mut z = Compress::new(Compression::new(9), true);
             let zeros = vec![0u8; 4 * 1024 * 1024];
             let mut out = Vec::with_capacity(64 * 1024);
-            z.compress_vec(&zeros, &mut out, FlushCompress::Finish)
-                .unwrap();
+            z.compress_vec(&zeros, &mut out, FlushCompress::Finish).unwrap();
             out
         };
         assert!(bomb.len() < 8 * 1024);

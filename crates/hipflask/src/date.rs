@@ -4,9 +4,7 @@
 //! cookie write.
 
 const DAY_NAMES: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTH_NAMES: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTH_NAMES: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 /// Seconds of 0001-01-01T00:00:00Z, the earliest instant Python's `datetime` holds.
 pub(crate) const MIN_UNIX: i64 = -62_135_596_800;
@@ -92,10 +90,7 @@ pub(crate) fn http_date(unix: i64) -> String {
 /// `chrono` and `time::serde::rfc3339` read it.
 pub(crate) fn rfc3339(unix: i64) -> String {
     let c = civil(unix);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 fn is_leap(year: i64) -> bool {
@@ -112,14 +107,7 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 }
 
 /// Unix seconds of a UTC civil time, or `None` when a field is out of range.
-pub(crate) fn from_civil(
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-) -> Option<i64> {
+pub(crate) fn from_civil(year: i64, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<i64> {
     if !(1..=12).contains(&month)
         || day == 0
         || day > days_in_month(year, month)
@@ -159,10 +147,7 @@ pub(crate) fn parse_rfc2822(text: &str) -> Option<i64> {
     }
     let day: u32 = day_s.trim_end_matches(',').parse().ok()?;
     let month_s = month_s.trim_end_matches(',').to_ascii_lowercase();
-    let month = MONTH_NAMES
-        .iter()
-        .position(|m| month_s.starts_with(&m.to_ascii_lowercase()))? as u32
-        + 1;
+    let month = MONTH_NAMES.iter().position(|m| month_s.starts_with(&m.to_ascii_lowercase()))? as u32 + 1;
     let year_s = parts[2].trim_end_matches(',');
     let mut year: i64 = year_s.parse().ok()?;
     if year_s.len() <= 2 {
@@ -226,41 +211,23 @@ mod tests {
     fn http_date_matches_werkzeug_examples() {
         assert_eq!(http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
         assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            http_date(from_civil(999, 12, 31, 0, 0, 1).unwrap()),
-            "Tue, 31 Dec 0999 00:00:01 GMT"
-        );
+        assert_eq!(http_date(from_civil(999, 12, 31, 0, 0, 1).unwrap()), "Tue, 31 Dec 0999 00:00:01 GMT");
         assert_eq!(http_date(MIN_UNIX), "Mon, 01 Jan 0001 00:00:00 GMT");
         assert_eq!(http_date(MAX_UNIX), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]
     fn rfc2822_round_trips_http_dates() {
-        for t in [
-            0,
-            1_700_000_000,
-            MIN_UNIX,
-            MAX_UNIX,
-            from_civil(999, 12, 31, 0, 0, 1).unwrap(),
-            951_782_400,
-        ] {
+        for t in [0, 1_700_000_000, MIN_UNIX, MAX_UNIX, from_civil(999, 12, 31, 0, 0, 1).unwrap(), 951_782_400] {
             assert_eq!(parse_rfc2822(&http_date(t)), Some(t), "{t}");
         }
     }
 
     #[test]
     fn rfc2822_accepts_offsets_and_rejects_garbage() {
-        assert_eq!(
-            parse_rfc2822("Fri, 01 Mar 2024 05:30:00 +0100"),
-            parse_rfc2822("Fri, 01 Mar 2024 04:30:00 GMT")
-        );
+        assert_eq!(parse_rfc2822("Fri, 01 Mar 2024 05:30:00 +0100"), parse_rfc2822("Fri, 01 Mar 2024 04:30:00 GMT"));
         assert_eq!(parse_rfc2822("01 Mar 2024 04:30 GMT"), Some(1_709_267_400));
-        for bad in [
-            "garbage",
-            "",
-            "Tue, 31 Feb 2024 00:00:00 GMT",
-            "1 Foo 2024 00:00:00",
-        ] {
+        for bad in ["garbage", "", "Tue, 31 Feb 2024 00:00:00 GMT", "1 Foo 2024 00:00:00"] {
             assert_eq!(parse_rfc2822(bad), None, "{bad}");
         }
     }

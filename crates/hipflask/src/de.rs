@@ -28,21 +28,10 @@ pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, Error> {
 
 /// Applies Flask's untagging bottom-up to a value built from plain data.
 pub(crate) fn untag_tree(value: Value) -> Result<Value, Error> {
-    let decode_err =
-        |m: &str| Error::new(crate::ErrorKind::Decode, format!("bad tagged value: {m}"));
+    let decode_err = |m: &str| Error::new(crate::ErrorKind::Decode, format!("bad tagged value: {m}"));
     match value {
-        Value::List(items) => Ok(Value::List(
-            items
-                .into_iter()
-                .map(untag_tree)
-                .collect::<Result<_, _>>()?,
-        )),
-        Value::Tuple(items) => Ok(Value::Tuple(
-            items
-                .into_iter()
-                .map(untag_tree)
-                .collect::<Result<_, _>>()?,
-        )),
+        Value::List(items) => Ok(Value::List(items.into_iter().map(untag_tree).collect::<Result<_, _>>()?)),
+        Value::Tuple(items) => Ok(Value::Tuple(items.into_iter().map(untag_tree).collect::<Result<_, _>>()?)),
         Value::Dict(d) => {
             let mut out = Dict::new();
             for (k, v) in d {
@@ -69,17 +58,12 @@ pub(crate) fn tagged_form(value: &Value) -> Value {
         Value::List(items) => Value::List(items.iter().map(tagged_form).collect()),
         Value::Tuple(items) => tag(" t", Value::List(items.iter().map(tagged_form).collect())),
         Value::Dict(d) => match d.iter().next() {
-            Some((k, v)) if crate::json::looks_like_tag(d) => {
-                tag(" di", tag(&format!("{k}__"), tagged_form(v)))
-            }
+            Some((k, v)) if crate::json::looks_like_tag(d) => tag(" di", tag(&format!("{k}__"), tagged_form(v))),
             _ => Value::Dict(d.iter().map(|(k, v)| (k.clone(), tagged_form(v))).collect()),
         },
         Value::Bytes(b) => {
             use base64::Engine as _;
-            tag(
-                " b",
-                Value::Str(base64::engine::general_purpose::STANDARD.encode(b)),
-            )
+            tag(" b", Value::Str(base64::engine::general_purpose::STANDARD.encode(b)))
         }
         Value::Markup(m) => tag(" m", Value::Str(m.clone())),
         Value::Uuid(u) => tag(" u", Value::Str(u.simple().to_string())),
@@ -124,10 +108,8 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
                 Ok(out)
             }
             Value::Dict(d) => {
-                let mut access = MapDeserializer::new(
-                    d.iter()
-                        .map(|(k, v)| (StrDeserializer::new(k), ValueDeserializer(v))),
-                );
+                let mut access =
+                    MapDeserializer::new(d.iter().map(|(k, v)| (StrDeserializer::new(k), ValueDeserializer(v))));
                 let out = visitor.visit_map(&mut access)?;
                 access.end()?;
                 Ok(out)
@@ -157,11 +139,7 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
         }
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Error> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, Error> {
         if name == TAGGED {
             return visitor.visit_newtype_struct(ValueDeserializer(&tagged_form(self.0)));
         }
@@ -177,19 +155,10 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
         match self.0 {
             Value::Str(s) => visitor.visit_enum(StrDeserializer::<Error>::new(s)),
             Value::Dict(d) if d.len() == 1 => {
-                let (k, v) = d
-                    .iter()
-                    .next()
-                    .ok_or_else(|| de::Error::custom("empty enum map"))?;
-                visitor.visit_enum(EnumAccess {
-                    variant: k,
-                    value: v,
-                })
+                let (k, v) = d.iter().next().ok_or_else(|| de::Error::custom("empty enum map"))?;
+                visitor.visit_enum(EnumAccess { variant: k, value: v })
             }
-            other => Err(de::Error::invalid_type(
-                unexpected(other),
-                &"an enum variant",
-            )),
+            other => Err(de::Error::invalid_type(unexpected(other), &"an enum variant")),
         }
     }
 
@@ -221,10 +190,7 @@ struct EnumAccess<'a> {
 impl<'de, 'a> de::EnumAccess<'de> for EnumAccess<'a> {
     type Error = Error;
     type Variant = ValueDeserializer<'a>;
-    fn variant_seed<S: de::DeserializeSeed<'de>>(
-        self,
-        seed: S,
-    ) -> Result<(S::Value, Self::Variant), Error> {
+    fn variant_seed<S: de::DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, Self::Variant), Error> {
         let v = seed.deserialize(StrDeserializer::<Error>::new(self.variant))?;
         Ok((v, ValueDeserializer(self.value)))
     }
@@ -241,11 +207,7 @@ impl<'de> de::VariantAccess<'de> for ValueDeserializer<'_> {
     fn tuple_variant<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value, Error> {
         de::Deserializer::deserialize_seq(self, visitor)
     }
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        _: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Error> {
+    fn struct_variant<V: Visitor<'de>>(self, _: &'static [&'static str], visitor: V) -> Result<V::Value, Error> {
         de::Deserializer::deserialize_map(self, visitor)
     }
 }

@@ -3,10 +3,7 @@
 /// The value of the first cookie called `name` across the `Cookie` header
 /// values, unquoted. Werkzeug (and so Flask) lets the first one win; browsers
 /// send the most specific path first.
-pub(crate) fn find_cookie<'a>(
-    headers: impl IntoIterator<Item = &'a [u8]>,
-    name: &[u8],
-) -> Option<Vec<u8>> {
+pub(crate) fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &[u8]) -> Option<Vec<u8>> {
     for header in headers {
         for pair in header.split(|b| *b == b';') {
             let pair = pair.trim_ascii();
@@ -32,9 +29,7 @@ fn unquote(value: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < inner.len() {
         if inner[i] == b'\\' && i + 1 < inner.len() {
-            let octal = inner
-                .get(i + 1..i + 4)
-                .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+            let octal = inner.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
             if let Some(d) = octal {
                 let n = d.iter().fold(0u16, |acc, b| acc * 8 + u16::from(b - b'0'));
                 out.push(n as u8);
@@ -59,10 +54,7 @@ mod tests {
     fn first_cookie_wins_across_headers() {
         let h: [&[u8]; 2] = [b"a=1; session=first; session=second", b"session=third"];
         assert_eq!(find_cookie(h, b"session").as_deref(), Some(&b"first"[..]));
-        assert_eq!(
-            find_cookie([&b"xsession=1; session_x=2"[..]], b"session"),
-            None
-        );
+        assert_eq!(find_cookie([&b"xsession=1; session_x=2"[..]], b"session"), None);
     }
 
     #[test]
@@ -73,14 +65,7 @@ mod tests {
 
     #[test]
     fn garbage_does_not_panic() {
-        for h in [
-            &b""[..],
-            b";;;",
-            b"=",
-            b"session",
-            b"session=\"",
-            b"\xff\xfe=\xff",
-        ] {
+        for h in [&b""[..], b";;;", b"=", b"session", b"session=\"", b"\xff\xfe=\xff"] {
             let _ = find_cookie([h], b"session");
         }
     }

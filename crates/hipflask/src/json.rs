@@ -222,20 +222,13 @@ pub(crate) fn parse_session(text: &[u8]) -> Parsed<Option<Dict>> {
     match parse_value(text)? {
         Value::Dict(d) => Ok(Some(d)),
         Value::Null => Ok(None),
-        _ => Err(ParseError {
-            message: "the session payload is not a JSON object",
-            offset: 0,
-        }),
+        _ => Err(ParseError { message: "the session payload is not a JSON object", offset: 0 }),
     }
 }
 
 /// Parses one tagged JSON value, the whole text.
 pub(crate) fn parse_value(text: &[u8]) -> Parsed<Value> {
-    let mut p = Parser {
-        s: text,
-        pos: 0,
-        depth: 0,
-    };
+    let mut p = Parser { s: text, pos: 0, depth: 0 };
     p.skip_ws();
     let value = p.value()?;
     p.skip_ws();
@@ -253,10 +246,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, message: &'static str) -> ParseError {
-        ParseError {
-            message,
-            offset: self.pos,
-        }
+        ParseError { message, offset: self.pos }
     }
 
     fn skip_ws(&mut self) {
@@ -379,9 +369,7 @@ impl Parser<'_> {
             let only_key = dict.keys().next().map(String::as_str).unwrap_or("");
             if is_tag(only_key) {
                 let (key, value) = dict.pop_first().unwrap_or_default();
-                return untag(&key, value, di_first)
-                    .map(|v| (v, None))
-                    .map_err(|message| self.err(message));
+                return untag(&key, value, di_first).map(|v| (v, None)).map_err(|message| self.err(message));
             }
         }
         Ok((Value::Dict(dict), first_key))
@@ -398,8 +386,8 @@ impl Parser<'_> {
                 }
                 self.pos += 1;
             }
-            let chunk = std::str::from_utf8(&self.s[start..self.pos])
-                .map_err(|_| self.err("invalid UTF-8 in a string"))?;
+            let chunk =
+                std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("invalid UTF-8 in a string"))?;
             out.push_str(chunk);
             match self.s.get(self.pos) {
                 Some(b'"') => {
@@ -437,16 +425,14 @@ impl Parser<'_> {
                     self.pos += 2;
                     let lo = self.hex4()?;
                     if (0xdc00..0xe000).contains(&lo) {
-                        let cp =
-                            0x10000 + ((u32::from(hi) - 0xd800) << 10) + (u32::from(lo) - 0xdc00);
+                        let cp = 0x10000 + ((u32::from(hi) - 0xd800) << 10) + (u32::from(lo) - 0xdc00);
                         out.push(char::from_u32(cp).ok_or_else(|| self.err("bad surrogate pair"))?);
                         return Ok(());
                     }
                     self.pos = save;
                 }
                 // Python keeps lone surrogates; a Rust string cannot hold them.
-                char::from_u32(u32::from(hi))
-                    .ok_or_else(|| self.err("lone surrogate in a string"))?
+                char::from_u32(u32::from(hi)).ok_or_else(|| self.err("lone surrogate in a string"))?
             }
             _ => return Err(self.err("invalid escape")),
         };
@@ -455,10 +441,7 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Parsed<u16> {
-        let digits = self
-            .s
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.err("short \\u escape"))?;
+        let digits = self.s.get(self.pos..self.pos + 4).ok_or_else(|| self.err("short \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.err("bad \\u escape"))?;
         if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.err("bad \\u escape"));
@@ -508,27 +491,18 @@ impl Parser<'_> {
         // ASCII digits only, so this cannot fail.
         let text = std::str::from_utf8(&s[start..p]).unwrap_or("0");
         if is_float {
-            return text
-                .parse::<f64>()
-                .map(Value::Float)
-                .map_err(|_| self.err("bad number"));
+            return text.parse::<f64>().map(Value::Float).map_err(|_| self.err("bad number"));
         }
         if let Ok(i) = text.parse::<i64>() {
             return Ok(Value::Int(i));
         }
-        BigInt::parse(text)
-            .map(Value::BigInt)
-            .ok_or_else(|| self.err("bad number"))
+        BigInt::parse(text).map(Value::BigInt).ok_or_else(|| self.err("bad number"))
     }
 }
 
 /// Decodes one tag over its already-untagged member, as Flask's `to_python`
 /// methods do. Errors here are the cases where Flask answers 500.
-pub(crate) fn untag(
-    tag: &str,
-    value: Value,
-    di_first: Option<String>,
-) -> Result<Value, &'static str> {
+pub(crate) fn untag(tag: &str, value: Value, di_first: Option<String>) -> Result<Value, &'static str> {
     match tag {
         " di" => {
             let Value::Dict(mut inner) = value else {
@@ -544,9 +518,9 @@ pub(crate) fn untag(
         }
         " t" => match value {
             Value::List(items) | Value::Tuple(items) => Ok(Value::Tuple(items)),
-            Value::Str(s) | Value::Markup(s) => Ok(Value::Tuple(
-                s.chars().map(|c| Value::Str(c.to_string())).collect(),
-            )),
+            Value::Str(s) | Value::Markup(s) => {
+                Ok(Value::Tuple(s.chars().map(|c| Value::Str(c.to_string())).collect()))
+            }
             Value::Dict(d) => Ok(Value::Tuple(d.into_keys().map(Value::Str).collect())),
             Value::Bytes(b) => Ok(Value::Tuple(b.into_iter().map(Value::from).collect())),
             _ => Err("\" t\" tag over a value that is not iterable"),
@@ -565,9 +539,7 @@ pub(crate) fn untag(
             _ => Err("\" m\" tag over an unsupported value"),
         },
         " u" => match value {
-            Value::Str(s) => parse_python_uuid(&s)
-                .map(Value::Uuid)
-                .ok_or("badly formed UUID"),
+            Value::Str(s) => parse_python_uuid(&s).map(Value::Uuid).ok_or("badly formed UUID"),
             _ => Err("\" u\" tag over a value that is not a string"),
         },
         " d" => match value {
@@ -583,17 +555,11 @@ pub(crate) fn untag(
 /// `uuid.UUID(text)`: hyphens, braces and a `urn:uuid:` prefix are allowed.
 fn parse_python_uuid(text: &str) -> Option<uuid::Uuid> {
     let text = text.replace("urn:", "").replace("uuid:", "");
-    let hex: String = text
-        .trim_matches(|c| c == '{' || c == '}')
-        .chars()
-        .filter(|c| *c != '-')
-        .collect();
+    let hex: String = text.trim_matches(|c| c == '{' || c == '}').chars().filter(|c| *c != '-').collect();
     if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    u128::from_str_radix(&hex, 16)
-        .ok()
-        .map(uuid::Uuid::from_u128)
+    u128::from_str_radix(&hex, 16).ok().map(uuid::Uuid::from_u128)
 }
 
 /// CPython's non-strict `binascii.a2b_base64`: characters outside the
@@ -691,23 +657,14 @@ mod tests {
     #[test]
     fn strings_escape_like_ensure_ascii() {
         let mut s = String::new();
-        write_str(
-            "q\"b\\n\nt\tr\rb\u{8}f\u{c}/\0\u{1}\u{1f}\u{7f}\u{80}\u{2028}😀你",
-            &mut s,
-        );
-        assert_eq!(
-            s,
-            r#""q\"b\\n\nt\tr\rb\bf\f/\u0000\u0001\u001f\u007f\u0080\u2028\ud83d\ude00\u4f60""#
-        );
+        write_str("q\"b\\n\nt\tr\rb\u{8}f\u{c}/\0\u{1}\u{1f}\u{7f}\u{80}\u{2028}😀你", &mut s);
+        assert_eq!(s, r#""q\"b\\n\nt\tr\rb\bf\f/\u0000\u0001\u001f\u007f\u0080\u2028\ud83d\ude00\u4f60""#);
     }
 
     #[test]
     fn python_b64_leniency() {
         assert_eq!(python_b64decode(b"AP#8=", false), Ok(vec![0, 0xff]));
-        assert_eq!(
-            python_b64decode(b"AAH+//vv", false),
-            Ok(vec![0, 1, 0xfe, 0xff, 0xfb, 0xef])
-        );
+        assert_eq!(python_b64decode(b"AAH+//vv", false), Ok(vec![0, 1, 0xfe, 0xff, 0xfb, 0xef]));
         assert!(python_b64decode(b"A", false).is_err());
         assert!(python_b64decode(b"AAA", false).is_err());
         assert_eq!(python_b64decode(b"AAA=====junk", false), Ok(vec![0, 0]));
@@ -724,10 +681,7 @@ mod tests {
     #[test]
     fn di_uses_first_key_in_document_order() {
         let v = parse_value(br#"{" di":{"zz__":1,"aa__":2}}"#).unwrap();
-        assert_eq!(
-            v,
-            Value::Dict(Dict::from([("zz".to_owned(), Value::Int(1))]))
-        );
+        assert_eq!(v, Value::Dict(Dict::from([("zz".to_owned(), Value::Int(1))])));
     }
 
     #[test]

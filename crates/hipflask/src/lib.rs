@@ -88,9 +88,7 @@ mod sid;
 mod store;
 mod value;
 
-pub use config::{
-    Clock, Config, ConfigBuilder, DEFAULT_LIFETIME, DEFAULT_MAX_COOKIE_SIZE, SameSite, SaveOutcome,
-};
+pub use config::{Clock, Config, ConfigBuilder, DEFAULT_LIFETIME, DEFAULT_MAX_COOKIE_SIZE, SameSite, SaveOutcome};
 pub use cookie::{COOKIE_SALT, CookieCodec, CookieError, MAX_COOKIE_VALUE_LEN, MAX_INFLATED_LEN};
 pub use de::from_value;
 pub use error::{Error, ErrorKind};
@@ -99,9 +97,7 @@ pub use memory::MemoryStore;
 pub use ser::to_value;
 pub use session::{FLASHES_KEY, Flash, PERMANENT_KEY, Session};
 pub use sid::{SESSION_ID_LEN, SID_SALT, SessionId, SidSigner};
-pub use store::{
-    Changes, ConflictPolicy, Record, Store, StoreFuture, Update, Updated, apply_changes, user_of,
-};
+pub use store::{Changes, ConflictPolicy, Record, Store, StoreFuture, Update, Updated, apply_changes, user_of};
 pub use value::{BigInt, DateTime, Dict, Value};
 
 /// Parses Flask's tagged JSON text (what Flask's session serializer writes)
@@ -115,10 +111,7 @@ pub use value::{BigInt, DateTime, Dict, Value};
 pub fn parse_tagged_json(text: &str) -> Result<Dict, Error> {
     match json::parse_session(text.as_bytes()) {
         Ok(d) => Ok(d.unwrap_or_default()),
-        Err(e) => Err(Error::new(
-            ErrorKind::Decode,
-            format!("{} at byte {}", e.message, e.offset),
-        )),
+        Err(e) => Err(Error::new(ErrorKind::Decode, format!("{} at byte {}", e.message, e.offset))),
     }
 }
 

@@ -49,11 +49,7 @@ impl MemoryStore {
     /// An empty store holding at most 100,000 sessions, indexing users by
     /// `_user_id` (Flask-Login's key).
     pub fn new() -> MemoryStore {
-        MemoryStore {
-            inner: Mutex::default(),
-            capacity: 100_000,
-            user_key: DEFAULT_USER_KEY.into(),
-        }
+        MemoryStore { inner: Mutex::default(), capacity: 100_000, user_key: DEFAULT_USER_KEY.into() }
     }
 
     /// The most sessions kept; past it the session closest to expiry is
@@ -112,12 +108,8 @@ impl Inner {
     }
 
     fn sweep(&mut self, now: u64) -> u64 {
-        let expired: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| e.record.expires_at <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let expired: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, e)| e.record.expires_at <= now).map(|(id, _)| id.clone()).collect();
         for id in &expired {
             self.remove(id);
         }
@@ -138,19 +130,12 @@ impl Store for MemoryStore {
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
         let mut inner = self.lock();
         if inner.sessions.contains_key(id) {
-            return Box::pin(ready(Err(Error::new(
-                ErrorKind::Conflict,
-                "session id already in use",
-            ))));
+            return Box::pin(ready(Err(Error::new(ErrorKind::Conflict, "session id already in use"))));
         }
         if inner.sessions.len() >= self.capacity {
             let now = record.created_at;
             if inner.sweep(now) == 0 {
-                let victim = inner
-                    .sessions
-                    .iter()
-                    .min_by_key(|(_, e)| e.record.expires_at)
-                    .map(|(id, _)| id.clone());
+                let victim = inner.sessions.iter().min_by_key(|(_, e)| e.record.expires_at).map(|(id, _)| id.clone());
                 if let Some(victim) = victim {
                     tracing::warn!(
                         capacity = self.capacity,
@@ -164,12 +149,7 @@ impl Store for MemoryStore {
         Box::pin(ready(Ok(())))
     }
 
-    fn update<'a>(
-        &'a self,
-        id: &'a SessionId,
-        update: &'a Update,
-        now: u64,
-    ) -> StoreFuture<'a, Updated> {
+    fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
         let mut inner = self.lock();
         let result = match inner.live(id, now) {
             None => Ok(Updated::Gone),
@@ -201,12 +181,7 @@ impl Store for MemoryStore {
 
     fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
         let inner = self.lock();
-        let ids = inner
-            .sessions
-            .iter()
-            .filter(|(_, e)| e.record.expires_at > now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let ids = inner.sessions.iter().filter(|(_, e)| e.record.expires_at > now).map(|(id, _)| id.clone()).collect();
         Box::pin(ready(Ok(ids)))
     }
 
@@ -215,23 +190,14 @@ impl Store for MemoryStore {
         let ids = inner
             .users
             .get(user)
-            .map(|ids| {
-                ids.iter()
-                    .filter(|id| inner.live(id, now).is_some())
-                    .cloned()
-                    .collect()
-            })
+            .map(|ids| ids.iter().filter(|id| inner.live(id, now).is_some()).cloned().collect())
             .unwrap_or_default();
         Box::pin(ready(Ok(ids)))
     }
 
     fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
         let mut inner = self.lock();
-        let ids: Vec<SessionId> = inner
-            .users
-            .get(user)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let ids: Vec<SessionId> = inner.users.get(user).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         for id in &ids {
             inner.remove(id);
         }

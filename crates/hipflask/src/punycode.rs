@@ -21,11 +21,7 @@ fn adapt(mut delta: u32, num_points: u32, first_time: bool) -> u32 {
 
 fn digit(d: u32) -> char {
     // 0..=25 -> a..=z, 26..=35 -> 0..=9
-    let b = if d < 26 {
-        b'a' + d as u8
-    } else {
-        b'0' + (d - 26) as u8
-    };
+    let b = if d < 26 { b'a' + d as u8 } else { b'0' + (d - 26) as u8 };
     b as char
 }
 

@@ -30,13 +30,7 @@ pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, Error> {
 /// dict that would otherwise look like a tag.
 impl Serialize for Value {
     fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_newtype_struct(
-            TAGGED,
-            &Plain {
-                value: self,
-                tagged: false,
-            },
-        )
+        serializer.serialize_newtype_struct(TAGGED, &Plain { value: self, tagged: false })
     }
 }
 
@@ -77,11 +71,7 @@ impl Serialize for Plain<'_> {
                 }
                 m.end()
             }
-            other => Plain {
-                value: &crate::de::tagged_form(other),
-                tagged: true,
-            }
-            .serialize(s),
+            other => Plain { value: &crate::de::tagged_form(other), tagged: true }.serialize(s),
         }
     }
 }
@@ -164,25 +154,12 @@ impl ser::Serializer for ValueSerializer {
     fn serialize_unit_struct(self, _: &'static str) -> Result<Value, Error> {
         Ok(Value::Null)
     }
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        variant: &'static str,
-    ) -> Result<Value, Error> {
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, Error> {
         Ok(Value::Str(variant.to_owned()))
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        v: &T,
-    ) -> Result<Value, Error> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, name: &'static str, v: &T) -> Result<Value, Error> {
         let value = v.serialize(ValueSerializer)?;
-        if name == TAGGED {
-            crate::de::untag_tree(value)
-        } else {
-            Ok(value)
-        }
+        if name == TAGGED { crate::de::untag_tree(value) } else { Ok(value) }
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
@@ -196,22 +173,13 @@ impl ser::Serializer for ValueSerializer {
         Ok(Value::Dict(d))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<SeqBuilder, Error> {
-        Ok(SeqBuilder {
-            items: Vec::with_capacity(len.unwrap_or(0)),
-            tuple: false,
-        })
+        Ok(SeqBuilder { items: Vec::with_capacity(len.unwrap_or(0)), tuple: false })
     }
     fn serialize_tuple(self, len: usize) -> Result<SeqBuilder, Error> {
-        Ok(SeqBuilder {
-            items: Vec::with_capacity(len),
-            tuple: true,
-        })
+        Ok(SeqBuilder { items: Vec::with_capacity(len), tuple: true })
     }
     fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<SeqBuilder, Error> {
-        Ok(SeqBuilder {
-            items: Vec::with_capacity(len),
-            tuple: false,
-        })
+        Ok(SeqBuilder { items: Vec::with_capacity(len), tuple: false })
     }
     fn serialize_tuple_variant(
         self,
@@ -220,16 +188,10 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         len: usize,
     ) -> Result<VariantBuilder<SeqBuilder>, Error> {
-        Ok(VariantBuilder {
-            variant,
-            inner: self.serialize_tuple_struct("", len)?,
-        })
+        Ok(VariantBuilder { variant, inner: self.serialize_tuple_struct("", len)? })
     }
     fn serialize_map(self, _: Option<usize>) -> Result<MapBuilder, Error> {
-        Ok(MapBuilder {
-            dict: Dict::new(),
-            key: None,
-        })
+        Ok(MapBuilder { dict: Dict::new(), key: None })
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<MapBuilder, Error> {
         self.serialize_map(None)
@@ -241,10 +203,7 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         _: usize,
     ) -> Result<VariantBuilder<MapBuilder>, Error> {
-        Ok(VariantBuilder {
-            variant,
-            inner: self.serialize_map(None)?,
-        })
+        Ok(VariantBuilder { variant, inner: self.serialize_map(None)? })
     }
 }
 
@@ -259,11 +218,7 @@ impl SeqBuilder {
         Ok(())
     }
     fn finish(self) -> Value {
-        if self.tuple {
-            Value::Tuple(self.items)
-        } else {
-            Value::List(self.items)
-        }
+        if self.tuple { Value::Tuple(self.items) } else { Value::List(self.items) }
     }
 }
 
@@ -281,11 +236,7 @@ macro_rules! seq_builder {
         }
     )*};
 }
-seq_builder!(
-    SerializeSeq::serialize_element,
-    SerializeTuple::serialize_element,
-    SerializeTupleStruct::serialize_field
-);
+seq_builder!(SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field);
 
 pub(crate) struct MapBuilder {
     dict: Dict,
@@ -319,13 +270,8 @@ impl ser::SerializeMap for MapBuilder {
 impl ser::SerializeStruct for MapBuilder {
     type Ok = Value;
     type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), Error> {
-        self.dict
-            .insert(key.to_owned(), v.serialize(ValueSerializer)?);
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), Error> {
+        self.dict.insert(key.to_owned(), v.serialize(ValueSerializer)?);
         Ok(())
     }
     fn end(self) -> Result<Value, Error> {
@@ -361,11 +307,7 @@ impl ser::SerializeTupleVariant for VariantBuilder<SeqBuilder> {
 impl ser::SerializeStructVariant for VariantBuilder<MapBuilder> {
     type Ok = Value;
     type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), Error> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), Error> {
         ser::SerializeStruct::serialize_field(&mut self.inner, key, v)
     }
     fn end(self) -> Result<Value, Error> {

@@ -40,10 +40,7 @@ impl ServerSide {
         };
         let id = sid.and_then(SessionId::parse);
         if id.is_none() {
-            tracing::warn!(
-                reason = "bad_session_id",
-                "rejected session cookie; starting a new session"
-            );
+            tracing::warn!(reason = "bad_session_id", "rejected session cookie; starting a new session");
         }
         id
     }
@@ -67,53 +64,30 @@ impl Config {
     /// Opens the session named by the request's cookie from the store. A
     /// missing, malformed, badly signed, unknown or expired id gives a new
     /// session with a **new** id (a client's id is never adopted).
-    pub(crate) async fn open_server(
-        &self,
-        server: &ServerSide,
-        cookie: Option<Vec<u8>>,
-    ) -> Result<Session, Error> {
-        let Some(id) = cookie
-            .filter(|c| !c.is_empty())
-            .and_then(|c| server.parse_cookie(&c))
-        else {
+    pub(crate) async fn open_server(&self, server: &ServerSide, cookie: Option<Vec<u8>>) -> Result<Session, Error> {
+        let Some(id) = cookie.filter(|c| !c.is_empty()).and_then(|c| server.parse_cookie(&c)) else {
             return Ok(server.new_session());
         };
         let now = self.now();
         let Some(record) = server.store.load(&id, now).await? else {
             return Ok(server.new_session());
         };
-        if server
-            .absolute_timeout
-            .is_some_and(|t| now >= record.created_at.saturating_add(t))
-        {
+        if server.absolute_timeout.is_some_and(|t| now >= record.created_at.saturating_add(t)) {
             // Past the absolute timeout however active: end it for good.
             server.store.delete(&id).await?;
             return Ok(server.new_session());
         }
         let keep = server.conflict == ConflictPolicy::Reject;
-        Ok(Session::server(
-            record.data,
-            id,
-            Some((record.created_at, record.expires_at)),
-            keep,
-        ))
+        Ok(Session::server(record.data, id, Some((record.created_at, record.expires_at)), keep))
     }
 
     /// Saves a server-side session and says what the response needs.
-    pub(crate) async fn save_server(
-        &self,
-        server: &ServerSide,
-        session: &Session,
-    ) -> Result<SaveOutcome, Error> {
+    pub(crate) async fn save_server(&self, server: &ServerSide, session: &Session) -> Result<SaveOutcome, Error> {
         let Some(state) = session.server_state() else {
             return self.save(session);
         };
         let (data, modified, accessed) = session.inspect(|d, m, a| (d.clone(), m, a));
-        let mut out = SaveOutcome {
-            vary_cookie: accessed,
-            vary_first: accessed,
-            set_cookie: None,
-        };
+        let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
         let now = self.now();
         let lifetime = self.lifetime_secs();
         let created_at = state.stored.map_or(now, |(created, _)| created);
@@ -128,6 +102,16 @@ impl Config {
             if state.stored.is_some() {
                 store.delete(&state.id).await?;
             }
+            if state.destroy && !falsy(&data) {
+                // Written to after destroy() (a "Logged out" flash, say): that
+                // is a new session under a new id, never the old one back.
+                let id = SessionId::generate();
+                store.create(&id, Record { data, created_at: now, expires_at }).await?;
+                let expires = permanent.then_some(expires_at as i64);
+                out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&id), expires, false));
+                out.vary_cookie = true;
+                return Ok(out);
+            }
             if state.stored.is_some() || modified {
                 out.set_cookie = Some(self.server_cookie_header("", None, true));
                 out.vary_cookie = true;
@@ -140,21 +124,9 @@ impl Config {
         let cookie_expires = permanent.then_some(expires_at as i64);
         let Some((_, stored_expires)) = state.stored else {
             if modified {
-                store
-                    .create(
-                        &state.id,
-                        Record {
-                            data,
-                            created_at: now,
-                            expires_at,
-                        },
-                    )
-                    .await?;
-                out.set_cookie = Some(self.server_cookie_header(
-                    &server.cookie_value(&state.id),
-                    cookie_expires,
-                    false,
-                ));
+                store.create(&state.id, Record { data, created_at: now, expires_at }).await?;
+                out.set_cookie =
+                    Some(self.server_cookie_header(&server.cookie_value(&state.id), cookie_expires, false));
                 out.vary_cookie = true;
             }
             return Ok(out);
@@ -167,41 +139,19 @@ impl Config {
             };
             apply_changes(&mut current.data, &changes, state.loaded.as_ref())?;
             let new_id = SessionId::generate();
-            store
-                .create(
-                    &new_id,
-                    Record {
-                        data: current.data,
-                        created_at,
-                        expires_at,
-                    },
-                )
-                .await?;
+            store.create(&new_id, Record { data: current.data, created_at, expires_at }).await?;
             store.delete(&state.id).await?;
-            out.set_cookie = Some(self.server_cookie_header(
-                &server.cookie_value(&new_id),
-                cookie_expires,
-                false,
-            ));
+            out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&new_id), cookie_expires, false));
             out.vary_cookie = true;
             return Ok(out);
         }
         let last_refresh = stored_expires.saturating_sub(lifetime);
-        let refresh =
-            self.refresh_each_request() && now.saturating_sub(last_refresh) >= server.refresh_after;
+        let refresh = self.refresh_each_request() && now.saturating_sub(last_refresh) >= server.refresh_after;
         if changes.is_empty() && !refresh {
             return Ok(out);
         }
-        let loaded = if server.conflict == ConflictPolicy::Reject {
-            state.loaded
-        } else {
-            None
-        };
-        let update = Update {
-            changes,
-            expires_at,
-            loaded,
-        };
+        let loaded = if server.conflict == ConflictPolicy::Reject { state.loaded } else { None };
+        let update = Update { changes, expires_at, loaded };
         match store.update(&state.id, &update, now).await? {
             Updated::Gone => Ok(self.gone(out)),
             Updated::Applied => {

@@ -137,25 +137,10 @@ impl Session {
     }
 
     /// A server-side session: loaded (`stored` = its times) or new.
-    pub(crate) fn server(
-        data: Dict,
-        id: SessionId,
-        stored: Option<(u64, u64)>,
-        keep_loaded: bool,
-    ) -> Session {
+    pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
         let loaded = keep_loaded.then(|| data.clone());
         let new = stored.is_none();
-        Session::build(
-            data,
-            new,
-            Some(Server {
-                id,
-                stored,
-                loaded,
-                regenerate: false,
-                destroy: false,
-            }),
-        )
+        Session::build(data, new, Some(Server { id, stored, loaded, regenerate: false, destroy: false }))
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -203,12 +188,10 @@ impl Session {
     /// [`ErrorKind::MissingKey`] or [`ErrorKind::Decode`].
     pub fn require<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<T, Error> {
         let inner = self.touch();
-        let value = inner.data.get(key).ok_or_else(|| {
-            Error::new(
-                ErrorKind::MissingKey,
-                format!("the session has no key {key:?}"),
-            )
-        })?;
+        let value = inner
+            .data
+            .get(key)
+            .ok_or_else(|| Error::new(ErrorKind::MissingKey, format!("the session has no key {key:?}")))?;
         convert(key, value)
     }
 
@@ -343,10 +326,7 @@ impl Session {
     /// Whether the session outlives the browser session (`session.permanent`):
     /// the truthiness of the `_permanent` key.
     pub fn permanent(&self) -> bool {
-        self.touch()
-            .data
-            .get(PERMANENT_KEY)
-            .is_some_and(Value::is_truthy)
+        self.touch().data.get(PERMANENT_KEY).is_some_and(Value::is_truthy)
     }
 
     /// Sets `session.permanent`. Like Flask, `false` stores `"_permanent": false`
@@ -394,9 +374,7 @@ impl Session {
         match inner.data.get_mut(FLASHES_KEY) {
             Some(Value::List(list)) => list.push(entry),
             _ => {
-                inner
-                    .data
-                    .insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
+                inner.data.insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
             }
         }
         inner.touched.insert(FLASHES_KEY.to_owned());
@@ -420,10 +398,7 @@ impl Session {
             inner.flashes = Some(taken.as_ref().map(parse_flashes).unwrap_or_default());
         }
         let all = inner.flashes.as_deref().unwrap_or_default();
-        all.iter()
-            .filter(|f| categories.is_empty() || categories.contains(&f.category.as_str()))
-            .cloned()
-            .collect()
+        all.iter().filter(|f| categories.is_empty() || categories.contains(&f.category.as_str())).cloned().collect()
     }
 
     /// What this request changed, key by key, with the final values: what a
@@ -434,15 +409,8 @@ impl Session {
         if !inner.modified {
             return Changes::default();
         }
-        let keys = inner
-            .touched
-            .iter()
-            .map(|k| (k.clone(), inner.data.get(k).cloned()))
-            .collect();
-        Changes {
-            cleared: inner.cleared,
-            keys,
-        }
+        let keys = inner.touched.iter().map(|k| (k.clone(), inner.data.get(k).cloned())).collect();
+        Changes { cleared: inner.cleared, keys }
     }
 
     pub(crate) fn server_state(&self) -> Option<Server> {
@@ -465,10 +433,9 @@ fn parse_flashes(value: &Value) -> Vec<Flash> {
         .iter()
         .filter_map(|item| match item.as_list() {
             // Tuples from cookies, two-item lists from Flask-Session's msgpack.
-            Some([Value::Str(category), message]) => Some(Flash {
-                category: category.clone(),
-                message: message.clone(),
-            }),
+            Some([Value::Str(category), message]) => {
+                Some(Flash { category: category.clone(), message: message.clone() })
+            }
             _ => {
                 tracing::warn!("ignoring a malformed entry in `_flashes`");
                 None

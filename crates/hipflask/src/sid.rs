@@ -40,9 +40,7 @@ impl SessionId {
     /// whose last one carries no stray bits (so each id has one spelling).
     pub fn parse(text: &str) -> Option<SessionId> {
         let ok = text.len() == SESSION_ID_LEN
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && URL_SAFE_NO_PAD.decode(text).is_ok_and(|b| b.len() == 32);
         ok.then(|| SessionId(text.into()))
     }
@@ -80,9 +78,7 @@ pub struct SidSigner {
 impl SidSigner {
     /// A signer keyed by `SECRET_KEY` (Flask-Session ignores the fallbacks).
     pub fn new(secret: &SecretKey) -> SidSigner {
-        SidSigner {
-            key: secret.derive(SID_SALT.as_bytes()),
-        }
+        SidSigner { key: secret.derive(SID_SALT.as_bytes()) }
     }
 
     /// The signed cookie value of `sid`.

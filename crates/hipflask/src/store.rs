@@ -100,11 +100,7 @@ pub enum Updated {
 /// apply_changes(&mut stored, &changes, None).unwrap();
 /// assert_eq!(stored, Dict::from([("a".into(), Value::from(10))]));
 /// ```
-pub fn apply_changes(
-    current: &mut Dict,
-    changes: &Changes,
-    loaded: Option<&Dict>,
-) -> Result<(), Error> {
+pub fn apply_changes(current: &mut Dict, changes: &Changes, loaded: Option<&Dict>) -> Result<(), Error> {
     if let Some(loaded) = loaded {
         for (key, _) in &changes.keys {
             if current.get(key) != loaded.get(key) {
@@ -147,12 +143,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Applies an update atomically with [`apply_changes`] to the session as
     /// stored now. A session that no longer exists is not recreated.
-    fn update<'a>(
-        &'a self,
-        id: &'a SessionId,
-        update: &'a Update,
-        now: u64,
-    ) -> StoreFuture<'a, Updated>;
+    fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated>;
 
     /// Deletes a session; `true` if it existed.
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool>;

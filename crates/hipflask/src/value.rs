@@ -109,9 +109,7 @@ pub struct DateTime(i64);
 impl DateTime {
     /// From Unix seconds; `None` outside years 1 to 9999.
     pub fn from_unix(seconds: i64) -> Option<DateTime> {
-        (date::MIN_UNIX..=date::MAX_UNIX)
-            .contains(&seconds)
-            .then_some(DateTime(seconds))
+        (date::MIN_UNIX..=date::MAX_UNIX).contains(&seconds).then_some(DateTime(seconds))
     }
 
     /// Unix seconds.
@@ -122,8 +120,7 @@ impl DateTime {
     /// As a `time::OffsetDateTime` in UTC.
     pub fn to_offset_date_time(self) -> time::OffsetDateTime {
         // The range check in every constructor keeps this within `time`'s range.
-        time::OffsetDateTime::from_unix_timestamp(self.0)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        time::OffsetDateTime::from_unix_timestamp(self.0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 
     /// Parses an RFC 2822 date as Werkzeug's `parse_date` does.
@@ -152,9 +149,7 @@ impl TryFrom<time::OffsetDateTime> for DateTime {
 
     fn try_from(value: time::OffsetDateTime) -> Result<Self, Self::Error> {
         DateTime::from_unix(value.unix_timestamp()).ok_or_else(|| {
-            crate::Error::encode(format!(
-                "datetime {value} is outside the years 1 to 9999 that Python supports"
-            ))
+            crate::Error::encode(format!("datetime {value} is outside the years 1 to 9999 that Python supports"))
         })
     }
 }

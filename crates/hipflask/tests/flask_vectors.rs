@@ -1,9 +1,7 @@
 //! Every signed-cookie vector and tagged-JSON vector that the real Flask
 //! produced (`fixtures/flask-vectors.json`, copied from the spec) as a test.
 
-use hipflask::{
-    CookieCodec, CookieError, Dict, SecretKey, Value, parse_tagged_json, to_tagged_json,
-};
+use hipflask::{CookieCodec, CookieError, Dict, SecretKey, Value, parse_tagged_json, to_tagged_json};
 use serde_json::Value as Json;
 
 fn vectors() -> Json {
@@ -11,10 +9,7 @@ fn vectors() -> Json {
 }
 
 fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
 }
 
 fn secret(v: &Json) -> SecretKey {
@@ -28,11 +23,7 @@ fn secret(v: &Json) -> SecretKey {
 fn codec(v: &Json) -> CookieCodec {
     let fallbacks: Vec<SecretKey> = v["secret_key_fallbacks"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|k| SecretKey::new(k.as_str().unwrap()).unwrap())
-                .collect()
-        })
+        .map(|a| a.iter().map(|k| SecretKey::new(k.as_str().unwrap()).unwrap()).collect())
         .unwrap_or_default();
     CookieCodec::new(&secret(v), &fallbacks, v["max_age"].as_u64().unwrap())
 }
@@ -45,13 +36,8 @@ fn described(v: &Json) -> Dict {
 
 fn cookie_vectors(kind: &str) -> Vec<Json> {
     let all = vectors();
-    let list: Vec<Json> = all["cookie_vectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["kind"] == kind)
-        .cloned()
-        .collect();
+    let list: Vec<Json> =
+        all["cookie_vectors"].as_array().unwrap().iter().filter(|v| v["kind"] == kind).cloned().collect();
     assert!(!list.is_empty(), "no vectors of kind {kind}");
     list
 }
@@ -64,9 +50,7 @@ fn every_positive_cookie_decodes_and_reencodes_byte_identically() {
         let cookie = v["cookie"].as_str().unwrap();
         let now = v["now"].as_u64().unwrap();
         let codec = codec(&v);
-        let session = codec
-            .decode(cookie, now)
-            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let session = codec.decode(cookie, now).unwrap_or_else(|e| panic!("{id}: {e}"));
         let payload = v["payload_json"].as_str().unwrap();
         let stable = v["reencode_stable"].as_bool().unwrap_or(true);
         let expected_json = if stable {
@@ -76,11 +60,7 @@ fn every_positive_cookie_decodes_and_reencodes_byte_identically() {
             let note = v["reencode_note"].as_str().unwrap();
             note[note.find('{').unwrap()..].to_owned()
         };
-        assert_eq!(
-            to_tagged_json(&session),
-            expected_json,
-            "{id}: re-encoded JSON"
-        );
+        assert_eq!(to_tagged_json(&session), expected_json, "{id}: re-encoded JSON");
         // serde_json reads integers past 64 bits as floats, so the neutral
         // description of `ints` cannot be compared; its exact JSON is, above.
         if !v["session_tagged"].is_null() && id != "ints" {
@@ -95,11 +75,7 @@ fn every_positive_cookie_decodes_and_reencodes_byte_identically() {
             encoded += 1;
         }
         if let Some(compressed) = v["compressed"].as_bool() {
-            assert_eq!(
-                cookie.starts_with('.'),
-                compressed,
-                "{id}: compression decision"
-            );
+            assert_eq!(cookie.starts_with('.'), compressed, "{id}: compression decision");
         }
     }
     assert!(encoded >= 45, "only {encoded} vectors were re-encoded");
@@ -110,11 +86,7 @@ fn lenient_cookies_that_flask_accepts_are_accepted() {
     for v in cookie_vectors("cookie_lenient") {
         let id = v["id"].as_str().unwrap();
         let got = codec(&v).decode(v["cookie"].as_str().unwrap(), v["now"].as_u64().unwrap());
-        assert_eq!(
-            got.unwrap_or_else(|e| panic!("{id}: {e}")),
-            described(&v),
-            "{id}"
-        );
+        assert_eq!(got.unwrap_or_else(|e| panic!("{id}: {e}")), described(&v), "{id}");
     }
 }
 
@@ -144,10 +116,7 @@ fn validly_signed_bad_payloads_never_load_garbage() {
         let got = codec(&v).decode(v["cookie"].as_str().unwrap(), v["now"].as_u64().unwrap());
         match v["expected"].as_str().unwrap() {
             // Flask answers 500; hipflask rejects the cookie (an empty session).
-            "error" => assert!(
-                matches!(got, Err(CookieError::BadPayload { .. })),
-                "{id}: {got:?}"
-            ),
+            "error" => assert!(matches!(got, Err(CookieError::BadPayload { .. })), "{id}: {got:?}"),
             "empty_session" => assert_eq!(got.unwrap(), Dict::new(), "{id}"),
             "ok" => assert_eq!(got.unwrap(), described(&v), "{id}"),
             other => panic!("{id}: unknown expectation {other}"),
@@ -179,9 +148,7 @@ fn raw_signatures_verify() {
         let cookie = format!("{input}.{}", v["signature_b64"].as_str().unwrap());
         let codec = CookieCodec::new(&secret(v), &[], u64::MAX);
         // Verification passes, so what fails is what comes after it.
-        let err = codec
-            .decode(&cookie, 0)
-            .expect_err("these inputs are not sessions");
+        let err = codec.decode(&cookie, 0).expect_err("these inputs are not sessions");
         assert_ne!(err, CookieError::BadSignature, "{input}");
     }
 }
@@ -189,26 +156,13 @@ fn raw_signatures_verify() {
 #[test]
 fn typed_values_come_out_as_rust_types() {
     let all = vectors();
-    let find = |id: &str| {
-        all["cookie_vectors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let find = |id: &str| all["cookie_vectors"].as_array().unwrap().iter().find(|v| v["id"] == id).unwrap().clone();
     let decode = |id: &str| {
         let v = find(id);
-        codec(&v)
-            .decode(v["cookie"].as_str().unwrap(), v["now"].as_u64().unwrap())
-            .unwrap()
+        codec(&v).decode(v["cookie"].as_str().unwrap(), v["now"].as_u64().unwrap()).unwrap()
     };
     let s = hipflask::Session::from_dict(decode("bytes"));
-    assert_eq!(
-        s.get::<Vec<u8>>("b"),
-        Some(vec![0, 1, 0xfe, 0xff, 0xfb, 0xef])
-    );
+    assert_eq!(s.get::<Vec<u8>>("b"), Some(vec![0, 1, 0xfe, 0xff, 0xfb, 0xef]));
     let s = hipflask::Session::from_dict(decode("uuid"));
     assert_eq!(
         s.get::<uuid::Uuid>("id2"),
@@ -217,25 +171,16 @@ fn typed_values_come_out_as_rust_types() {
     let s = hipflask::Session::from_dict(decode("datetime_naive"));
     let dt = s.get_value("dt").unwrap().as_datetime().unwrap();
     assert_eq!((dt.year(), dt.hour(), dt.second()), (2024, 3, 5));
-    assert_eq!(
-        s.get::<String>("dt").as_deref(),
-        Some("2024-01-02T03:04:05Z")
-    );
+    assert_eq!(s.get::<String>("dt").as_deref(), Some("2024-01-02T03:04:05Z"));
     let s = hipflask::Session::from_dict(decode("ints"));
     assert_eq!(s.get::<u128>("huge"), Some(18_446_744_073_709_551_617));
     assert_eq!(s.get::<f64>("n"), Some(1_234_567_890_123.0));
     let s = hipflask::Session::from_dict(decode("tuple"));
-    assert_eq!(
-        s.get::<(i32, String, (i32, i32))>("t"),
-        Some((1, "a".into(), (2, 3)))
-    );
+    assert_eq!(s.get::<(i32, String, (i32, i32))>("t"), Some((1, "a".into(), (2, 3))));
     let s = hipflask::Session::from_dict(decode("flashes"));
     let flashes = s.get_flashed_messages(&[]);
     assert_eq!(flashes.len(), 3);
-    assert_eq!(
-        (flashes[2].category.as_str(), flashes[2].text()),
-        ("info", Some("中文"))
-    );
+    assert_eq!((flashes[2].category.as_str(), flashes[2].text()), ("info", Some("中文")));
 }
 
 #[test]
@@ -262,15 +207,7 @@ fn flask_session_ids_from_the_vectors_parse() {
         let sid = v["sid"].as_str().unwrap();
         assert!(hipflask::SessionId::parse(sid).is_some(), "{sid}");
     }
-    for bad in [
-        "",
-        "abc",
-        "*",
-        "../../../../etc/passwd",
-        "' OR 1=1 --",
-        &"A".repeat(44),
-        &"é".repeat(43),
-    ] {
+    for bad in ["", "abc", "*", "../../../../etc/passwd", "' OR 1=1 --", &"A".repeat(44), &"é".repeat(43)] {
         assert!(hipflask::SessionId::parse(bad).is_none(), "{bad}");
     }
 }

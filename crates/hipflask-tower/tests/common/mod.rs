@@ -21,11 +21,8 @@ impl Logs {
     /// Runs `f` with a subscriber writing into these logs, and returns its result.
     pub(crate) fn capture<R>(&self, f: impl FnOnce() -> R) -> R {
         let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .without_time()
-            .finish();
+        let subscriber =
+            tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).without_time().finish();
         tracing::subscriber::with_default(subscriber, f)
     }
 

@@ -1,0 +1,78 @@
+//! The demo on server-side sessions (SESSION_TYPE=memory): the same pages,
+//! with the cookie holding only an id, regenerate at login, destroy at
+//! logout, and logging out everywhere.
+
+use std::sync::Arc;
+
+use hipflask::{MemoryStore, Store};
+use hipflask_demo::{DemoConfig, app};
+use http::{Method, StatusCode};
+
+mod common;
+use common::Client;
+
+fn frozen() -> u64 {
+    1_700_000_000
+}
+
+fn demo(store: Arc<MemoryStore>) -> axum::Router {
+    let session = hipflask::Config::builder().secret_key("secret").clock(frozen).store(store.clone()).build().unwrap();
+    app(DemoConfig { session, store: Some(store) })
+}
+
+#[tokio::test]
+async fn pages_work_the_same_on_a_store() {
+    let store = Arc::new(MemoryStore::new());
+    let mut c = Client::new(demo(store.clone()));
+    for n in 1..=3 {
+        assert_eq!(c.get("/visits-counter/").await.body, format!("Total visits: {n}"));
+    }
+    assert_eq!(c.cookie.as_deref().map(str::len), Some(43), "the cookie holds only the id");
+    assert!(c.get("/set").await.body.contains("session.get('user') = poloyy"));
+    assert!(c.get("/del").await.body.contains("session.get('user') = None"));
+    c.get("/session/").await;
+    c.get("/session/").await;
+    assert!(c.get("/session/").await.body.contains("'pineapples': '100'"));
+    assert_eq!(c.json(Method::PUT, "/api/session/n", "7").await.status, StatusCode::NO_CONTENT);
+    assert!(c.get("/api/session").await.body.contains(r#""n":7"#));
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test]
+async fn login_regenerates_and_logout_destroys() {
+    let store = Arc::new(MemoryStore::new());
+    let mut c = Client::new(demo(store.clone()));
+    c.get("/visits-counter/").await;
+    let before = c.cookie.clone().unwrap();
+    c.form("/login", "username=alice&password=x&remember=on").await;
+    let after = c.cookie.clone().unwrap();
+    assert_ne!(before, after, "a new id at login");
+    let page = c.get("/").await;
+    assert!(page.body.contains("Logged in as <strong>alice</strong>"));
+    assert!(page.body.contains("Log out everywhere"));
+    c.form("/logout", "").await;
+    let page = c.get("/").await;
+    assert!(page.body.contains("Logged out"));
+    assert!(!page.body.contains("Logged in as"));
+    let id = hipflask::SessionId::parse(&after).unwrap();
+    assert!(store.load(&id, frozen()).await.unwrap().is_none(), "the logged-in session is gone from the store");
+}
+
+#[tokio::test]
+async fn log_out_everywhere_ends_the_users_other_sessions() {
+    let store = Arc::new(MemoryStore::new());
+    let app = demo(store.clone());
+    let mut laptop = Client::new(app.clone());
+    let mut phone = Client::new(app.clone());
+    let mut other = Client::new(app);
+    laptop.form("/login", "username=alice&password=x").await;
+    phone.form("/login", "username=alice&password=x").await;
+    other.form("/login", "username=bob&password=x").await;
+    for c in [&mut laptop, &mut phone, &mut other] {
+        c.get("/").await;
+    }
+    laptop.form("/logout-everywhere", "").await;
+    assert!(laptop.get("/").await.body.contains("Logged out of 2 sessions"));
+    assert!(!phone.get("/").await.body.contains("Logged in as"), "the phone is logged out too");
+    assert!(other.get("/").await.body.contains("Logged in as <strong>bob</strong>"), "bob is not");
+}
