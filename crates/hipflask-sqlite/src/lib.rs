@@ -1,0 +1,240 @@
+//! SQLite store for hipflask's server-side sessions: the embedded default.
+//!
+//! One file, WAL journal, schema created and migrated on open. Each update
+//! is a `BEGIN IMMEDIATE` transaction that reads the stored session, applies
+//! the request's per-key changes and writes it back, so concurrent requests
+//! lose nothing, even from several processes sharing the file.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), hipflask::Error> {
+//! let store = hipflask_sqlite::SqliteStore::open("sessions.db").await?;
+//! let config = hipflask::Config::builder()
+//!     .secret_key("change me")
+//!     .store(std::sync::Arc::new(store))
+//!     .build()?;
+//! # let _ = config; Ok(()) }
+//! ```
+//!
+//! Sessions are stored as Flask's tagged JSON, so every Flask value type
+//! survives exactly. Database calls run on tokio's blocking thread pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hipflask::{Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, user_of};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// The schema version this crate writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: [&str; 1] = ["CREATE TABLE IF NOT EXISTS hipflask_sessions (
+        id TEXT PRIMARY KEY NOT NULL,
+        data TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        user_id TEXT
+    );
+    CREATE INDEX IF NOT EXISTS hipflask_sessions_expires ON hipflask_sessions (expires_at);
+    CREATE INDEX IF NOT EXISTS hipflask_sessions_user ON hipflask_sessions (user_id);"];
+
+/// Sessions in a SQLite database file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    user_key: Arc<str>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("user_key", &self.user_key).finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Backend, "SQLite session store failed").with_source(e)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs migrations.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
+        let path = path.as_ref().to_owned();
+        let conn =
+            tokio::task::spawn_blocking(move || Connection::open(path)).await.map_err(backend)?.map_err(backend)?;
+        SqliteStore::from_connection(conn).await
+    }
+
+    /// An in-memory database (for tests).
+    pub async fn in_memory() -> Result<SqliteStore, Error> {
+        SqliteStore::from_connection(Connection::open_in_memory().map_err(backend)?).await
+    }
+
+    async fn from_connection(conn: Connection) -> Result<SqliteStore, Error> {
+        let store = SqliteStore { conn: Arc::new(Mutex::new(conn)), user_key: "_user_id".into() };
+        store.blocking(migrate).await?;
+        Ok(store)
+    }
+
+    /// The session key whose value names the user (default `_user_id`).
+    pub fn with_user_key(mut self, key: &str) -> SqliteStore {
+        self.user_key = key.into();
+        self
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard: MutexGuard<'_, Connection> = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                f(&mut guard)
+            })
+            .await
+            .map_err(backend)?
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+        .map_err(backend)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::new(
+            ErrorKind::Backend,
+            format!("the session database has schema version {version}, newer than this hipflask ({SCHEMA_VERSION})"),
+        ));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1).map_err(backend)?;
+    }
+    tx.commit().map_err(backend)
+}
+
+/// Reads a row's data; a row that cannot be read is treated as missing, so
+/// the visitor gets a new session instead of an error.
+fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
+    match hipflask::parse_tagged_json(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(error = %e, id_prefix = &id[..6.min(id.len())], "unreadable session row; treating it as missing");
+            None
+        }
+    }
+}
+
+fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<Record>, Error> {
+    let row = conn
+        .query_row(
+            "SELECT data, created_at, expires_at FROM hipflask_sessions WHERE id = ?1 AND expires_at > ?2",
+            params![id, now as i64],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    Ok(row.and_then(|(text, created, expires)| {
+        parse_row(id, &text).map(|data| Record { data, created_at: created as u64, expires_at: expires as u64 })
+    }))
+}
+
+fn ids(rows: Result<Vec<String>, rusqlite::Error>) -> Result<Vec<SessionId>, Error> {
+    Ok(rows.map_err(backend)?.iter().filter_map(|s| SessionId::parse(s)).collect())
+}
+
+impl Store for SqliteStore {
+    fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
+        let id = id.as_str().to_owned();
+        self.blocking(move |conn| load_row(conn, &id, now))
+    }
+
+    fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
+        let id = id.as_str().to_owned();
+        let user = user_of(&record.data, &self.user_key);
+        self.blocking(move |conn| {
+            let data = hipflask::to_tagged_json(&record.data);
+            let inserted = conn
+                .execute(
+                    "INSERT INTO hipflask_sessions (id, data, created_at, expires_at, user_id) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO NOTHING",
+                    params![id, data, record.created_at as i64, record.expires_at as i64, user],
+                )
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(Error::new(ErrorKind::Conflict, "session id already in use"));
+            }
+            Ok(())
+        })
+    }
+
+    fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
+        let id = id.as_str().to_owned();
+        let update = update.clone();
+        let user_key = self.user_key.clone();
+        self.blocking(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let Some(mut record) = load_row(&tx, &id, now)? else {
+                return Ok(Updated::Gone);
+            };
+            apply_changes(&mut record.data, &update.changes, update.loaded.as_ref())?;
+            tx.execute(
+                "UPDATE hipflask_sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE id = ?1",
+                params![
+                    id,
+                    hipflask::to_tagged_json(&record.data),
+                    update.expires_at as i64,
+                    user_of(&record.data, &user_key)
+                ],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(Updated::Applied)
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
+        let id = id.as_str().to_owned();
+        self.blocking(move |conn| {
+            let n = conn.execute("DELETE FROM hipflask_sessions WHERE id = ?1", params![id]).map_err(backend)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
+        self.blocking(move |conn| {
+            let n = conn
+                .execute("DELETE FROM hipflask_sessions WHERE expires_at <= ?1", params![now as i64])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+    }
+
+    fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
+        self.blocking(move |conn| {
+            let mut stmt =
+                conn.prepare("SELECT id FROM hipflask_sessions WHERE expires_at > ?1 ORDER BY id").map_err(backend)?;
+            ids(stmt.query_map(params![now as i64], |r| r.get(0)).and_then(Iterator::collect))
+        })
+    }
+
+    fn sessions_of_user<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, Vec<SessionId>> {
+        let user = user.to_owned();
+        self.blocking(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT id FROM hipflask_sessions WHERE user_id = ?1 AND expires_at > ?2 ORDER BY id")
+                .map_err(backend)?;
+            ids(stmt.query_map(params![user, now as i64], |r| r.get(0)).and_then(Iterator::collect))
+        })
+    }
+
+    fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
+        let user = user.to_owned();
+        self.blocking(move |conn| {
+            let n = conn.execute("DELETE FROM hipflask_sessions WHERE user_id = ?1", params![user]).map_err(backend)?;
+            Ok(n as u64)
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! The SQLite store against the conformance suite, on a real database file.
+
+use std::sync::Arc;
+
+use hipflask::{Dict, Record, SessionId, Store};
+use hipflask_sqlite::SqliteStore;
+
+fn temp_db(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hipflask-sqlite-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("sessions.db")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_conforms() {
+    let store = SqliteStore::open(temp_db("conformance")).await.unwrap();
+    hipflask_conformance::run(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_reopening_the_file() {
+    let path = temp_db("reopen");
+    let id = SessionId::generate();
+    let data: Dict = [("user".to_owned(), hipflask::Value::from("alice"))].into();
+    let now = hipflask_conformance::NOW;
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.create(&id, Record { data: data.clone(), created_at: now, expires_at: now + 60 }).await.unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.load(&id, now).await.unwrap().unwrap().data, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_row_reads_as_missing() {
+    let path = temp_db("corrupt");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let id = SessionId::generate();
+    let now = hipflask_conformance::NOW;
+    store.create(&id, Record { data: Dict::new(), created_at: now, expires_at: now + 60 }).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE hipflask_sessions SET data = '{not json' WHERE id = ?1", [id.as_str()]).unwrap();
+    assert_eq!(store.load(&id, now).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused_with_a_clear_error() {
+    let path = temp_db("newer");
+    drop(SqliteStore::open(&path).await.unwrap());
+    rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
