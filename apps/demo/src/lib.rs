@@ -17,6 +17,22 @@ use minijinja::Environment;
 use minijinja::value::{Enumerator, Kwargs, Object, Value as JValue, from_args};
 use serde::Deserialize;
 
+/// Deletes expired sessions every `every`, for stores without native expiry;
+/// logs and carries on when the store fails.
+pub fn spawn_cleanup(store: Arc<dyn hipflask::Store>, config: hipflask::Config, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match store.delete_expired(config.now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "session cleanup failed; will retry"),
+            }
+        }
+    });
+}
+
 /// The key the per-user index follows (Flask-Login's).
 const USER_KEY: &str = "_user_id";
 
@@ -44,20 +60,32 @@ impl DemoConfig {
     /// Reads the settings from the environment: Flask's names plus
     /// `SESSION_TYPE`. Without `SECRET_KEY` a random key is generated and a
     /// warning is returned. Errors are one line naming the variable.
-    pub fn from_env() -> Result<(DemoConfig, Vec<String>), String> {
-        DemoConfig::from_lookup(|name| std::env::var(name).ok())
+    pub async fn from_env() -> Result<(DemoConfig, Vec<String>), String> {
+        DemoConfig::from_lookup(|name| std::env::var(name).ok()).await
     }
 
     /// Like [`from_env`](DemoConfig::from_env) from any lookup (for tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<(DemoConfig, Vec<String>), String> {
+    pub async fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<(DemoConfig, Vec<String>), String> {
         let mut warnings = Vec::new();
         let session_type = lookup("SESSION_TYPE").unwrap_or_default();
         let store: Option<Arc<dyn hipflask::Store>> = match session_type.trim().to_ascii_lowercase().as_str() {
             "" | "cookie" => None,
             "memory" => Some(Arc::new(hipflask::MemoryStore::new())),
-            t @ ("filesystem" | "sqlite" | "redis" | "postgresql" | "mysql") => {
+            "sqlite" => {
+                let url = lookup("SESSION_DATABASE_URL").unwrap_or_else(|| "sqlite://hipflask-sessions.db".into());
+                let Some(path) = url.strip_prefix("sqlite://") else {
+                    return Err(format!(
+                        "SESSION_DATABASE_URL={url:?} must start with sqlite:// for SESSION_TYPE=sqlite"
+                    ));
+                };
+                let store = hipflask_sqlite::SqliteStore::open(path)
+                    .await
+                    .map_err(|e| format!("SESSION_DATABASE_URL={url:?}: cannot open the session database: {e}"))?;
+                Some(Arc::new(store))
+            }
+            t @ ("filesystem" | "redis" | "postgresql" | "mysql") => {
                 return Err(format!(
-                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie or memory"
+                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie, memory or sqlite"
                 ));
             }
             other => {

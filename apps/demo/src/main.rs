@@ -17,7 +17,7 @@ struct Args {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_target(false).init();
     let args = Args::parse();
-    let (config, warnings) = match hipflask_demo::DemoConfig::from_env() {
+    let (config, warnings) = match hipflask_demo::DemoConfig::from_env().await {
         Ok(c) => c,
         Err(message) => {
             eprintln!("error: {message}");
@@ -36,6 +36,9 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(args.bind);
     eprintln!("hipflask demo on http://{addr}/");
+    if let Some(store) = &config.store {
+        hipflask_demo::spawn_cleanup(store.clone(), config.session.clone(), std::time::Duration::from_secs(600));
+    }
     let app = hipflask_demo::app(config);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

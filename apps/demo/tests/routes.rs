@@ -202,18 +202,18 @@ async fn a_flask_written_cookie_is_read() {
     assert!(page.body.contains("Logged in as <strong>liefyuan</strong>"), "{}", page.body);
 }
 
-#[test]
-fn settings_errors_name_the_variable() {
+#[tokio::test]
+async fn settings_errors_name_the_variable() {
     let env = |pairs: &'static [(&'static str, &'static str)]| {
         move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
     };
-    let err = DemoConfig::from_lookup(env(&[("SESSION_TYPE", "mongo"), ("SECRET_KEY", "k")])).unwrap_err();
+    let err = DemoConfig::from_lookup(env(&[("SESSION_TYPE", "mongo"), ("SECRET_KEY", "k")])).await.unwrap_err();
     assert!(err.starts_with("SESSION_TYPE="), "{err}");
-    let err = DemoConfig::from_lookup(env(&[("SESSION_COOKIE_SAMESITE", "sometimes")])).unwrap_err();
+    let err = DemoConfig::from_lookup(env(&[("SESSION_COOKIE_SAMESITE", "sometimes")])).await.unwrap_err();
     assert!(err.contains("SESSION_COOKIE_SAMESITE"), "{err}");
     assert!(!err.contains('\n'));
-    let (_, warnings) = DemoConfig::from_lookup(env(&[])).unwrap();
+    let (_, warnings) = DemoConfig::from_lookup(env(&[])).await.unwrap();
     assert!(warnings[0].contains("SECRET_KEY is not set"), "{warnings:?}");
-    let (_, warnings) = DemoConfig::from_lookup(env(&[("SECRET_KEY", "k"), ("SESSION_TYPE", "cookie")])).unwrap();
+    let (_, warnings) = DemoConfig::from_lookup(env(&[("SECRET_KEY", "k"), ("SESSION_TYPE", "cookie")])).await.unwrap();
     assert!(warnings.is_empty());
 }

@@ -1,11 +1,12 @@
-//! The demo on server-side sessions (SESSION_TYPE=memory): the same pages,
-//! with the cookie holding only an id, regenerate at login, destroy at
-//! logout, and logging out everywhere.
+//! The demo on server-side sessions (SESSION_TYPE=memory and sqlite): the
+//! same pages, with the cookie holding only an id, regenerate at login,
+//! destroy at logout, and logging out everywhere. Every test runs on each store.
 
 use std::sync::Arc;
 
 use hipflask::{MemoryStore, Store};
 use hipflask_demo::{DemoConfig, app};
+use hipflask_sqlite::SqliteStore;
 use http::{Method, StatusCode};
 
 mod common;
@@ -15,14 +16,47 @@ fn frozen() -> u64 {
     1_700_000_000
 }
 
-fn demo(store: Arc<MemoryStore>) -> axum::Router {
+fn demo(store: Arc<dyn Store>) -> axum::Router {
     let session = hipflask::Config::builder().secret_key("secret").clock(frozen).store(store.clone()).build().unwrap();
     app(DemoConfig { session, store: Some(store) })
 }
 
-#[tokio::test]
-async fn pages_work_the_same_on_a_store() {
-    let store = Arc::new(MemoryStore::new());
+async fn memory() -> Arc<dyn Store> {
+    Arc::new(MemoryStore::new())
+}
+
+async fn sqlite() -> Arc<dyn Store> {
+    let dir = std::env::temp_dir().join(format!(
+        "hipflask-demo-{}-{}",
+        std::process::id(),
+        hipflask::SessionId::generate().as_str()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    Arc::new(SqliteStore::open(dir.join("sessions.db")).await.unwrap())
+}
+
+/// Runs each test body on every store.
+macro_rules! on_every_store {
+    ($($name:ident($store:ident) $body:block)*) => {
+        mod memory_store {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { let $store = memory().await; $body })*
+        }
+        mod sqlite_store {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { let $store = sqlite().await; $body })*
+        }
+    };
+}
+
+async fn live(store: &Arc<dyn Store>) -> usize {
+    store.list(frozen()).await.unwrap().len()
+}
+
+on_every_store! {
+pages_work_the_same_on_a_store(store) {
     let mut c = Client::new(demo(store.clone()));
     for n in 1..=3 {
         assert_eq!(c.get("/visits-counter/").await.body, format!("Total visits: {n}"));
@@ -35,12 +69,10 @@ async fn pages_work_the_same_on_a_store() {
     assert!(c.get("/session/").await.body.contains("'pineapples': '100'"));
     assert_eq!(c.json(Method::PUT, "/api/session/n", "7").await.status, StatusCode::NO_CONTENT);
     assert!(c.get("/api/session").await.body.contains(r#""n":7"#));
-    assert_eq!(store.len(), 1);
+    assert_eq!(live(&store).await, 1);
 }
 
-#[tokio::test]
-async fn login_regenerates_and_logout_destroys() {
-    let store = Arc::new(MemoryStore::new());
+login_regenerates_and_logout_destroys(store) {
     let mut c = Client::new(demo(store.clone()));
     c.get("/visits-counter/").await;
     let before = c.cookie.clone().unwrap();
@@ -58,9 +90,7 @@ async fn login_regenerates_and_logout_destroys() {
     assert!(store.load(&id, frozen()).await.unwrap().is_none(), "the logged-in session is gone from the store");
 }
 
-#[tokio::test]
-async fn log_out_everywhere_ends_the_users_other_sessions() {
-    let store = Arc::new(MemoryStore::new());
+log_out_everywhere_ends_the_users_other_sessions(store) {
     let app = demo(store.clone());
     let mut laptop = Client::new(app.clone());
     let mut phone = Client::new(app.clone());
@@ -75,4 +105,5 @@ async fn log_out_everywhere_ends_the_users_other_sessions() {
     assert!(laptop.get("/").await.body.contains("Logged out of 2 sessions"));
     assert!(!phone.get("/").await.body.contains("Logged in as"), "the phone is logged out too");
     assert!(other.get("/").await.body.contains("Logged in as <strong>bob</strong>"), "bob is not");
+}
 }
