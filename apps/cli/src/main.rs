@@ -4,7 +4,11 @@
 //! hipflask cookie sign --secret KEY [--timestamp UNIX] JSON
 //! hipflask cookie decode --secret KEY [--fallback KEY]... [--max-age SECONDS] [--now UNIX] COOKIE
 //! hipflask cookie decode --no-verify COOKIE
+//! hipflask sessions list|cleanup|migrate --store URL
+//! hipflask sessions show|delete --store URL ID
 //! ```
+//!
+//! `--store` takes `sqlite://PATH` and falls back to `SESSION_DATABASE_URL`.
 //!
 //! Exit codes: 0 success, 1 the cookie or JSON was rejected (one line on
 //! stderr says why), 2 a usage error such as a missing secret.
@@ -27,6 +31,34 @@ enum Command {
     /// Sign, decode and verify Flask session cookies.
     #[command(subcommand)]
     Cookie(CookieCommand),
+    /// Inspect and manage server-side sessions in a store.
+    Sessions {
+        /// The store: sqlite://PATH.
+        #[arg(long, env = "SESSION_DATABASE_URL", global = true)]
+        store: Option<String>,
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Print the ids of all live sessions, one per line.
+    List,
+    /// Print a session as Flask's tagged JSON, with its times.
+    Show {
+        /// The session id.
+        id: String,
+    },
+    /// Delete a session.
+    Delete {
+        /// The session id.
+        id: String,
+    },
+    /// Delete every expired session.
+    Cleanup,
+    /// Create or upgrade the store's schema.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -86,7 +118,10 @@ fn describe(e: &CookieError) -> String {
 }
 
 fn run(cli: Cli) -> Result<String, Failure> {
-    let Command::Cookie(command) = cli.command;
+    let command = match cli.command {
+        Command::Cookie(command) => command,
+        Command::Sessions { store, command } => return sessions(store, command),
+    };
     match command {
         CookieCommand::Sign { secret, timestamp, json } => {
             let key = key(secret)?;
@@ -113,6 +148,57 @@ fn run(cli: Cli) -> Result<String, Failure> {
             Ok(hipflask::to_tagged_json(&session))
         }
     }
+}
+
+fn sessions(url: Option<String>, command: SessionsCommand) -> Result<String, Failure> {
+    use hipflask::{SessionId, Store};
+    let url =
+        url.ok_or_else(|| Failure::Usage("no store: pass --store sqlite://PATH or set SESSION_DATABASE_URL".into()))?;
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Err(Failure::Usage(format!("unsupported store URL {url:?}: use sqlite://PATH")));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| Failure::Rejected(format!("cannot start: {e}")))?;
+    let failed = |e: hipflask::Error| Failure::Rejected(format!("{url}: {e}"));
+    let parse = |id: &str| SessionId::parse(id).ok_or_else(|| Failure::Rejected(format!("{id:?} is not a session id")));
+    runtime.block_on(async {
+        let store = hipflask_sqlite::SqliteStore::open(path).await.map_err(failed)?;
+        let now = now();
+        match command {
+            SessionsCommand::List => {
+                let ids = store.list(now).await.map_err(failed)?;
+                Ok(ids.iter().map(SessionId::as_str).collect::<Vec<_>>().join("\n"))
+            }
+            SessionsCommand::Show { id } => {
+                let sid = parse(&id)?;
+                let record = store.load(&sid, now).await.map_err(failed)?;
+                let record = record.ok_or_else(|| Failure::Rejected(format!("no live session {id}")))?;
+                Ok(format!(
+                    "{}\ncreated: {}\nexpires: {}",
+                    hipflask::to_tagged_json(&record.data),
+                    fmt_time(record.created_at),
+                    fmt_time(record.expires_at)
+                ))
+            }
+            SessionsCommand::Delete { id } => {
+                let sid = parse(&id)?;
+                match store.delete(&sid).await.map_err(failed)? {
+                    true => Ok(format!("deleted {id}")),
+                    false => Err(Failure::Rejected(format!("no session {id}"))),
+                }
+            }
+            SessionsCommand::Cleanup => {
+                let n = store.delete_expired(now).await.map_err(failed)?;
+                Ok(format!("removed {n} expired sessions"))
+            }
+            SessionsCommand::Migrate => Ok(format!("schema version {}", hipflask_sqlite::SCHEMA_VERSION)),
+        }
+    })
+}
+
+fn fmt_time(unix: u64) -> String {
+    hipflask::DateTime::from_unix(unix as i64).map_or_else(|| unix.to_string(), |d| d.to_string())
 }
 
 fn main() -> ExitCode {

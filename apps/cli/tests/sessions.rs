@@ -1,0 +1,74 @@
+//! `hipflask sessions` against a real SQLite store.
+
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hipflask::{Dict, Record, SessionId, Store, Value};
+
+fn hipflask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hipflask")).args(args).env_remove("SESSION_DATABASE_URL").output().unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap().trim_end().to_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn list_show_delete_cleanup() {
+    let dir = std::env::temp_dir().join(format!("hipflask-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sessions.db");
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}", path.display());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let live = SessionId::generate();
+    let old = SessionId::generate();
+    {
+        let store = hipflask_sqlite::SqliteStore::open(&path).await.unwrap();
+        let data: Dict = [("user".to_owned(), Value::from("alice"))].into();
+        store.create(&live, Record { data, created_at: now, expires_at: now + 3600 }).await.unwrap();
+        store.create(&old, Record { data: Dict::new(), created_at: now - 100, expires_at: now - 1 }).await.unwrap();
+    }
+
+    let o = hipflask(&["sessions", "list", "--store", &url]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), live.as_str(), "only live sessions are listed");
+
+    let o = hipflask(&["sessions", "show", "--store", &url, live.as_str()]);
+    assert!(out(&o).starts_with(r#"{"user":"alice"}"#), "{}", out(&o));
+    assert!(out(&o).contains("expires: "));
+
+    let o = hipflask(&["sessions", "cleanup", "--store", &url]);
+    assert_eq!(out(&o), "removed 1 expired sessions");
+
+    let o = hipflask(&["sessions", "delete", "--store", &url, live.as_str()]);
+    assert_eq!(out(&o), format!("deleted {}", live.as_str()));
+    let o = hipflask(&["sessions", "delete", "--store", &url, live.as_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("no session"), "{}", err(&o));
+
+    let o = hipflask(&["sessions", "show", "--store", &url, "../etc/passwd"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("is not a session id"));
+
+    let o = Command::new(env!("CARGO_BIN_EXE_hipflask"))
+        .args(["sessions", "migrate"])
+        .env("SESSION_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "schema version 1", "{}", err(&o));
+}
+
+#[test]
+fn a_missing_or_unsupported_store_is_a_usage_error() {
+    let o = hipflask(&["sessions", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("--store"), "{}", err(&o));
+    let o = hipflask(&["sessions", "list", "--store", "mongodb://x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("sqlite://"), "{}", err(&o));
+}
