@@ -8,7 +8,7 @@
 //! hipflask sessions show|delete --store URL ID
 //! ```
 //!
-//! `--store` takes `sqlite://PATH` and falls back to `SESSION_DATABASE_URL`.
+//! `--store` takes `sqlite://PATH` or `file://DIR` and falls back to `SESSION_DATABASE_URL`.
 //!
 //! Exit codes: 0 success, 1 the cookie or JSON was rejected (one line on
 //! stderr says why), 2 a usage error such as a missing secret.
@@ -33,7 +33,7 @@ enum Command {
     Cookie(CookieCommand),
     /// Inspect and manage server-side sessions in a store.
     Sessions {
-        /// The store: sqlite://PATH.
+        /// The store: sqlite://PATH or file://DIR.
         #[arg(long, env = "SESSION_DATABASE_URL", global = true)]
         store: Option<String>,
         #[command(subcommand)]
@@ -152,18 +152,22 @@ fn run(cli: Cli) -> Result<String, Failure> {
 
 fn sessions(url: Option<String>, command: SessionsCommand) -> Result<String, Failure> {
     use hipflask::{SessionId, Store};
-    let url =
-        url.ok_or_else(|| Failure::Usage("no store: pass --store sqlite://PATH or set SESSION_DATABASE_URL".into()))?;
-    let Some(path) = url.strip_prefix("sqlite://") else {
-        return Err(Failure::Usage(format!("unsupported store URL {url:?}: use sqlite://PATH")));
-    };
+    let url = url.ok_or_else(|| {
+        Failure::Usage("no store: pass --store sqlite://PATH (or file://DIR) or set SESSION_DATABASE_URL".into())
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| Failure::Rejected(format!("cannot start: {e}")))?;
     let failed = |e: hipflask::Error| Failure::Rejected(format!("{url}: {e}"));
     let parse = |id: &str| SessionId::parse(id).ok_or_else(|| Failure::Rejected(format!("{id:?} is not a session id")));
     runtime.block_on(async {
-        let store = hipflask_sqlite::SqliteStore::open(path).await.map_err(failed)?;
+        let store: Box<dyn Store> = if let Some(path) = url.strip_prefix("sqlite://") {
+            Box::new(hipflask_sqlite::SqliteStore::open(path).await.map_err(failed)?)
+        } else if let Some(dir) = url.strip_prefix("file://") {
+            Box::new(hipflask_filesystem::FileStore::open(dir).await.map_err(failed)?)
+        } else {
+            return Err(Failure::Usage(format!("unsupported store URL {url:?}: use sqlite://PATH or file://DIR")));
+        };
         let now = now();
         match command {
             SessionsCommand::List => {
@@ -192,7 +196,10 @@ fn sessions(url: Option<String>, command: SessionsCommand) -> Result<String, Fai
                 let n = store.delete_expired(now).await.map_err(failed)?;
                 Ok(format!("removed {n} expired sessions"))
             }
-            SessionsCommand::Migrate => Ok(format!("schema version {}", hipflask_sqlite::SCHEMA_VERSION)),
+            SessionsCommand::Migrate if url.starts_with("sqlite://") => {
+                Ok(format!("schema version {}", hipflask_sqlite::SCHEMA_VERSION))
+            }
+            SessionsCommand::Migrate => Ok("nothing to migrate".into()),
         }
     })
 }

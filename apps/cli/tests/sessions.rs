@@ -63,6 +63,18 @@ async fn list_show_delete_cleanup() {
     assert_eq!(out(&o), "schema version 1", "{}", err(&o));
 }
 
+#[tokio::test]
+async fn the_filesystem_store_works_too() {
+    let dir = std::env::temp_dir().join(format!("hipflask-cli-fs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = hipflask_filesystem::FileStore::open(&dir).await.unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let id = SessionId::generate();
+    store.create(&id, Record { data: Dict::new(), created_at: now, expires_at: now + 60 }).await.unwrap();
+    let url = format!("file://{}", dir.display());
+    assert_eq!(out(&hipflask(&["sessions", "list", "--store", &url])), id.as_str());
+}
+
 #[test]
 fn a_missing_or_unsupported_store_is_a_usage_error() {
     let o = hipflask(&["sessions", "list"]);

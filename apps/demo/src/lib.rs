@@ -83,9 +83,16 @@ impl DemoConfig {
                     .map_err(|e| format!("SESSION_DATABASE_URL={url:?}: cannot open the session database: {e}"))?;
                 Some(Arc::new(store))
             }
-            t @ ("filesystem" | "redis" | "postgresql" | "mysql") => {
+            "filesystem" => {
+                let dir = lookup("SESSION_FILE_DIR").unwrap_or_else(|| "flask_session".into());
+                let store = hipflask_filesystem::FileStore::open(&dir)
+                    .await
+                    .map_err(|e| format!("SESSION_FILE_DIR={dir:?}: cannot use the directory: {e}"))?;
+                Some(Arc::new(store))
+            }
+            t @ ("redis" | "postgresql" | "mysql") => {
                 return Err(format!(
-                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie, memory or sqlite"
+                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie, memory, filesystem or sqlite"
                 ));
             }
             other => {

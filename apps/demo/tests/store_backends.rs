@@ -1,4 +1,4 @@
-//! The demo on server-side sessions (SESSION_TYPE=memory and sqlite): the
+//! The demo on server-side sessions (SESSION_TYPE=memory, sqlite and filesystem): the
 //! same pages, with the cookie holding only an id, regenerate at login,
 //! destroy at logout, and logging out everywhere. Every test runs on each store.
 
@@ -25,6 +25,11 @@ async fn memory() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
 }
 
+async fn filesystem() -> Arc<dyn Store> {
+    let dir = std::env::temp_dir().join(format!("hipflask-demo-fs-{}", hipflask::SessionId::generate().as_str()));
+    Arc::new(hipflask_filesystem::FileStore::open(dir).await.unwrap())
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let dir = std::env::temp_dir().join(format!(
         "hipflask-demo-{}-{}",
@@ -47,6 +52,11 @@ macro_rules! on_every_store {
             use super::*;
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { let $store = sqlite().await; $body })*
+        }
+        mod filesystem_store {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { let $store = filesystem().await; $body })*
         }
     };
 }

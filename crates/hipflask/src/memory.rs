@@ -92,12 +92,12 @@ impl Inner {
 
     fn remove(&mut self, id: &SessionId) -> Option<Entry> {
         let entry = self.sessions.remove(id)?;
-        if let Some(u) = &entry.user {
-            if let Some(ids) = self.users.get_mut(u) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.users.remove(u);
-                }
+        if let Some(u) = &entry.user
+            && let Some(ids) = self.users.get_mut(u)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.users.remove(u);
             }
         }
         Some(entry)

@@ -1,0 +1,73 @@
+//! The filesystem store against the conformance suite, and its file handling.
+
+use std::sync::Arc;
+
+use hipflask::{Changes, Dict, Record, SessionId, Store, Update, Value};
+use hipflask_filesystem::FileStore;
+
+const NOW: u64 = hipflask_conformance::NOW;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hipflask-fs-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filesystem_store_conforms() {
+    let store = FileStore::open(temp_dir("conformance")).await.unwrap();
+    hipflask_conformance::run(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_directory_lose_nothing() {
+    // Two instances stand in for two processes sharing the directory.
+    let dir = temp_dir("shared");
+    let a: Arc<dyn Store> = Arc::new(FileStore::open(&dir).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(FileStore::open(&dir).await.unwrap());
+    let id = Arc::new(SessionId::generate());
+    a.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let id = id.clone();
+            tokio::spawn(async move {
+                let changes = Changes { cleared: false, keys: vec![(format!("k{i}"), Some(Value::Int(i)))] };
+                store.update(&id, &Update { changes, expires_at: NOW + 60, loaded: None }, NOW).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(a.load(&id, NOW).await.unwrap().unwrap().data.len(), 40);
+}
+
+#[tokio::test]
+async fn corrupted_and_foreign_files_are_harmless() {
+    let dir = temp_dir("corrupt");
+    let store = FileStore::open(&dir).await.unwrap();
+    let id = SessionId::generate();
+    store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
+    std::fs::write(dir.join(format!("{}.session", id.as_str())), b"\xff\xfe garbage").unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a session").unwrap();
+    std::fs::write(dir.join("..session"), "odd name").unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap(), None, "a corrupted file is a missing session");
+    assert_eq!(store.list(NOW).await.unwrap(), Vec::<SessionId>::new());
+    assert_eq!(store.delete_expired(NOW + 100).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sessions_survive_a_new_store_on_the_same_directory() {
+    let dir = temp_dir("reopen");
+    let id = SessionId::generate();
+    let data: Dict = [("user".to_owned(), Value::from("alice"))].into();
+    FileStore::open(&dir)
+        .await
+        .unwrap()
+        .create(&id, Record { data: data.clone(), created_at: NOW, expires_at: NOW + 60 })
+        .await
+        .unwrap();
+    let again = FileStore::open(&dir).await.unwrap();
+    assert_eq!(again.load(&id, NOW).await.unwrap().unwrap().data, data);
+}
