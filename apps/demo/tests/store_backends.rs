@@ -116,4 +116,29 @@ log_out_everywhere_ends_the_users_other_sessions(store) {
     assert!(!phone.get("/").await.body.contains("Logged in as"), "the phone is logged out too");
     assert!(other.get("/").await.body.contains("Logged in as <strong>bob</strong>"), "bob is not");
 }
+
+permanent_pages_and_bench_routes(store) {
+    let mut c = Client::new(demo(store.clone()));
+    assert_eq!(c.get("/get_session/").await.body, "没有session数据");
+    assert!(c.get("/permanent/").await.set_cookie().unwrap().contains("Expires="));
+    assert_eq!(c.get("/get_session/").await.body, "zhiliao");
+    assert!(c.get("/del_session/").await.set_cookie().unwrap().contains("Max-Age=0"));
+    assert_eq!(c.get("/get_session/").await.body, "没有session数据");
+    assert_eq!(c.get("/bench/seed").await.body, "1");
+    let read = c.get("/bench/read").await;
+    assert_eq!((read.body.as_str(), read.set_cookie()), ("1", None), "a read does not write");
+    assert_eq!(c.get("/bench/write").await.body, "2");
+    assert_eq!(c.get("/bench/read").await.body, "2");
+    assert_eq!(live(&store).await, 1);
+}
+
+bad_api_bodies_leave_the_stored_session_alone(store) {
+    let mut c = Client::new(demo(store.clone()));
+    c.json(Method::PUT, "/api/session/keep", r#""me""#).await;
+    for body in ["not json", "[[[", "\"yes\""] {
+        let path = if body.contains("yes") { "/api/session/_permanent" } else { "/api/session/x" };
+        assert_eq!(c.json(Method::PUT, path, body).await.status, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(c.get("/api/session").await.body, r#"{"_permanent":true,"keep":"me"}"#);
+}
 }

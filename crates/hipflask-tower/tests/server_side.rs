@@ -315,3 +315,30 @@ fn a_store_that_is_down_gives_503_with_an_empty_body() {
     let a = rt.block_on(send(&app, "/untouched", Some(id.as_str())));
     assert_eq!(a.status, StatusCode::OK);
 }
+
+static ABSOLUTE_CLOCK: AtomicU64 = AtomicU64::new(1_700_000_000);
+
+fn absolute_clock() -> u64 {
+    ABSOLUTE_CLOCK.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn the_absolute_timeout_ends_even_an_active_session() {
+    let store = Arc::new(MemoryStore::new());
+    let config = builder(store.clone())
+        .clock(absolute_clock)
+        .refresh_fraction(0.0)
+        .absolute_timeout(Some(Duration::from_secs(100)))
+        .build()
+        .unwrap();
+    let app = app(config);
+    let id = send(&app, "/set/user/alice", None).await.cookie_value().unwrap();
+    for _ in 0..9 {
+        ABSOLUTE_CLOCK.fetch_add(10, Ordering::SeqCst);
+        assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "alice", "active within the timeout");
+    }
+    ABSOLUTE_CLOCK.fetch_add(10, Ordering::SeqCst);
+    assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "None", "100 s after creation it is over");
+    let sid = SessionId::parse(&id).unwrap();
+    assert!(store.load(&sid, absolute_clock()).await.unwrap().is_none(), "and deleted from the store");
+}
