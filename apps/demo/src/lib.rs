@@ -81,7 +81,7 @@ impl DemoConfig {
                 let store = hipflask_sqlite::SqliteStore::open(path)
                     .await
                     .map_err(|e| format!("SESSION_DATABASE_URL={url:?}: cannot open the session database: {e}"))?;
-                Some(Arc::new(store))
+                Some(Arc::new(store.with_key_prefix(&lookup("SESSION_KEY_PREFIX").unwrap_or_default())))
             }
             "filesystem" => {
                 let dir = lookup("SESSION_FILE_DIR").unwrap_or_else(|| "flask_session".into());

@@ -42,11 +42,15 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE IF NOT EXISTS hipflask_sessions (
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     user_key: Arc<str>,
+    prefix: Arc<str>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("user_key", &self.user_key).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("user_key", &self.user_key)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,7 +73,7 @@ impl SqliteStore {
     }
 
     async fn from_connection(conn: Connection) -> Result<SqliteStore, Error> {
-        let store = SqliteStore { conn: Arc::new(Mutex::new(conn)), user_key: "_user_id".into() };
+        let store = SqliteStore { conn: Arc::new(Mutex::new(conn)), user_key: "_user_id".into(), prefix: "".into() };
         store.blocking(migrate).await?;
         Ok(store)
     }
@@ -78,6 +82,18 @@ impl SqliteStore {
     pub fn with_user_key(mut self, key: &str) -> SqliteStore {
         self.user_key = key.into();
         self
+    }
+
+    /// `SESSION_KEY_PREFIX`: stored ids become `prefix + id`, as Flask-Session's
+    /// SQLAlchemy backend stores them (default: no prefix), so several apps
+    /// can share one table.
+    pub fn with_key_prefix(mut self, prefix: &str) -> SqliteStore {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn key(&self, id: &SessionId) -> String {
+        format!("{}{}", self.prefix, id.as_str())
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -127,6 +143,19 @@ fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
     }
 }
 
+/// A LIKE pattern matching keys that start with `prefix`, taken literally.
+fn like_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
 fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<Record>, Error> {
     let row = conn
         .query_row(
@@ -141,18 +170,19 @@ fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<Record>, Err
     }))
 }
 
-fn ids(rows: Result<Vec<String>, rusqlite::Error>) -> Result<Vec<SessionId>, Error> {
-    Ok(rows.map_err(backend)?.iter().filter_map(|s| SessionId::parse(s)).collect())
+/// The ids among stored keys that carry `prefix`.
+fn ids(rows: Result<Vec<String>, rusqlite::Error>, prefix: &str) -> Result<Vec<SessionId>, Error> {
+    Ok(rows.map_err(backend)?.iter().filter_map(|s| s.strip_prefix(prefix).and_then(SessionId::parse)).collect())
 }
 
 impl Store for SqliteStore {
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
-        let id = id.as_str().to_owned();
+        let id = self.key(id);
         self.blocking(move |conn| load_row(conn, &id, now))
     }
 
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
-        let id = id.as_str().to_owned();
+        let id = self.key(id);
         let user = user_of(&record.data, &self.user_key);
         self.blocking(move |conn| {
             let data = hipflask::to_tagged_json(&record.data);
@@ -171,7 +201,7 @@ impl Store for SqliteStore {
     }
 
     fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
-        let id = id.as_str().to_owned();
+        let id = self.key(id);
         let update = update.clone();
         let user_key = self.user_key.clone();
         self.blocking(move |conn| {
@@ -196,7 +226,7 @@ impl Store for SqliteStore {
     }
 
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
-        let id = id.as_str().to_owned();
+        let id = self.key(id);
         self.blocking(move |conn| {
             let n = conn.execute("DELETE FROM hipflask_sessions WHERE id = ?1", params![id]).map_err(backend)?;
             Ok(n > 0)
@@ -204,36 +234,48 @@ impl Store for SqliteStore {
     }
 
     fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
+        let like = like_prefix(&self.prefix);
         self.blocking(move |conn| {
             let n = conn
-                .execute("DELETE FROM hipflask_sessions WHERE expires_at <= ?1", params![now as i64])
+                .execute(
+                    "DELETE FROM hipflask_sessions WHERE expires_at <= ?1 AND id LIKE ?2 ESCAPE '\\'",
+                    params![now as i64, like],
+                )
                 .map_err(backend)?;
             Ok(n as u64)
         })
     }
 
     fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
+        let prefix = self.prefix.clone();
         self.blocking(move |conn| {
             let mut stmt =
                 conn.prepare("SELECT id FROM hipflask_sessions WHERE expires_at > ?1 ORDER BY id").map_err(backend)?;
-            ids(stmt.query_map(params![now as i64], |r| r.get(0)).and_then(Iterator::collect))
+            ids(stmt.query_map(params![now as i64], |r| r.get(0)).and_then(Iterator::collect), &prefix)
         })
     }
 
     fn sessions_of_user<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, Vec<SessionId>> {
         let user = user.to_owned();
+        let prefix = self.prefix.clone();
         self.blocking(move |conn| {
             let mut stmt = conn
                 .prepare("SELECT id FROM hipflask_sessions WHERE user_id = ?1 AND expires_at > ?2 ORDER BY id")
                 .map_err(backend)?;
-            ids(stmt.query_map(params![user, now as i64], |r| r.get(0)).and_then(Iterator::collect))
+            ids(stmt.query_map(params![user, now as i64], |r| r.get(0)).and_then(Iterator::collect), &prefix)
         })
     }
 
     fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
         let user = user.to_owned();
+        let like = like_prefix(&self.prefix);
         self.blocking(move |conn| {
-            let n = conn.execute("DELETE FROM hipflask_sessions WHERE user_id = ?1", params![user]).map_err(backend)?;
+            let n = conn
+                .execute(
+                    "DELETE FROM hipflask_sessions WHERE user_id = ?1 AND id LIKE ?2 ESCAPE '\\'",
+                    params![user, like],
+                )
+                .map_err(backend)?;
             Ok(n as u64)
         })
     }

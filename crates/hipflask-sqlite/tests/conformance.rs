@@ -52,3 +52,21 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     let err = SqliteStore::open(&path).await.unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_prefix_separates_apps_sharing_one_table() {
+    let path = temp_db("prefix");
+    let a = SqliteStore::open(&path).await.unwrap().with_key_prefix("session:");
+    let b = SqliteStore::open(&path).await.unwrap().with_key_prefix("other_%:");
+    hipflask_conformance::run(Arc::new(a.clone())).await;
+    let now = hipflask_conformance::NOW;
+    let id = SessionId::generate();
+    a.create(&id, Record { data: Dict::new(), created_at: now, expires_at: now + 60 }).await.unwrap();
+    assert!(b.load(&id, now).await.unwrap().is_none(), "another prefix does not see it");
+    assert!(b.list(now).await.unwrap().is_empty());
+    assert_eq!(b.delete_expired(now + 3600 * 24).await.unwrap(), 0, "nor cleans it up");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let stored: String =
+        conn.query_row("SELECT id FROM hipflask_sessions WHERE id LIKE 'session:%' LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert!(stored.starts_with("session:"), "stored as prefix + id, as Flask-Session does");
+}

@@ -7,7 +7,9 @@ use axum_core::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
-use crate::LazySession;
+use std::sync::Arc;
+
+use crate::{LazySession, Slot};
 
 /// The request's session, as an axum extractor. It dereferences to
 /// [`hipflask::Session`], so every dict-like method is available directly.
@@ -15,12 +17,36 @@ use crate::LazySession;
 /// Extracting it reads and verifies the cookie; using it marks the session
 /// accessed, which adds `Vary: Cookie` to the response.
 #[derive(Clone, Debug)]
-pub struct Session(hipflask::Session);
+pub struct Session {
+    inner: hipflask::Session,
+    slot: Arc<Slot>,
+}
 
 impl Session {
     /// The underlying [`hipflask::Session`] handle.
     pub fn into_inner(self) -> hipflask::Session {
-        self.0
+        self.inner
+    }
+
+    /// Saves the session now instead of after the handler, so the handler
+    /// sees the store's answer: with `ConflictPolicy::Reject`, a key another
+    /// request changed meanwhile is an [`ErrorKind::Conflict`](hipflask::ErrorKind::Conflict)
+    /// error here, and nothing is written. The response still gets the
+    /// session cookie; changes made after this call are saved at the end as usual.
+    ///
+    /// When the save fails, this request's changes are dropped, so the
+    /// handler's own response stands (make new changes and save again to retry).
+    pub async fn save(&self) -> Result<(), hipflask::Error> {
+        match self.slot.config.save_session(&self.inner).await {
+            Ok(outcome) => {
+                self.slot.remember(outcome);
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.discard_changes();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -28,13 +54,13 @@ impl Deref for Session {
     type Target = hipflask::Session;
 
     fn deref(&self) -> &hipflask::Session {
-        &self.0
+        &self.inner
     }
 }
 
 impl From<Session> for hipflask::Session {
     fn from(s: Session) -> Self {
-        s.0
+        s.inner
     }
 }
 
@@ -70,7 +96,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let lazy = parts.extensions.get::<LazySession>().ok_or(SessionRejection::Missing)?;
-        lazy.load().await.map(Session).map_err(SessionRejection::Unavailable)
+        let inner = lazy.load().await.map_err(SessionRejection::Unavailable)?;
+        Ok(Session { inner, slot: lazy.slot() })
     }
 }
 
@@ -80,7 +107,10 @@ impl<S: Send + Sync> axum_core::extract::OptionalFromRequestParts<S> for Session
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         match parts.extensions.get::<LazySession>() {
             None => Ok(None),
-            Some(lazy) => lazy.load().await.map(|s| Some(Session(s))).map_err(SessionRejection::Unavailable),
+            Some(lazy) => {
+                let inner = lazy.load().await.map_err(SessionRejection::Unavailable)?;
+                Ok(Some(Session { inner, slot: lazy.slot() }))
+            }
         }
     }
 }

@@ -118,6 +118,36 @@ struct Slot {
     config: Config,
     cookies: Cookies,
     session: OnceLock<hipflask::Session>,
+    /// What an explicit `Session::save` inside the handler produced; the
+    /// response gets its cookie unless a later save replaces it.
+    saved: std::sync::Mutex<Option<SaveOutcome>>,
+}
+
+impl Slot {
+    fn remember(&self, outcome: SaveOutcome) {
+        let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *saved = Some(merge(saved.take(), outcome));
+    }
+
+    /// The final outcome, folded over any explicit saves.
+    fn finish(&self, last: Option<SaveOutcome>) -> Option<SaveOutcome> {
+        let earlier = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        match (earlier, last) {
+            (None, last) => last,
+            (Some(e), None) => Some(e),
+            (Some(e), Some(l)) => Some(merge(Some(e), l)),
+        }
+    }
+}
+
+/// A later outcome over an earlier one: the later cookie wins, `Vary` is kept.
+fn merge(earlier: Option<SaveOutcome>, later: SaveOutcome) -> SaveOutcome {
+    let Some(e) = earlier else { return later };
+    SaveOutcome {
+        vary_cookie: e.vary_cookie || later.vary_cookie,
+        vary_first: e.vary_first || later.vary_first,
+        set_cookie: later.set_cookie.or(e.set_cookie),
+    }
 }
 
 /// The request's session, not yet loaded; found in the request extensions.
@@ -131,6 +161,14 @@ impl LazySession {
     /// The session, reading the cookie (and the store, for server-side
     /// sessions) on the first call. Fails only when the store fails.
     pub async fn load(&self) -> Result<hipflask::Session, hipflask::Error> {
+        self.load_inner().await
+    }
+
+    pub(crate) fn slot(&self) -> Arc<Slot> {
+        self.0.clone()
+    }
+
+    async fn load_inner(&self) -> Result<hipflask::Session, hipflask::Error> {
         let slot = &self.0;
         if let Some(s) = slot.session.get() {
             return Ok(s.clone());
@@ -160,13 +198,14 @@ where
             config: self.config.clone(),
             cookies: Cookies::from_headers(req.headers()),
             session: OnceLock::new(),
+            saved: std::sync::Mutex::new(None),
         });
         req.extensions_mut().insert(LazySession(slot.clone()));
         ResponseFuture { state: State::Running { inner: self.inner.call(req), slot: Some(slot) } }
     }
 }
 
-type SaveFuture = Pin<Box<dyn Future<Output = Result<SaveOutcome, hipflask::Error>> + Send>>;
+type SaveFuture = Pin<Box<dyn Future<Output = Result<Option<SaveOutcome>, hipflask::Error>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// The response future of [`SessionService`]: saves the session once the
@@ -202,7 +241,7 @@ where
                         return Poll::Ready(Ok(response));
                     };
                     if !slot.config.is_server_side() {
-                        let outcome = cookie_outcome(&slot);
+                        let outcome = cookie_outcome(&slot).map(|o| slot.finish(o));
                         finish(outcome, &mut response);
                         return Poll::Ready(Ok(response));
                     }
@@ -210,14 +249,16 @@ where
                     let Some(session) = slot.session.get().cloned() else {
                         return Poll::Ready(Ok(response));
                     };
-                    let config = slot.config.clone();
-                    let save: SaveFuture = Box::pin(async move { config.save_session(&session).await });
+                    let save: SaveFuture = Box::pin(async move {
+                        let outcome = slot.config.save_session(&session).await?;
+                        Ok(slot.finish(Some(outcome)))
+                    });
                     state.set(State::Saving { save, response: Some(response) });
                 }
                 StateProj::Saving { save, response } => {
                     let outcome = ready!(save.as_mut().poll(cx));
                     let mut response = response.take().expect("polled after completion");
-                    finish(outcome.map(Some), &mut response);
+                    finish(outcome, &mut response);
                     return Poll::Ready(Ok(response));
                 }
             }

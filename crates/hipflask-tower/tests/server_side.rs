@@ -54,7 +54,12 @@ async fn untouched() -> &'static str {
 }
 
 fn app(config: Config) -> Router {
-    Router::new()
+    app_with(config, Router::new())
+}
+
+/// The test routes plus `extra`, all behind the session layer.
+fn app_with(config: Config, extra: Router) -> Router {
+    extra
         .route("/get/{key}", get(get_key))
         .route("/set/{key}/{value}", get(set_key))
         .route("/logout", get(logout))
@@ -341,4 +346,45 @@ async fn the_absolute_timeout_ends_even_an_active_session() {
     assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "None", "100 s after creation it is over");
     let sid = SessionId::parse(&id).unwrap();
     assert!(store.load(&sid, absolute_clock()).await.unwrap().is_none(), "and deleted from the store");
+}
+
+#[tokio::test]
+async fn a_handler_sees_a_conflict_when_it_saves_itself() {
+    let store = Arc::new(MemoryStore::new());
+    let config = builder(store.clone()).conflict_policy(ConflictPolicy::Reject).build().unwrap();
+    let other = store.clone();
+    let handler = move |session: Session| async move {
+        // Another request changes `a` after this one loaded the session.
+        let id = session.id().unwrap();
+        let changes = hipflask::Changes { cleared: false, keys: vec![("a".into(), Some("other".into()))] };
+        other.update(&id, &Update { changes, expires_at: clock() + 60, loaded: None }, clock()).await.unwrap();
+        session.insert("a", "mine").unwrap();
+        match session.save().await {
+            Err(e) if e.kind() == ErrorKind::Conflict => "conflict seen".to_owned(),
+            other => format!("{other:?}"),
+        }
+    };
+    let router = app_with(config, Router::new().route("/race", get(handler)));
+    let id = send(&router, "/set/a/first", None).await.cookie_value().unwrap();
+    let a = send(&router, "/race", Some(&id)).await;
+    assert_eq!(a.body, "conflict seen");
+    assert_eq!(send(&router, "/get/a", Some(&id)).await.body, "other", "the handler's change was not written");
+}
+
+#[tokio::test]
+async fn an_explicit_save_of_a_new_session_still_sets_the_cookie_once() {
+    let store = Arc::new(MemoryStore::new());
+    let handler = |session: Session| async move {
+        session.insert("a", "1").unwrap();
+        session.save().await.unwrap();
+        session.insert("b", "2").unwrap();
+        "saved"
+    };
+    let router = app_with(builder(store.clone()).build().unwrap(), Router::new().route("/early", get(handler)));
+    let a = send(&router, "/early", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let id = a.cookie_value().expect("the cookie of the early save");
+    let record = stored(&store, &id).await.unwrap();
+    assert_eq!(hipflask::to_tagged_json(&record.data), r#"{"_permanent":true,"a":"1","b":"2"}"#);
+    assert_eq!(store.len(), 1);
 }

@@ -110,12 +110,14 @@ impl Config {
                 let expires = permanent.then_some(expires_at as i64);
                 out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&id), expires, false));
                 out.vary_cookie = true;
+                session.mark_saved(id, Some((now, expires_at)));
                 return Ok(out);
             }
             if state.stored.is_some() || modified {
                 out.set_cookie = Some(self.server_cookie_header("", None, true));
                 out.vary_cookie = true;
             }
+            session.mark_saved(SessionId::generate(), None);
             return Ok(out);
         }
         if falsy(&data) {
@@ -128,6 +130,7 @@ impl Config {
                 out.set_cookie =
                     Some(self.server_cookie_header(&server.cookie_value(&state.id), cookie_expires, false));
                 out.vary_cookie = true;
+                session.mark_saved(state.id, Some((now, expires_at)));
             }
             return Ok(out);
         };
@@ -143,6 +146,7 @@ impl Config {
             store.delete(&state.id).await?;
             out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&new_id), cookie_expires, false));
             out.vary_cookie = true;
+            session.mark_saved(new_id, Some((created_at, expires_at)));
             return Ok(out);
         }
         let last_refresh = stored_expires.saturating_sub(lifetime);
@@ -153,8 +157,12 @@ impl Config {
         let loaded = if server.conflict == ConflictPolicy::Reject { state.loaded } else { None };
         let update = Update { changes, expires_at, loaded };
         match store.update(&state.id, &update, now).await? {
-            Updated::Gone => Ok(self.gone(out)),
+            Updated::Gone => {
+                session.mark_saved(SessionId::generate(), None);
+                Ok(self.gone(out))
+            }
             Updated::Applied => {
+                session.mark_saved(state.id.clone(), Some((created_at, expires_at)));
                 if modified || permanent {
                     let value = server.cookie_value(&state.id);
                     out.set_cookie = Some(self.server_cookie_header(&value, cookie_expires, false));

@@ -417,6 +417,41 @@ impl Session {
         self.raw().server.clone()
     }
 
+    /// Forgets this request's unsaved changes, so nothing is written when the
+    /// response is sent (the values stay readable through this handle). Used
+    /// after a save the store refused, so the handler's answer stands.
+    pub fn discard_changes(&self) {
+        let mut inner = self.raw();
+        inner.modified = false;
+        inner.cleared = false;
+        inner.touched.clear();
+        if let Some(server) = inner.server.as_mut() {
+            server.regenerate = false;
+            server.destroy = false;
+        }
+    }
+
+    /// Records that the store now holds this session as it is (under `id`,
+    /// with these times; `None` when it was deleted), so a later save in the
+    /// same request applies only what changes after this point.
+    pub(crate) fn mark_saved(&self, id: SessionId, stored: Option<(u64, u64)>) {
+        let mut inner = self.raw();
+        inner.modified = false;
+        inner.cleared = false;
+        inner.touched.clear();
+        inner.new = stored.is_none();
+        let snapshot = inner.data.clone();
+        if let Some(server) = inner.server.as_mut() {
+            server.id = id;
+            server.stored = stored;
+            server.regenerate = false;
+            server.destroy = false;
+            if server.loaded.is_some() {
+                server.loaded = Some(snapshot);
+            }
+        }
+    }
+
     /// Runs `f` over the data and flags without copying, for the middleware.
     pub(crate) fn inspect<R>(&self, f: impl FnOnce(&Dict, bool, bool) -> R) -> R {
         let inner = self.raw();
