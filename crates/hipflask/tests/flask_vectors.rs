@@ -211,3 +211,64 @@ fn flask_session_ids_from_the_vectors_parse() {
         assert!(hipflask::SessionId::parse(bad).is_none(), "{bad}");
     }
 }
+
+fn unhex(text: &str) -> Vec<u8> {
+    hex(text)
+}
+
+#[test]
+fn flask_session_redis_values_decode() {
+    let all = vectors();
+    let list = all["flask_session"]["redis"].as_array().unwrap();
+    assert_eq!(list.len(), 11);
+    for v in list {
+        let id = v["id"].as_str().unwrap();
+        let bytes = unhex(v["redis_value_hex"].as_str().unwrap());
+        let d = hipflask::from_stored_session(&bytes).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let permanent = v["config"]["SESSION_PERMANENT"] != false;
+        assert_eq!(d.get("_permanent") == Some(&Value::Bool(true)), permanent, "{id}");
+        // What hipflask writes reads back the same.
+        let again = hipflask::from_msgpack(&hipflask::to_msgpack(&d).unwrap()).unwrap();
+        assert_eq!(again, d, "{id}: round trip");
+        // Where Python's insertion order is also sorted order, the bytes are identical.
+        let sorted = matches!(
+            id,
+            "fs_username"
+                | "fs_visits"
+                | "fs_ints"
+                | "fs_not_permanent"
+                | "fs_lifetime_7d"
+                | "fs_custom_prefix"
+                | "fs_signed"
+        );
+        if sorted {
+            assert_eq!(hipflask::to_msgpack(&d).unwrap(), bytes, "{id}: bytes");
+        }
+    }
+}
+
+#[test]
+fn flask_session_types_decode_as_flask_session_returns_them() {
+    let all = vectors();
+    let find = |id: &str| {
+        let v = all["flask_session"]["redis"].as_array().unwrap().iter().find(|v| v["id"] == id).unwrap().clone();
+        hipflask::from_stored_session(&unhex(v["redis_value_hex"].as_str().unwrap())).unwrap()
+    };
+    let d = find("fs_types");
+    assert_eq!(d["i"], Value::Int(-1));
+    assert_eq!(d["big"], Value::Int(1_099_511_627_776));
+    assert_eq!(d["f"], Value::Float(1.5));
+    assert_eq!(d["tup"], Value::List(vec![1.into(), 2.into()]), "tuples come back as lists");
+    assert_eq!(d["b"], Value::Bytes(vec![0, 255]));
+    assert_eq!(d["cn"], Value::from("中文"));
+    assert_eq!(d["dt_aware"], Value::DateTime(hipflask::DateTime::from_unix(1_704_164_645).unwrap()));
+    assert_eq!(d["dt_naive"], Value::from("2024-01-02T03:04:05"));
+    assert_eq!(d["uuid"], Value::from("12345678-1234-5678-1234-567812345678"));
+    assert_eq!(d["intkey"], Value::Dict([("1".to_owned(), Value::from("a"))].into()));
+    let d = find("fs_ints");
+    assert_eq!(d["k"], Value::Int(-2_147_483_649));
+    assert_eq!(d["j"], Value::Int(4_294_967_296));
+    let d = find("fs_json_format");
+    assert_eq!(d["cn"], Value::from("中文"));
+    assert_eq!(d["b"], Value::from("AP8="), "JSON stores bytes as base64 text");
+}
