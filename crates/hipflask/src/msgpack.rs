@@ -237,11 +237,11 @@ impl Reader<'_> {
             0xc0 => Value::Null,
             0xc2 => Value::Bool(false),
             0xc3 => Value::Bool(true),
-            0xc4 | 0xc5 | 0xc6 => {
+            0xc4..=0xc6 => {
                 let n = self.be(1 << (m - 0xc4))? as usize;
                 Value::Bytes(self.take(n)?.to_vec())
             }
-            0xc7 | 0xc8 | 0xc9 => {
+            0xc7..=0xc9 => {
                 let n = self.be(1 << (m - 0xc7))? as usize;
                 self.ext(n, at)?
             }
@@ -253,7 +253,7 @@ impl Reader<'_> {
             0xd2 => Value::Int(i64::from(self.be(4)? as u32 as i32)),
             0xd3 => Value::Int(self.be(8)? as i64),
             0xd4..=0xd8 => self.ext(1 << (m - 0xd4), at)?,
-            0xd9 | 0xda | 0xdb => {
+            0xd9..=0xdb => {
                 let n = self.be(1 << (m - 0xd9))? as usize;
                 Value::Str(self.text(n)?)
             }
