@@ -142,11 +142,12 @@ impl Config {
             };
             apply_changes(&mut current.data, &changes, state.loaded.as_ref())?;
             let new_id = SessionId::generate();
-            store.create(&new_id, Record { data: current.data, created_at, expires_at }).await?;
+            // A new id is a new session: its absolute timeout starts now.
+            store.create(&new_id, Record { data: current.data, created_at: now, expires_at }).await?;
             store.delete(&state.id).await?;
             out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&new_id), cookie_expires, false));
             out.vary_cookie = true;
-            session.mark_saved(new_id, Some((created_at, expires_at)));
+            session.mark_saved(new_id, Some((now, expires_at)));
             return Ok(out);
         }
         let last_refresh = stored_expires.saturating_sub(lifetime);

@@ -137,8 +137,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The session, if it exists and has not expired at `now`.
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>>;
 
-    /// Stores a new session. Fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict)
-    /// if the id is taken (which with 256-bit random ids means a bug).
+    /// Stores a new session. `record.created_at` is the current time, so
+    /// stores with native expiry set a TTL of `expires_at - created_at`.
+    /// Fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) if the
+    /// id is taken (which with 256-bit random ids means a bug).
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()>;
 
     /// Applies an update atomically with [`apply_changes`] to the session as
