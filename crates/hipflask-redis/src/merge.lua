@@ -1,0 +1,145 @@
+-- Applies one request's per-key changes to a stored Flask-Session value
+-- (a msgpack map) atomically, editing the map at the byte level so that
+-- entries the request did not touch keep their exact bytes.
+--
+-- KEYS[1]  the session key
+-- ARGV[1]  TTL in seconds
+-- ARGV[2]  "1" if the request cleared the session first
+-- ARGV[3]  "1" to refuse changes to keys changed since they were loaded
+-- then per change, four arguments:
+--   the key as msgpack bytes, "s" (set) or "d" (delete),
+--   the new value as msgpack bytes (empty for delete),
+--   the value as loaded: "a" (absent) or "p" followed by its msgpack bytes
+-- Returns 1 when applied, 0 when the session no longer exists, and
+-- -1 (nothing written) on a conflict.
+
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  return 0
+end
+
+local function be(p, n)
+  local v = 0
+  for i = 0, n - 1 do
+    v = v * 256 + string.byte(cur, p + i)
+  end
+  return v
+end
+
+local skip
+
+local function skip_n(p, n)
+  for _ = 1, n do
+    p = skip(p)
+  end
+  return p
+end
+
+-- The position just after the msgpack object that starts at p.
+skip = function(p)
+  local m = string.byte(cur, p)
+  if m == nil then error('truncated session') end
+  if m <= 0x7f or m >= 0xe0 or m == 0xc0 or m == 0xc2 or m == 0xc3 then return p + 1 end
+  if m <= 0x8f then return skip_n(p + 1, (m - 0x80) * 2) end
+  if m <= 0x9f then return skip_n(p + 1, m - 0x90) end
+  if m <= 0xbf then return p + 1 + (m - 0xa0) end
+  if m == 0xc4 or m == 0xd9 then return p + 2 + be(p + 1, 1) end
+  if m == 0xc5 or m == 0xda then return p + 3 + be(p + 1, 2) end
+  if m == 0xc6 or m == 0xdb then return p + 5 + be(p + 1, 4) end
+  if m == 0xc7 then return p + 3 + be(p + 1, 1) end
+  if m == 0xc8 then return p + 4 + be(p + 1, 2) end
+  if m == 0xc9 then return p + 6 + be(p + 1, 4) end
+  if m == 0xca then return p + 5 end
+  if m == 0xcb then return p + 9 end
+  if m == 0xcc or m == 0xd0 then return p + 2 end
+  if m == 0xcd or m == 0xd1 then return p + 3 end
+  if m == 0xce or m == 0xd2 then return p + 5 end
+  if m == 0xcf or m == 0xd3 then return p + 9 end
+  if m == 0xd4 then return p + 3 end
+  if m == 0xd5 then return p + 4 end
+  if m == 0xd6 then return p + 6 end
+  if m == 0xd7 then return p + 10 end
+  if m == 0xd8 then return p + 18 end
+  if m == 0xdc then return skip_n(p + 3, be(p + 1, 2)) end
+  if m == 0xdd then return skip_n(p + 5, be(p + 1, 4)) end
+  if m == 0xde then return skip_n(p + 3, be(p + 1, 2) * 2) end
+  if m == 0xdf then return skip_n(p + 5, be(p + 1, 4) * 2) end
+  error('not msgpack')
+end
+
+local m = string.byte(cur, 1)
+local count, p
+if m and m >= 0x80 and m <= 0x8f then
+  count, p = m - 0x80, 2
+elseif m == 0xde then
+  count, p = be(2, 2), 4
+elseif m == 0xdf then
+  count, p = be(2, 4), 6
+else
+  return redis.error_reply('the stored session is not a msgpack map')
+end
+
+local keys, vals, index = {}, {}, {}
+for _ = 1, count do
+  local ke = skip(p)
+  local ve = skip(ke)
+  local k = string.sub(cur, p, ke - 1)
+  keys[#keys + 1] = k
+  vals[#vals + 1] = string.sub(cur, ke, ve - 1)
+  index[k] = #keys
+  p = ve
+end
+
+local i = 4
+if ARGV[3] == '1' then
+  while i <= #ARGV do
+    local k, loaded = ARGV[i], ARGV[i + 3]
+    local at = index[k]
+    if loaded == 'a' then
+      if at and vals[at] ~= nil then return -1 end
+    elseif not at or vals[at] ~= string.sub(loaded, 2) then
+      return -1
+    end
+    i = i + 4
+  end
+  i = 4
+end
+
+if ARGV[2] == '1' then
+  keys, vals, index = {}, {}, {}
+end
+
+while i <= #ARGV do
+  local k, op, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local at = index[k]
+  if op == 's' then
+    if at then
+      vals[at] = v
+    else
+      keys[#keys + 1] = k
+      vals[#vals + 1] = v
+      index[k] = #keys
+    end
+  elseif at then
+    vals[at] = nil
+  end
+  i = i + 4
+end
+
+local parts, n = {}, 0
+for j = 1, #keys do
+  if vals[j] ~= nil then
+    parts[#parts + 1] = keys[j] .. vals[j]
+    n = n + 1
+  end
+end
+local header
+if n <= 15 then
+  header = string.char(0x80 + n)
+elseif n <= 0xffff then
+  header = string.char(0xde, math.floor(n / 256), n % 256)
+else
+  header = string.char(0xdf, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+end
+redis.call('SET', KEYS[1], header .. table.concat(parts), 'EX', ARGV[1])
+return 1
