@@ -8,7 +8,8 @@
 //! hipflask sessions show|delete --store URL ID
 //! ```
 //!
-//! `--store` takes `sqlite://PATH` or `file://DIR` and falls back to `SESSION_DATABASE_URL`.
+//! `--store` takes `sqlite://PATH`, `file://DIR` or `redis://HOST:PORT` and
+//! falls back to `SESSION_DATABASE_URL`.
 //!
 //! Exit codes: 0 success, 1 the cookie or JSON was rejected (one line on
 //! stderr says why), 2 a usage error such as a missing secret.
@@ -33,7 +34,7 @@ enum Command {
     Cookie(CookieCommand),
     /// Inspect and manage server-side sessions in a store.
     Sessions {
-        /// The store: sqlite://PATH or file://DIR.
+        /// The store: sqlite://PATH, file://DIR or redis://HOST:PORT.
         #[arg(long, env = "SESSION_DATABASE_URL", global = true)]
         store: Option<String>,
         #[command(subcommand)]
@@ -165,8 +166,12 @@ fn sessions(url: Option<String>, command: SessionsCommand) -> Result<String, Fai
             Box::new(hipflask_sqlite::SqliteStore::open(path).await.map_err(failed)?)
         } else if let Some(dir) = url.strip_prefix("file://") {
             Box::new(hipflask_filesystem::FileStore::open(dir).await.map_err(failed)?)
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Box::new(hipflask_redis::RedisStore::connect(&url).await.map_err(failed)?)
         } else {
-            return Err(Failure::Usage(format!("unsupported store URL {url:?}: use sqlite://PATH or file://DIR")));
+            return Err(Failure::Usage(format!(
+                "unsupported store URL {url:?}: use sqlite://PATH, file://DIR or redis://HOST:PORT"
+            )));
         };
         let now = now();
         match command {

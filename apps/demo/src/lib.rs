@@ -90,9 +90,17 @@ impl DemoConfig {
                     .map_err(|e| format!("SESSION_FILE_DIR={dir:?}: cannot use the directory: {e}"))?;
                 Some(Arc::new(store))
             }
-            t @ ("redis" | "postgresql" | "mysql") => {
+            "redis" => {
+                let url = lookup("SESSION_REDIS").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+                let store = hipflask_redis::RedisStore::connect(&url)
+                    .await
+                    .map_err(|e| format!("SESSION_REDIS={url:?}: cannot connect: {e}"))?;
+                let prefix = lookup("SESSION_KEY_PREFIX").unwrap_or_else(|| "session:".into());
+                Some(Arc::new(store.with_key_prefix(&prefix)))
+            }
+            t @ ("postgresql" | "mysql") => {
                 return Err(format!(
-                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie, memory, filesystem or sqlite"
+                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie, memory, filesystem, sqlite or redis"
                 ));
             }
             other => {

@@ -1,4 +1,4 @@
-//! The demo on server-side sessions (SESSION_TYPE=memory, sqlite and filesystem): the
+//! The demo on server-side sessions (SESSION_TYPE=memory, sqlite, filesystem and redis): the
 //! same pages, with the cookie holding only an id, regenerate at login,
 //! destroy at logout, and logging out everywhere. Every test runs on each store.
 
@@ -30,6 +30,17 @@ async fn filesystem() -> Arc<dyn Store> {
     Arc::new(hipflask_filesystem::FileStore::open(dir).await.unwrap())
 }
 
+/// The Redis at REDIS_URL under a key prefix of this test's own.
+async fn redis() -> Option<Arc<dyn Store>> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "skipped: set REDIS_URL");
+        return None;
+    };
+    let prefix = format!("demo-test-{}:", hipflask::SessionId::generate().as_str());
+    Some(Arc::new(hipflask_redis::RedisStore::connect(&url).await.unwrap().with_key_prefix(&prefix)))
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let dir = std::env::temp_dir().join(format!(
         "hipflask-demo-{}-{}",
@@ -57,6 +68,11 @@ macro_rules! on_every_store {
             use super::*;
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { let $store = filesystem().await; $body })*
+        }
+        mod redis_store {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { let Some($store) = redis().await else { return }; $body })*
         }
     };
 }
