@@ -116,7 +116,7 @@ impl DemoConfig {
                 .push("SECRET_KEY is not set: using a random key, so sessions will not survive a restart".to_owned());
         }
         if let Some(store) = &store {
-            builder = builder.store(store.clone());
+            builder = builder.store(store.clone()).store_timeout(Some(std::time::Duration::from_secs(5)));
         }
         let session = builder.build().map_err(|e| e.to_string())?;
         Ok((DemoConfig { session, store }, warnings))

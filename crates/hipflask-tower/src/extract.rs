@@ -37,7 +37,8 @@ impl Session {
     /// When the save fails, this request's changes are dropped, so the
     /// handler's own response stands (make new changes and save again to retry).
     pub async fn save(&self) -> Result<(), hipflask::Error> {
-        match self.slot.config.save_session(&self.inner).await {
+        let config = &self.slot.config;
+        match crate::within(config.store_timeout(), config.save_session(&self.inner)).await {
             Ok(outcome) => {
                 self.slot.remember(outcome);
                 Ok(())

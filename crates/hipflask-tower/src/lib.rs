@@ -174,7 +174,11 @@ impl LazySession {
             return Ok(s.clone());
         }
         let cookies: Vec<&[u8]> = slot.cookies.values().collect();
-        let loaded = slot.config.load_session(&cookies).await?;
+        let config = &slot.config;
+        let loaded = match within(config.store_timeout(), config.load_session(&cookies)).await {
+            Ok(s) => s,
+            Err(e) => config.on_load_failure(e)?,
+        };
         // Two loads racing within one request: the first one stored wins.
         Ok(slot.session.get_or_init(|| loaded).clone())
     }
@@ -250,7 +254,8 @@ where
                         return Poll::Ready(Ok(response));
                     };
                     let save: SaveFuture = Box::pin(async move {
-                        let outcome = slot.config.save_session(&session).await?;
+                        let config = &slot.config;
+                        let outcome = within(config.store_timeout(), config.save_session(&session)).await?;
                         Ok(slot.finish(Some(outcome)))
                     });
                     state.set(State::Saving { save, response: Some(response) });
@@ -262,6 +267,23 @@ where
                     return Poll::Ready(Ok(response));
                 }
             }
+        }
+    }
+}
+
+/// Runs a store operation within the configured time limit.
+async fn within<T>(
+    limit: Option<std::time::Duration>,
+    op: impl Future<Output = Result<T, hipflask::Error>>,
+) -> Result<T, hipflask::Error> {
+    // Outside a tokio runtime there is no timer to use: run unbounded.
+    let Some(limit) = limit.filter(|_| tokio::runtime::Handle::try_current().is_ok()) else {
+        return op.await;
+    };
+    match tokio::time::timeout(limit, op).await {
+        Ok(result) => result,
+        Err(_) => {
+            Err(hipflask::Error::new(ErrorKind::Timeout, format!("the session store did not answer within {limit:?}")))
         }
     }
 }

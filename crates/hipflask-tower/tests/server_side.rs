@@ -388,3 +388,71 @@ async fn an_explicit_save_of_a_new_session_still_sets_the_cookie_once() {
     assert_eq!(hipflask::to_tagged_json(&record.data), r#"{"_permanent":true,"a":"1","b":"2"}"#);
     assert_eq!(store.len(), 1);
 }
+
+/// A store that answers only after a delay.
+#[derive(Debug)]
+struct Slow(MemoryStore, Duration);
+
+impl Slow {
+    fn later<'a, T: Send + 'a>(&self, op: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+        let delay = self.1;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            op.await
+        })
+    }
+}
+
+impl Store for Slow {
+    fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
+        self.later(self.0.load(id, now))
+    }
+    fn create<'a>(&'a self, id: &'a SessionId, r: Record) -> StoreFuture<'a, ()> {
+        self.later(self.0.create(id, r))
+    }
+    fn update<'a>(&'a self, id: &'a SessionId, u: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
+        self.later(self.0.update(id, u, now))
+    }
+    fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
+        self.later(self.0.delete(id))
+    }
+    fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
+        self.later(self.0.delete_expired(now))
+    }
+    fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
+        self.later(self.0.list(now))
+    }
+    fn sessions_of_user<'a>(&'a self, u: &'a str, now: u64) -> StoreFuture<'a, Vec<SessionId>> {
+        self.later(self.0.sessions_of_user(u, now))
+    }
+    fn delete_user<'a>(&'a self, u: &'a str) -> StoreFuture<'a, u64> {
+        self.later(self.0.delete_user(u))
+    }
+}
+
+#[test]
+fn a_slow_store_times_out_with_503() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let slow = Arc::new(Slow(MemoryStore::new(), Duration::from_millis(300)));
+    let config = builder(slow).store_timeout(Some(Duration::from_millis(50))).build().unwrap();
+    let app = app(config);
+    let logs = Logs::default();
+    let a = logs.capture(|| rt.block_on(send(&app, "/set/a/b", None)));
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.body.is_empty());
+    assert!(logs.text().contains("did not answer within 50ms"), "{}", logs.text());
+}
+
+#[test]
+fn fail_open_serves_an_empty_session_that_is_never_saved() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let app = app(builder(Arc::new(Down)).fail_open(true).build().unwrap());
+    let id = SessionId::generate();
+    let logs = Logs::default();
+    let a = logs.capture(|| rt.block_on(send(&app, "/get/user", Some(id.as_str()))));
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "None"));
+    let a = logs.capture(|| rt.block_on(send(&app, "/set/user/x", Some(id.as_str()))));
+    assert_eq!(a.status, StatusCode::OK, "the page works");
+    assert_eq!(a.set_cookie, None, "nothing replaces the visitor's real cookie");
+    assert!(logs.text().contains("fail-open"), "{}", logs.text());
+}

@@ -142,6 +142,8 @@ pub struct ConfigBuilder {
     refresh_fraction: f64,
     absolute_timeout: Option<Duration>,
     conflict: ConflictPolicy,
+    store_timeout: Option<Duration>,
+    fail_open: bool,
 }
 
 impl Default for ConfigBuilder {
@@ -169,6 +171,8 @@ impl Default for ConfigBuilder {
             refresh_fraction: 0.1,
             absolute_timeout: None,
             conflict: ConflictPolicy::LastWriteWins,
+            store_timeout: None,
+            fail_open: false,
         }
     }
 }
@@ -340,6 +344,24 @@ impl ConfigBuilder {
         self
     }
 
+    /// How long loading or saving a server-side session may take before the
+    /// request is answered 503 (default: no limit; 1 to 5 seconds is a good
+    /// choice). The middleware enforces it with tokio's timer, which
+    /// `#[tokio::main]` and axum's runtime enable.
+    pub fn store_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// When the store fails or times out while loading, serve an empty
+    /// session instead of answering 503 (default off). Such a session is
+    /// never saved, so the visitor's real session is intact when the store
+    /// is back: for teams that prefer availability over a consistent view.
+    pub fn fail_open(mut self, on: bool) -> Self {
+        self.fail_open = on;
+        self
+    }
+
     /// The clock (default: the system clock). For tests that freeze time.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -438,6 +460,8 @@ impl ConfigBuilder {
             refresh_after: (lifetime as f64 * self.refresh_fraction) as u64,
             absolute_timeout: self.absolute_timeout.map(|d| d.as_secs()),
             conflict: self.conflict,
+            timeout: self.store_timeout,
+            fail_open: self.fail_open,
         });
         Ok(Config(Arc::new(Inner {
             codec: CookieCodec::new(&secret, &self.fallbacks, lifetime),
@@ -550,6 +574,24 @@ impl Config {
     /// The current time in Unix seconds, from the configured clock.
     pub fn now(&self) -> u64 {
         (self.0.clock)()
+    }
+
+    /// The time limit on each load and save of a server-side session.
+    pub fn store_timeout(&self) -> Option<Duration> {
+        self.0.server.as_ref().and_then(|s| s.timeout)
+    }
+
+    /// What a request gets when loading its server-side session failed with
+    /// `error`: with fail-open, an empty session that is never saved (and a
+    /// warning); otherwise the error back.
+    pub fn on_load_failure(&self, error: Error) -> Result<Session, Error> {
+        match &self.0.server {
+            Some(server) if server.fail_open => {
+                tracing::warn!(error = %error, "session store failing; serving an empty, unsaved session (fail-open)");
+                Ok(Session::read_only_server())
+            }
+            _ => Err(error),
+        }
     }
 
     /// Whether sessions live in a store (the cookie holds only an id).

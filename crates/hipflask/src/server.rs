@@ -20,6 +20,8 @@ pub(crate) struct ServerSide {
     pub(crate) refresh_after: u64,
     pub(crate) absolute_timeout: Option<u64>,
     pub(crate) conflict: ConflictPolicy,
+    pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) fail_open: bool,
 }
 
 impl ServerSide {
@@ -88,6 +90,12 @@ impl Config {
         };
         let (data, modified, accessed) = session.inspect(|d, m, a| (d.clone(), m, a));
         let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
+        if state.read_only {
+            if modified {
+                tracing::warn!("changes to a session served while the store was failing are not saved");
+            }
+            return Ok(out);
+        }
         let now = self.now();
         let lifetime = self.lifetime_secs();
         let created_at = state.stored.map_or(now, |(created, _)| created);

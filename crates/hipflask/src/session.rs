@@ -71,6 +71,9 @@ pub(crate) struct Server {
     pub(crate) loaded: Option<Dict>,
     pub(crate) regenerate: bool,
     pub(crate) destroy: bool,
+    /// Served while the store was failing (fail-open): never saved, so it
+    /// cannot replace the visitor's real session once the store is back.
+    pub(crate) read_only: bool,
 }
 
 /// One flashed message with its category.
@@ -140,7 +143,11 @@ impl Session {
     pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
         let loaded = keep_loaded.then(|| data.clone());
         let new = stored.is_none();
-        Session::build(data, new, Some(Server { id, stored, loaded, regenerate: false, destroy: false }))
+        Session::build(
+            data,
+            new,
+            Some(Server { id, stored, loaded, regenerate: false, destroy: false, read_only: false }),
+        )
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -411,6 +418,15 @@ impl Session {
         }
         let keys = inner.touched.iter().map(|k| (k.clone(), inner.data.get(k).cloned())).collect();
         Changes { cleared: inner.cleared, keys }
+    }
+
+    /// An empty session that is never saved, for fail-open reads.
+    pub(crate) fn read_only_server() -> Session {
+        let s = Session::server(Dict::new(), SessionId::generate(), None, false);
+        if let Some(server) = s.raw().server.as_mut() {
+            server.read_only = true;
+        }
+        s
     }
 
     pub(crate) fn server_state(&self) -> Option<Server> {
