@@ -8,8 +8,8 @@
 //! hipflask sessions show|delete --store URL ID
 //! ```
 //!
-//! `--store` takes `sqlite://PATH`, `file://DIR` or `redis://HOST:PORT` and
-//! falls back to `SESSION_DATABASE_URL`.
+//! `--store` takes `sqlite://PATH`, `file://DIR`, `redis://HOST:PORT`,
+//! `postgres://...` or `mysql://...` and falls back to `SESSION_DATABASE_URL`.
 //!
 //! Exit codes: 0 success, 1 the cookie or JSON was rejected (one line on
 //! stderr says why), 2 a usage error such as a missing secret.
@@ -34,7 +34,7 @@ enum Command {
     Cookie(CookieCommand),
     /// Inspect and manage server-side sessions in a store.
     Sessions {
-        /// The store: sqlite://PATH, file://DIR or redis://HOST:PORT.
+        /// The store: sqlite://PATH, file://DIR, redis://HOST:PORT, postgres://... or mysql://...
         #[arg(long, env = "SESSION_DATABASE_URL", global = true)]
         store: Option<String>,
         #[command(subcommand)]
@@ -168,9 +168,15 @@ fn sessions(url: Option<String>, command: SessionsCommand) -> Result<String, Fai
             Box::new(hipflask_filesystem::FileStore::open(dir).await.map_err(failed)?)
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             Box::new(hipflask_redis::RedisStore::connect(&url).await.map_err(failed)?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Box::new(hipflask_sql::PostgresStore::connect(&url).await.map_err(failed)?)
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Box::new(
+                hipflask_sql::MySqlStore::connect(&url.replacen("mariadb://", "mysql://", 1)).await.map_err(failed)?,
+            )
         } else {
             return Err(Failure::Usage(format!(
-                "unsupported store URL {url:?}: use sqlite://PATH, file://DIR or redis://HOST:PORT"
+                "unsupported store URL {url:?}: use sqlite://PATH, file://DIR, redis://, postgres:// or mysql://"
             )));
         };
         let now = now();
@@ -203,6 +209,12 @@ fn sessions(url: Option<String>, command: SessionsCommand) -> Result<String, Fai
             }
             SessionsCommand::Migrate if url.starts_with("sqlite://") => {
                 Ok(format!("schema version {}", hipflask_sqlite::SCHEMA_VERSION))
+            }
+            SessionsCommand::Migrate
+                if url.starts_with("postgres") || url.starts_with("mysql") || url.starts_with("mariadb") =>
+            {
+                // Connecting ran the migration.
+                Ok("schema up to date".into())
             }
             SessionsCommand::Migrate => Ok("nothing to migrate".into()),
         }

@@ -98,10 +98,20 @@ impl DemoConfig {
                 let prefix = lookup("SESSION_KEY_PREFIX").unwrap_or_else(|| "session:".into());
                 Some(Arc::new(store.with_key_prefix(&prefix)))
             }
-            t @ ("postgresql" | "mysql") => {
-                return Err(format!(
-                    "SESSION_TYPE={t}: this store is not available in this build yet; use cookie, memory, filesystem, sqlite or redis"
-                ));
+            kind @ ("postgresql" | "mysql") => {
+                let Some(url) = lookup("SESSION_DATABASE_URL") else {
+                    return Err(format!(
+                        "SESSION_DATABASE_URL is not set: SESSION_TYPE={kind} needs the database's URL"
+                    ));
+                };
+                let prefix = lookup("SESSION_KEY_PREFIX").unwrap_or_default();
+                let failed = |e: hipflask::Error| format!("SESSION_DATABASE_URL={url:?}: cannot use the database: {e}");
+                let store: Arc<dyn hipflask::Store> = if kind == "postgresql" {
+                    Arc::new(hipflask_sql::PostgresStore::connect(&url).await.map_err(failed)?.with_key_prefix(&prefix))
+                } else {
+                    Arc::new(hipflask_sql::MySqlStore::connect(&url).await.map_err(failed)?.with_key_prefix(&prefix))
+                };
+                Some(store)
             }
             other => {
                 return Err(format!(

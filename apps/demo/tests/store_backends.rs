@@ -1,4 +1,4 @@
-//! The demo on server-side sessions (SESSION_TYPE=memory, sqlite, filesystem and redis): the
+//! The demo on server-side sessions (every SESSION_TYPE but cookie): the
 //! same pages, with the cookie holding only an id, regenerate at login,
 //! destroy at logout, and logging out everywhere. Every test runs on each store.
 
@@ -41,6 +41,21 @@ async fn redis() -> Option<Arc<dyn Store>> {
     Some(Arc::new(hipflask_redis::RedisStore::connect(&url).await.unwrap().with_key_prefix(&prefix)))
 }
 
+/// A SQL database from `var` under a key prefix of this test's own.
+async fn sql(var: &str) -> Option<Arc<dyn Store>> {
+    let Ok(url) = std::env::var(var) else {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "skipped: set {var}");
+        return None;
+    };
+    let prefix = format!("demo-test-{}:", hipflask::SessionId::generate().as_str());
+    Some(if var == "POSTGRES_URL" {
+        Arc::new(hipflask_sql::PostgresStore::connect(&url).await.unwrap().with_key_prefix(&prefix))
+    } else {
+        Arc::new(hipflask_sql::MySqlStore::connect(&url).await.unwrap().with_key_prefix(&prefix))
+    })
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let dir = std::env::temp_dir().join(format!(
         "hipflask-demo-{}-{}",
@@ -68,6 +83,16 @@ macro_rules! on_every_store {
             use super::*;
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { let $store = filesystem().await; $body })*
+        }
+        mod postgres_store {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { let Some($store) = sql("POSTGRES_URL").await else { return }; $body })*
+        }
+        mod mysql_store {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { let Some($store) = sql("MYSQL_URL").await else { return }; $body })*
         }
         mod redis_store {
             use super::*;

@@ -1,0 +1,306 @@
+//! PostgreSQL and MySQL/MariaDB stores for hipflask's server-side sessions.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), hipflask::Error> {
+//! let pg = hipflask_sql::PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+//! let my = hipflask_sql::MySqlStore::connect("mysql://root@127.0.0.1:3306/test").await?;
+//! # let _ = (pg, my); Ok(()) }
+//! ```
+//!
+//! `connect` creates the table `hipflask_sessions` (id, data as Flask's
+//! tagged JSON, creation and expiry times, user) with indexes on the expiry
+//! and the user, if it is not there yet. An update is one transaction that
+//! locks the row (`SELECT ... FOR UPDATE`), applies the request's per-key
+//! changes to the session as stored and writes it back, so concurrent
+//! requests lose nothing and a deleted session is never recreated. Expired
+//! rows are removed by `delete_expired` (`hipflask sessions cleanup`).
+//!
+//! sqlx drives both databases with one API, pools connections and needs no
+//! C library; MariaDB counts as MySQL.
+
+use std::fmt;
+
+use hipflask::{Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, user_of};
+use sqlx::Row as _;
+
+fn backend(e: sqlx::Error) -> Error {
+    let kind = match e {
+        sqlx::Error::PoolTimedOut => ErrorKind::Timeout,
+        _ => ErrorKind::Backend,
+    };
+    Error::new(kind, "SQL session store failed").with_source(e)
+}
+
+fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
+    match hipflask::parse_tagged_json(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(error = %e, id_prefix = &id[..6.min(id.len())], "unreadable session row; treating it as missing");
+            None
+        }
+    }
+}
+
+/// The SQL of one database, in the same bind order for both.
+struct Dialect {
+    migrate: &'static [&'static str],
+    load: &'static str,
+    lock: &'static str,
+    insert: &'static str,
+    update: &'static str,
+    delete: &'static str,
+    delete_expired: &'static str,
+    list: &'static str,
+    of_user: &'static str,
+    delete_user: &'static str,
+}
+
+const POSTGRES: Dialect = Dialect {
+    migrate: &[
+        "CREATE TABLE IF NOT EXISTS hipflask_sessions (
+            id TEXT PRIMARY KEY, data TEXT NOT NULL, created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL, user_id TEXT)",
+        "CREATE INDEX IF NOT EXISTS hipflask_sessions_expires ON hipflask_sessions (expires_at)",
+        "CREATE INDEX IF NOT EXISTS hipflask_sessions_user ON hipflask_sessions (user_id)",
+    ],
+    load: "SELECT data, created_at, expires_at FROM hipflask_sessions WHERE id = $1 AND expires_at > $2",
+    lock: "SELECT data, created_at, expires_at FROM hipflask_sessions WHERE id = $1 AND expires_at > $2 FOR UPDATE",
+    insert: "INSERT INTO hipflask_sessions (id, data, created_at, expires_at, user_id) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO NOTHING",
+    update: "UPDATE hipflask_sessions SET data = $1, expires_at = $2, user_id = $3 WHERE id = $4",
+    delete: "DELETE FROM hipflask_sessions WHERE id = $1",
+    delete_expired: "DELETE FROM hipflask_sessions WHERE expires_at <= $1 AND id LIKE $2",
+    list: "SELECT id FROM hipflask_sessions WHERE expires_at > $1 AND id LIKE $2",
+    of_user: "SELECT id FROM hipflask_sessions WHERE user_id = $1 AND expires_at > $2 AND id LIKE $3",
+    delete_user: "DELETE FROM hipflask_sessions WHERE user_id = $1 AND id LIKE $2",
+};
+
+const MYSQL: Dialect = Dialect {
+    migrate: &["CREATE TABLE IF NOT EXISTS hipflask_sessions (
+            id VARCHAR(191) NOT NULL PRIMARY KEY, data LONGTEXT NOT NULL, created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL, user_id VARCHAR(191),
+            INDEX hipflask_sessions_expires (expires_at), INDEX hipflask_sessions_user (user_id))"],
+    load: "SELECT data, created_at, expires_at FROM hipflask_sessions WHERE id = ? AND expires_at > ?",
+    lock: "SELECT data, created_at, expires_at FROM hipflask_sessions WHERE id = ? AND expires_at > ? FOR UPDATE",
+    // A duplicate id fails with a unique-key violation, mapped to a conflict.
+    insert: "INSERT INTO hipflask_sessions (id, data, created_at, expires_at, user_id) VALUES (?, ?, ?, ?, ?)",
+    update: "UPDATE hipflask_sessions SET data = ?, expires_at = ?, user_id = ? WHERE id = ?",
+    delete: "DELETE FROM hipflask_sessions WHERE id = ?",
+    delete_expired: "DELETE FROM hipflask_sessions WHERE expires_at <= ? AND id LIKE ?",
+    list: "SELECT id FROM hipflask_sessions WHERE expires_at > ? AND id LIKE ?",
+    of_user: "SELECT id FROM hipflask_sessions WHERE user_id = ? AND expires_at > ? AND id LIKE ?",
+    delete_user: "DELETE FROM hipflask_sessions WHERE user_id = ? AND id LIKE ?",
+};
+
+/// A LIKE pattern for keys starting with `prefix`, taken literally (`\` escapes).
+fn like_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+macro_rules! sql_store {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $dialect:expr) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name {
+            pool: sqlx::Pool<$db>,
+            user_key: String,
+            prefix: String,
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name)).field("prefix", &self.prefix).finish_non_exhaustive()
+            }
+        }
+
+        impl $name {
+            /// Connects (a pool of up to 10 connections) and creates the table if needed.
+            pub async fn connect(url: &str) -> Result<$name, Error> {
+                let pool = sqlx::pool::PoolOptions::<$db>::new()
+                    .max_connections(10)
+                    .acquire_timeout(std::time::Duration::from_secs(5))
+                    .connect(url)
+                    .await
+                    .map_err(backend)?;
+                let store = $name { pool, user_key: "_user_id".into(), prefix: String::new() };
+                store.migrate().await?;
+                Ok(store)
+            }
+
+            /// Creates the table and indexes if they are missing (idempotent).
+            pub async fn migrate(&self) -> Result<(), Error> {
+                for sql in $dialect.migrate {
+                    sqlx::query(sql).execute(&self.pool).await.map_err(backend)?;
+                }
+                Ok(())
+            }
+
+            /// `SESSION_KEY_PREFIX`: stored ids become `prefix + id`, as
+            /// Flask-Session's SQLAlchemy backend stores them.
+            pub fn with_key_prefix(mut self, prefix: &str) -> $name {
+                self.prefix = prefix.into();
+                self
+            }
+
+            /// The session key whose value names the user (default `_user_id`).
+            pub fn with_user_key(mut self, key: &str) -> $name {
+                self.user_key = key.into();
+                self
+            }
+
+            fn key(&self, id: &SessionId) -> String {
+                format!("{}{}", self.prefix, id.as_str())
+            }
+
+            fn ids(&self, rows: Vec<String>) -> Vec<SessionId> {
+                rows.iter().filter_map(|k| k.strip_prefix(&self.prefix).and_then(SessionId::parse)).collect()
+            }
+        }
+
+        impl Store for $name {
+            fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
+                Box::pin(async move {
+                    let key = self.key(id);
+                    let row = sqlx::query($dialect.load)
+                        .bind(&key)
+                        .bind(now as i64)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(backend)?;
+                    Ok(row.and_then(|r| {
+                        let data = parse_row(&key, &r.get::<String, _>(0))?;
+                        Some(Record { data, created_at: r.get::<i64, _>(1) as u64, expires_at: r.get::<i64, _>(2) as u64 })
+                    }))
+                })
+            }
+
+            fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    let done = sqlx::query($dialect.insert)
+                        .bind(self.key(id))
+                        .bind(hipflask::to_tagged_json(&record.data))
+                        .bind(record.created_at as i64)
+                        .bind(record.expires_at as i64)
+                        .bind(user_of(&record.data, &self.user_key))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| match e.as_database_error() {
+                            Some(d) if d.is_unique_violation() => {
+                                Error::new(ErrorKind::Conflict, "session id already in use")
+                            }
+                            _ => backend(e),
+                        })?;
+                    if done.rows_affected() == 0 {
+                        return Err(Error::new(ErrorKind::Conflict, "session id already in use"));
+                    }
+                    Ok(())
+                })
+            }
+
+            fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
+                Box::pin(async move {
+                    let key = self.key(id);
+                    let mut tx = self.pool.begin().await.map_err(backend)?;
+                    let row = sqlx::query($dialect.lock)
+                        .bind(&key)
+                        .bind(now as i64)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    let Some(mut data) = row.and_then(|r| parse_row(&key, &r.get::<String, _>(0))) else {
+                        return Ok(Updated::Gone);
+                    };
+                    apply_changes(&mut data, &update.changes, update.loaded.as_ref())?;
+                    sqlx::query($dialect.update)
+                        .bind(hipflask::to_tagged_json(&data))
+                        .bind(update.expires_at as i64)
+                        .bind(user_of(&data, &self.user_key))
+                        .bind(&key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    Ok(Updated::Applied)
+                })
+            }
+
+            fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
+                Box::pin(async move {
+                    let done = sqlx::query($dialect.delete).bind(self.key(id)).execute(&self.pool).await.map_err(backend)?;
+                    Ok(done.rows_affected() > 0)
+                })
+            }
+
+            fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
+                Box::pin(async move {
+                    let done = sqlx::query($dialect.delete_expired)
+                        .bind(now as i64)
+                        .bind(like_prefix(&self.prefix))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(backend)?;
+                    Ok(done.rows_affected())
+                })
+            }
+
+            fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
+                Box::pin(async move {
+                    let rows: Vec<String> = sqlx::query_scalar($dialect.list)
+                        .bind(now as i64)
+                        .bind(like_prefix(&self.prefix))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(backend)?;
+                    Ok(self.ids(rows))
+                })
+            }
+
+            fn sessions_of_user<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, Vec<SessionId>> {
+                Box::pin(async move {
+                    let rows: Vec<String> = sqlx::query_scalar($dialect.of_user)
+                        .bind(user)
+                        .bind(now as i64)
+                        .bind(like_prefix(&self.prefix))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(backend)?;
+                    Ok(self.ids(rows))
+                })
+            }
+
+            fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
+                Box::pin(async move {
+                    let done = sqlx::query($dialect.delete_user)
+                        .bind(user)
+                        .bind(like_prefix(&self.prefix))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(backend)?;
+                    Ok(done.rows_affected())
+                })
+            }
+        }
+    };
+}
+
+sql_store!(
+    /// Sessions in PostgreSQL.
+    PostgresStore,
+    sqlx::Postgres,
+    POSTGRES
+);
+
+sql_store!(
+    /// Sessions in MySQL or MariaDB.
+    MySqlStore,
+    sqlx::MySql,
+    MYSQL
+);
