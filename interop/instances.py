@@ -1,0 +1,175 @@
+"""Two demo processes on one store, and a store that goes down and comes back.
+
+Drives the real hipflask-demo binary (DEMO_BIN) over HTTP on loopback:
+- on Redis (REDIS_URL) and PostgreSQL (POSTGRES_URL): two instances, one
+  client alternating between them, nothing lost, logout on one is logout on
+  both;
+- a redis-server of its own on a spare port (never the shared one), stopped
+  by PID while the demo runs and restarted: 503 while it is down, recovery
+  without restarting the demo, the session intact.
+Python's standard library only.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+DEMO = os.environ["DEMO_BIN"]
+results = []
+
+
+def check(name, got, want):
+    ok = got == want
+    results.append(ok)
+    print(("ok   " if ok else "FAIL ") + f"{name}: got {got!r}, want {want!r}", flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_until_up(url, seconds=10):
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_demo(env):
+    port = free_port()
+    full = dict(os.environ, SECRET_KEY="instances-secret", **env)
+    proc = subprocess.Popen([DEMO, "--bind", f"127.0.0.1:{port}"], env=full,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(base + "/bench/none")
+    return proc, base
+
+
+class Client:
+    """One browser: keeps the session cookie, whichever instance it talks to."""
+
+    def __init__(self):
+        self.cookie = None
+
+    def request(self, url, method="GET", data=None):
+        headers = {"Cookie": f"session={self.cookie}"} if self.cookie else {}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                status, body, set_cookie = r.status, r.read().decode(), r.headers.get("Set-Cookie")
+        except urllib.error.HTTPError as e:
+            status, body, set_cookie = e.code, e.read().decode(), e.headers.get("Set-Cookie")
+        if set_cookie and set_cookie.startswith("session="):
+            value = set_cookie.split(";")[0][len("session="):]
+            self.cookie = value or None
+        return status, body
+
+
+def two_instances(label, env):
+    a, url_a = start_demo(env)
+    b, url_b = start_demo(env)
+    try:
+        c = Client()
+        c.request(url_a + "/bench/seed")
+        last = None
+        for i in range(20):
+            last = c.request((url_a, url_b)[i % 2] + "/bench/write")[1]
+        check(f"{label}: 20 writes alternating between two instances", last, "21")
+        check(f"{label}: both instances read the same", (c.request(url_a + "/bench/read")[1], c.request(url_b + "/bench/read")[1]), ("21", "21"))
+        for i in range(10):
+            c.request((url_a, url_b)[i % 2] + f"/api/session/k{i}", "PUT", str(i).encode())
+        body = c.request(url_b + "/api/session")[1]
+        check(f"{label}: keys set through both instances are all kept", all(f'"k{i}":{i}' in body for i in range(10)), True)
+        old_cookie = c.cookie
+        status, _ = c.request(url_a + "/api/session", "DELETE")
+        check(f"{label}: logout (clear) on one instance", status, 204)
+        stale = Client()
+        stale.cookie = old_cookie
+        body = stale.request(url_b + "/api/session")[1]
+        check(f"{label}: the old cookie opens nothing on the other instance", '"k0"' in body or '"visits"' in body, False)
+    finally:
+        for p in (a, b):
+            p.terminate()
+            p.wait()
+
+
+def start_redis(port, data_dir):
+    server = shutil.which("redis-server")
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir,
+                             "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+    end = time.time() + 10
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def redis_fault():
+    if not shutil.which("redis-server"):
+        print("skipped: fault test needs redis-server")
+        return
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="hipflask-fault-")
+    redis = start_redis(port, data_dir)
+    demo, url = start_demo({"SESSION_TYPE": "redis", "SESSION_REDIS": f"redis://127.0.0.1:{port}"})
+    try:
+        c = Client()
+        c.request(url + "/bench/seed")
+        check("fault: before the outage", c.request(url + "/bench/write")[1], "2")
+        redis.terminate()
+        redis.wait()
+        statuses = {c.request(url + "/bench/write")[0] for _ in range(3)}
+        check("fault: 503 while the store is down", statuses, {503})
+        check("fault: pages without the session still work", c.request(url + "/bench/none"), (200, "ok"))
+        redis = start_redis(port, data_dir)
+        ok = None
+        for _ in range(50):
+            status, body = c.request(url + "/bench/read")
+            if status == 200:
+                ok = body
+                break
+            time.sleep(0.2)
+        check("fault: recovered without restarting the app, session intact", ok, "2")
+        check("fault: and writable again", c.request(url + "/bench/write")[1], "3")
+    finally:
+        demo.terminate()
+        demo.wait()
+        redis.terminate()
+        redis.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if os.environ.get("REDIS_URL"):
+    two_instances("redis", {"SESSION_TYPE": "redis", "SESSION_REDIS": os.environ["REDIS_URL"],
+                            "SESSION_KEY_PREFIX": f"instances-{os.getpid()}:"})
+else:
+    print("skipped: set REDIS_URL")
+if os.environ.get("POSTGRES_URL"):
+    two_instances("postgresql", {"SESSION_TYPE": "postgresql", "SESSION_DATABASE_URL": os.environ["POSTGRES_URL"],
+                                 "SESSION_KEY_PREFIX": f"instances-{os.getpid()}:"})
+else:
+    print("skipped: set POSTGRES_URL")
+redis_fault()
+
+failed = results.count(False)
+print(f"{len(results) - failed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
