@@ -70,3 +70,17 @@ async fn a_key_prefix_keeps_apps_apart() {
     assert!(!other.list(now).await.unwrap().contains(&id));
     assert!(store.list(now).await.unwrap().contains(&id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_conforms() {
+    let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") else {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "skipped: set REDIS_CLUSTER_URLS (.ci/run starts a cluster)");
+        return;
+    };
+    let nodes: Vec<&str> = urls.split(',').collect();
+    let store = RedisStore::connect_cluster(&nodes).await.expect("the cluster is reachable");
+    hipflask_conformance::run_with(Arc::new(store.clone()), hipflask_conformance::Capabilities::FLASK_SESSION_REDIS).await;
+    let err = store.list(0).await.unwrap_err();
+    assert!(err.to_string().contains("cluster") || format!("{err:?}").contains("Cluster"), "{err}");
+}
