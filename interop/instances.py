@@ -4,9 +4,9 @@ Drives the real hipflask-demo binary (DEMO_BIN) over HTTP on loopback:
 - on Redis (REDIS_URL) and PostgreSQL (POSTGRES_URL): two instances, one
   client alternating between them, nothing lost, logout on one is logout on
   both;
-- a redis-server of its own on a spare port (never the shared one), stopped
-  by PID while the demo runs and restarted: 503 while it is down, recovery
-  without restarting the demo, the session intact.
+- a redis-server and a PostgreSQL of its own on spare ports (never the
+  shared ones), each stopped by PID while the demo runs and restarted: 503
+  while it is down, recovery without restarting the demo, the session intact.
 Python's standard library only.
 """
 
@@ -158,6 +158,70 @@ def redis_fault():
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def pg_bin(name):
+    import glob
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def as_postgres(args):
+    # PostgreSQL refuses to run as root; run as its own user when we are root.
+    return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + args
+
+
+def start_postgres(data_dir, port):
+    subprocess.run(as_postgres([pg_bin("pg_ctl"), "-D", data_dir, "-l", f"{data_dir}/log", "-w", "-o",
+                                f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, stdout=subprocess.DEVNULL)
+    with open(f"{data_dir}/postmaster.pid") as f:
+        return int(f.readline())
+
+
+def postgres_fault():
+    if not pg_bin("initdb"):
+        print("skipped: fault test needs PostgreSQL's initdb")
+        return
+    data_dir = tempfile.mkdtemp(prefix="hipflask-pgfault-")
+    if os.geteuid() == 0:
+        shutil.chown(data_dir, "postgres", "postgres")
+    subprocess.run(as_postgres([pg_bin("initdb"), "-D", data_dir, "-A", "trust", "-U", "postgres"]),
+                   check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    pid = start_postgres(data_dir, port)
+    demo, url = start_demo({"SESSION_TYPE": "postgresql",
+                            "SESSION_DATABASE_URL": f"postgres://postgres@127.0.0.1:{port}/postgres"})
+    try:
+        c = Client()
+        c.request(url + "/bench/seed")
+        check("pg fault: before the outage", c.request(url + "/bench/write")[1], "2")
+        os.kill(pid, 2)  # SIGINT: PostgreSQL's fast shutdown, by PID
+        for _ in range(100):
+            if not os.path.exists(f"{data_dir}/postmaster.pid"):
+                break
+            time.sleep(0.1)
+        statuses = {c.request(url + "/bench/write")[0] for _ in range(3)}
+        check("pg fault: 503 while the database is down", statuses, {503})
+        pid = start_postgres(data_dir, port)
+        ok = None
+        for _ in range(50):
+            status, body = c.request(url + "/bench/read")
+            if status == 200:
+                ok = body
+                break
+            time.sleep(0.2)
+        check("pg fault: recovered without restarting the app, session intact", ok, "2")
+        check("pg fault: and writable again", c.request(url + "/bench/write")[1], "3")
+    finally:
+        demo.terminate()
+        demo.wait()
+        try:
+            os.kill(pid, 2)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.5)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 if os.environ.get("REDIS_URL"):
     two_instances("redis", {"SESSION_TYPE": "redis", "SESSION_REDIS": os.environ["REDIS_URL"],
                             "SESSION_KEY_PREFIX": f"instances-{os.getpid()}:"})
@@ -169,6 +233,7 @@ if os.environ.get("POSTGRES_URL"):
 else:
     print("skipped: set POSTGRES_URL")
 redis_fault()
+postgres_fault()
 
 failed = results.count(False)
 print(f"{len(results) - failed} passed, {failed} failed")
