@@ -80,7 +80,8 @@ async fn redis_cluster_store_conforms() {
     };
     let nodes: Vec<&str> = urls.split(',').collect();
     let store = RedisStore::connect_cluster(&nodes).await.expect("the cluster is reachable");
-    hipflask_conformance::run_with(Arc::new(store.clone()), hipflask_conformance::Capabilities::FLASK_SESSION_REDIS).await;
+    hipflask_conformance::run_with(Arc::new(store.clone()), hipflask_conformance::Capabilities::FLASK_SESSION_REDIS)
+        .await;
     let err = store.list(0).await.unwrap_err();
     assert!(err.to_string().contains("cluster") || format!("{err:?}").contains("Cluster"), "{err}");
 }
