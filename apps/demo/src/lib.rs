@@ -47,12 +47,15 @@ pub struct DemoConfig {
     /// The store of server-side sessions (`None`: signed-cookie sessions),
     /// also used by the "log out everywhere" page.
     pub store: Option<Arc<dyn hipflask::Store>>,
+    /// Renders the metrics recorder for `/metrics` (installed by the binary:
+    /// a process has one recorder).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl DemoConfig {
     /// Signed-cookie sessions with `config`.
     pub fn cookie(session: hipflask::Config) -> DemoConfig {
-        DemoConfig { session, store: None }
+        DemoConfig { session, store: None, metrics: None }
     }
 }
 
@@ -129,7 +132,7 @@ impl DemoConfig {
             builder = builder.store(store.clone()).store_timeout(Some(std::time::Duration::from_secs(5)));
         }
         let session = builder.build().map_err(|e| e.to_string())?;
-        Ok((DemoConfig { session, store }, warnings))
+        Ok((DemoConfig { session, store, metrics: None }, warnings))
     }
 }
 
@@ -137,6 +140,7 @@ struct AppState {
     templates: Environment<'static>,
     lifetime_days: u64,
     store: Option<Arc<dyn hipflask::Store>>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -156,6 +160,7 @@ pub fn app(config: DemoConfig) -> Router {
         templates,
         lifetime_days: config.session.lifetime_secs() / 86_400,
         store: config.store.clone(),
+        metrics: config.metrics.clone(),
     });
 
     let api = Router::new()
@@ -182,6 +187,7 @@ pub fn app(config: DemoConfig) -> Router {
         .route("/bench/read", get(bench_read))
         .route("/bench/write", get(bench_write))
         .route("/bench/seed", get(bench_seed))
+        .route("/metrics", get(metrics_page))
         .merge(api)
         .with_state(state)
         .layer(SessionLayer::new(config.session))
@@ -591,6 +597,16 @@ async fn api_delete(session: Session, Path(key): Path<String>) -> Response {
 async fn api_clear(session: Session) -> StatusCode {
     session.clear();
     StatusCode::NO_CONTENT
+}
+
+/// The session metrics in Prometheus' text format.
+async fn metrics_page(State(state): Shared) -> Response {
+    match &state.metrics {
+        Some(handle) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
 }
 
 async fn bench_none() -> &'static str {

@@ -17,7 +17,7 @@ struct Args {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_target(false).init();
     let args = Args::parse();
-    let (config, warnings) = match hipflask_demo::DemoConfig::from_env().await {
+    let (mut config, warnings) = match hipflask_demo::DemoConfig::from_env().await {
         Ok(c) => c,
         Err(message) => {
             eprintln!("error: {message}");
@@ -36,6 +36,10 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(args.bind);
     eprintln!("hipflask demo on http://{addr}/");
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => config.metrics = Some(handle),
+        Err(e) => eprintln!("warning: metrics disabled: {e}"),
+    }
     if let Some(store) = &config.store {
         hipflask_demo::spawn_cleanup(store.clone(), config.session.clone(), std::time::Duration::from_secs(600));
     }

@@ -43,3 +43,33 @@ fn without_a_secret_key_it_warns_and_serves() {
     assert!(seen.last().unwrap().starts_with("hipflask demo on http://127.0.0.1:"), "{seen:?}");
     assert!(!seen.last().unwrap().ends_with(":0/"), "the real port is shown: {seen:?}");
 }
+
+#[test]
+fn metrics_are_served_in_prometheus_format() {
+    let mut child =
+        demo().env("SECRET_KEY", "k").args(["--bind", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the demo printed its address").unwrap();
+        if let Some(rest) = line.strip_prefix("hipflask demo on http://") {
+            break rest.trim_end_matches('/').to_owned();
+        }
+    };
+    let get = |path: &str, cookie: Option<&str>| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let cookie = cookie.map(|c| format!("Cookie: session={c}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{cookie}Connection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    get("/bench/seed", None);
+    get("/bench/read", Some("tampered.cookie.value"));
+    let page = get("/metrics", None);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(page.contains("text/plain"), "{page}");
+    assert!(page.contains("hipflask_sessions_loaded_total"), "{page}");
+    assert!(page.contains("hipflask_cookies_rejected_total{reason=\"bad_signature\"}"), "{page}");
+}

@@ -18,7 +18,7 @@ fn frozen() -> u64 {
 
 fn demo(store: Arc<dyn Store>) -> axum::Router {
     let session = hipflask::Config::builder().secret_key("secret").clock(frozen).store(store.clone()).build().unwrap();
-    app(DemoConfig { session, store: Some(store) })
+    app(DemoConfig { session, store: Some(store), metrics: None })
 }
 
 async fn memory() -> Arc<dyn Store> {

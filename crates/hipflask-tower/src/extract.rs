@@ -38,7 +38,7 @@ impl Session {
     /// handler's own response stands (make new changes and save again to retry).
     pub async fn save(&self) -> Result<(), hipflask::Error> {
         let config = &self.slot.config;
-        match crate::within(config.store_timeout(), config.save_session(&self.inner)).await {
+        match crate::within("save", config.store_timeout(), config.save_session(&self.inner)).await {
             Ok(outcome) => {
                 self.slot.remember(outcome);
                 Ok(())

@@ -175,10 +175,14 @@ impl LazySession {
         }
         let cookies: Vec<&[u8]> = slot.cookies.values().collect();
         let config = &slot.config;
-        let loaded = match within(config.store_timeout(), config.load_session(&cookies)).await {
+        let loading = config.load_session(&cookies);
+        let result =
+            if config.is_server_side() { within("load", config.store_timeout(), loading).await } else { loading.await };
+        let loaded = match result {
             Ok(s) => s,
             Err(e) => config.on_load_failure(e)?,
         };
+        metrics::counter!("hipflask_sessions_loaded_total").increment(1);
         // Two loads racing within one request: the first one stored wins.
         Ok(slot.session.get_or_init(|| loaded).clone())
     }
@@ -255,7 +259,7 @@ where
                     };
                     let save: SaveFuture = Box::pin(async move {
                         let config = &slot.config;
-                        let outcome = within(config.store_timeout(), config.save_session(&session)).await?;
+                        let outcome = within("save", config.store_timeout(), config.save_session(&session)).await?;
                         Ok(slot.finish(Some(outcome)))
                     });
                     state.set(State::Saving { save, response: Some(response) });
@@ -271,8 +275,24 @@ where
     }
 }
 
-/// Runs a store operation within the configured time limit.
+/// Runs a store operation within the configured time limit, recording how
+/// long it took (`hipflask_store_seconds{op}`) and failures by kind.
 async fn within<T>(
+    name: &'static str,
+    limit: Option<std::time::Duration>,
+    op: impl Future<Output = Result<T, hipflask::Error>>,
+) -> Result<T, hipflask::Error> {
+    let start = std::time::Instant::now();
+    let result = bounded(limit, op).await;
+    metrics::histogram!("hipflask_store_seconds", "op" => name).record(start.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        metrics::counter!("hipflask_store_errors_total", "op" => name, "kind" => format!("{:?}", e.kind()))
+            .increment(1);
+    }
+    result
+}
+
+async fn bounded<T>(
     limit: Option<std::time::Duration>,
     op: impl Future<Output = Result<T, hipflask::Error>>,
 ) -> Result<T, hipflask::Error> {
@@ -300,7 +320,14 @@ fn cookie_outcome(slot: &Slot) -> Result<Option<SaveOutcome>, hipflask::Error> {
         }
         None => return Ok(None),
     };
-    config.save(&session).map(Some)
+    let outcome = config.save(&session)?;
+    if let Some(cookie) = &outcome.set_cookie {
+        // A deletion cookie has an empty value.
+        let deleted = cookie.as_bytes().get(config.cookie_name().len() + 1) == Some(&b';');
+        let name = if deleted { "hipflask_sessions_destroyed_total" } else { "hipflask_sessions_saved_total" };
+        metrics::counter!(name).increment(1);
+    }
+    Ok(Some(outcome))
 }
 
 /// Applies a save's outcome to the response, or replaces the response with

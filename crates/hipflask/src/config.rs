@@ -645,6 +645,7 @@ impl Config {
         match result {
             Ok(data) => Session::from_dict(data),
             Err(e) => {
+                metrics::counter!("hipflask_cookies_rejected_total", "reason" => e.reason()).increment(1);
                 tracing::warn!(reason = e.reason(), error = %e, "rejected session cookie; starting an empty session");
                 Session::new()
             }

@@ -109,12 +109,14 @@ impl Config {
         if state.destroy || (modified && falsy(&data)) {
             if state.stored.is_some() {
                 store.delete(&state.id).await?;
+                metrics::counter!("hipflask_sessions_destroyed_total").increment(1);
             }
             if state.destroy && !falsy(&data) {
                 // Written to after destroy() (a "Logged out" flash, say): that
                 // is a new session under a new id, never the old one back.
                 let id = SessionId::generate();
                 store.create(&id, Record { data, created_at: now, expires_at }).await?;
+                metrics::counter!("hipflask_sessions_created_total").increment(1);
                 let expires = permanent.then_some(expires_at as i64);
                 out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&id), expires, false));
                 out.vary_cookie = true;
@@ -135,6 +137,7 @@ impl Config {
         let Some((_, stored_expires)) = state.stored else {
             if modified {
                 store.create(&state.id, Record { data, created_at: now, expires_at }).await?;
+                metrics::counter!("hipflask_sessions_created_total").increment(1);
                 out.set_cookie =
                     Some(self.server_cookie_header(&server.cookie_value(&state.id), cookie_expires, false));
                 out.vary_cookie = true;
@@ -165,12 +168,19 @@ impl Config {
         }
         let loaded = if server.conflict == ConflictPolicy::Reject { state.loaded } else { None };
         let update = Update { changes, expires_at, loaded };
-        match store.update(&state.id, &update, now).await? {
+        let updated = store.update(&state.id, &update, now).await.inspect_err(|e| {
+            if e.kind() == crate::ErrorKind::Conflict {
+                metrics::counter!("hipflask_session_conflicts_total").increment(1);
+            }
+        })?;
+        match updated {
             Updated::Gone => {
+                metrics::counter!("hipflask_sessions_gone_total").increment(1);
                 session.mark_saved(SessionId::generate(), None);
                 Ok(self.gone(out))
             }
             Updated::Applied => {
+                metrics::counter!("hipflask_sessions_saved_total").increment(1);
                 session.mark_saved(state.id.clone(), Some((created_at, expires_at)));
                 if modified || permanent {
                     let value = server.cookie_value(&state.id);

@@ -1,0 +1,90 @@
+//! What the middleware reports through the `metrics` facade.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use hipflask::{Config, MemoryStore};
+use hipflask_tower::{Session, SessionLayer};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tower::ServiceExt;
+
+async fn write(session: Session) -> &'static str {
+    session.insert("a", 1).unwrap();
+    "ok"
+}
+
+async fn read(session: Session) -> String {
+    session.get::<i64>("a").unwrap_or(0).to_string()
+}
+
+fn app(config: Config) -> Router {
+    Router::new().route("/write", get(write)).route("/read", get(read)).layer(SessionLayer::new(config))
+}
+
+fn send(app: &Router, path: &str, cookie: Option<&str>) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let mut req = http::Request::get(path);
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("session={c}"));
+    }
+    let res = rt.block_on(app.clone().oneshot(req.body(Body::empty()).unwrap())).unwrap();
+    let set = res.headers().get("set-cookie")?.to_str().unwrap().to_owned();
+    Some(set["session=".len()..set.find(';').unwrap()].to_owned())
+}
+
+/// (name, labels) -> counter value, and names of histograms with samples.
+fn read_metrics(snapshotter: &Snapshotter) -> (Vec<(String, String, u64)>, Vec<String>) {
+    let mut counters = Vec::new();
+    let mut histograms = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let name = key.key().name().to_owned();
+        let labels: Vec<String> = key.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        match value {
+            DebugValue::Counter(n) => counters.push((name, labels.join(","), n)),
+            DebugValue::Histogram(samples) if !samples.is_empty() => {
+                histograms.push(format!("{name}{{{}}}", labels.join(",")))
+            }
+            _ => {}
+        }
+    }
+    (counters, histograms)
+}
+
+fn count(counters: &[(String, String, u64)], name: &str, labels: &str) -> u64 {
+    counters.iter().filter(|(n, l, _)| n == name && l == labels).map(|(_, _, v)| *v).sum()
+}
+
+#[test]
+fn cookie_sessions_report_loads_saves_and_rejections() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let app = app(Config::builder().secret_key("secret").build().unwrap());
+        let cookie = send(&app, "/write", None).unwrap();
+        send(&app, "/read", Some(&cookie));
+        send(&app, "/read", Some("forged.cookie.value"));
+    });
+    let (counters, _) = read_metrics(&snapshotter);
+    assert_eq!(count(&counters, "hipflask_sessions_loaded_total", ""), 3);
+    assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
+    assert_eq!(count(&counters, "hipflask_cookies_rejected_total", "reason=bad_signature"), 1);
+}
+
+#[test]
+fn server_side_sessions_report_creation_saves_and_store_latency() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let config = Config::builder().secret_key("secret").store(Arc::new(MemoryStore::new())).build().unwrap();
+        let app = app(config);
+        let id = send(&app, "/write", None).unwrap();
+        send(&app, "/write", Some(&id));
+    });
+    let (counters, histograms) = read_metrics(&snapshotter);
+    assert_eq!(count(&counters, "hipflask_sessions_created_total", ""), 1);
+    assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
+    assert!(histograms.contains(&"hipflask_store_seconds{op=load}".to_owned()), "{histograms:?}");
+    assert!(histograms.contains(&"hipflask_store_seconds{op=save}".to_owned()), "{histograms:?}");
+}
