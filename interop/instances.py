@@ -109,6 +109,28 @@ def two_instances(label, env):
             p.wait()
 
 
+def outage(label, url, stop, start):
+    """Writes, stops the store with `stop()`, expects 503, restarts it with
+    `start()` and expects the app to recover with the session intact."""
+    c = Client()
+    c.request(url + "/bench/seed")
+    check(f"{label}: before the outage", c.request(url + "/bench/write")[1], "2")
+    stop()
+    statuses = {c.request(url + "/bench/write")[0] for _ in range(3)}
+    check(f"{label}: 503 while the store is down", statuses, {503})
+    check(f"{label}: pages without the session still work", c.request(url + "/bench/none"), (200, "ok"))
+    start()
+    ok = None
+    for _ in range(50):
+        status, body = c.request(url + "/bench/read")
+        if status == 200:
+            ok = body
+            break
+        time.sleep(0.2)
+    check(f"{label}: recovered without restarting the app, session intact", ok, "2")
+    check(f"{label}: and writable again", c.request(url + "/bench/write")[1], "3")
+
+
 def start_redis(port, data_dir):
     server = shutil.which("redis-server")
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir,
@@ -131,30 +153,22 @@ def redis_fault():
     data_dir = tempfile.mkdtemp(prefix="hipflask-fault-")
     redis = start_redis(port, data_dir)
     demo, url = start_demo({"SESSION_TYPE": "redis", "SESSION_REDIS": f"redis://127.0.0.1:{port}"})
+    procs = {"redis": redis}
     try:
-        c = Client()
-        c.request(url + "/bench/seed")
-        check("fault: before the outage", c.request(url + "/bench/write")[1], "2")
-        redis.terminate()
-        redis.wait()
-        statuses = {c.request(url + "/bench/write")[0] for _ in range(3)}
-        check("fault: 503 while the store is down", statuses, {503})
-        check("fault: pages without the session still work", c.request(url + "/bench/none"), (200, "ok"))
-        redis = start_redis(port, data_dir)
-        ok = None
-        for _ in range(50):
-            status, body = c.request(url + "/bench/read")
-            if status == 200:
-                ok = body
-                break
-            time.sleep(0.2)
-        check("fault: recovered without restarting the app, session intact", ok, "2")
-        check("fault: and writable again", c.request(url + "/bench/write")[1], "3")
+
+        def stop():
+            procs["redis"].terminate()
+            procs["redis"].wait()
+
+        def start():
+            procs["redis"] = start_redis(port, data_dir)
+
+        outage("redis fault", url, stop, start)
     finally:
         demo.terminate()
         demo.wait()
-        redis.terminate()
-        redis.wait()
+        procs["redis"].terminate()
+        procs["redis"].wait()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -190,32 +204,25 @@ def postgres_fault():
     pid = start_postgres(data_dir, port)
     demo, url = start_demo({"SESSION_TYPE": "postgresql",
                             "SESSION_DATABASE_URL": f"postgres://postgres@127.0.0.1:{port}/postgres"})
+    pids = {"pg": pid}
     try:
-        c = Client()
-        c.request(url + "/bench/seed")
-        check("pg fault: before the outage", c.request(url + "/bench/write")[1], "2")
-        os.kill(pid, 2)  # SIGINT: PostgreSQL's fast shutdown, by PID
-        for _ in range(100):
-            if not os.path.exists(f"{data_dir}/postmaster.pid"):
-                break
-            time.sleep(0.1)
-        statuses = {c.request(url + "/bench/write")[0] for _ in range(3)}
-        check("pg fault: 503 while the database is down", statuses, {503})
-        pid = start_postgres(data_dir, port)
-        ok = None
-        for _ in range(50):
-            status, body = c.request(url + "/bench/read")
-            if status == 200:
-                ok = body
-                break
-            time.sleep(0.2)
-        check("pg fault: recovered without restarting the app, session intact", ok, "2")
-        check("pg fault: and writable again", c.request(url + "/bench/write")[1], "3")
+
+        def stop():
+            os.kill(pids["pg"], 2)  # SIGINT: PostgreSQL's fast shutdown, by PID
+            for _ in range(100):
+                if not os.path.exists(f"{data_dir}/postmaster.pid"):
+                    break
+                time.sleep(0.1)
+
+        def start():
+            pids["pg"] = start_postgres(data_dir, port)
+
+        outage("pg fault", url, stop, start)
     finally:
         demo.terminate()
         demo.wait()
         try:
-            os.kill(pid, 2)
+            os.kill(pids["pg"], 2)
         except ProcessLookupError:
             pass
         time.sleep(0.5)
