@@ -255,22 +255,28 @@ fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
 /// Inflates a zlib stream, failing once the output would pass `cap` bytes.
 pub(crate) fn inflate_capped(data: &[u8], cap: usize) -> Result<Vec<u8>, CookieError> {
     let mut z = Decompress::new(true);
-    let mut out = Vec::with_capacity((data.len() * 4).min(cap));
+    let mut out = Vec::with_capacity((data.len() * 4).clamp(64, cap));
     loop {
         if out.len() == out.capacity() {
             if out.len() >= cap {
                 return Err(bad_payload(format!("compressed payload inflates past {cap} bytes")));
             }
-            out.reserve((out.capacity() * 2).min(cap) - out.len());
+            // Grow by at least 64 bytes: a buffer that never grows would spin.
+            let target = (out.capacity() * 2).max(64).min(cap);
+            out.reserve_exact(target - out.len());
         }
-        let consumed = z.total_in() as usize;
+        let (before_in, before_out) = (z.total_in(), z.total_out());
+        let consumed = before_in as usize;
         let status = z
             .decompress_vec(&data[consumed..], &mut out, FlushDecompress::Finish)
             .map_err(|_| bad_payload("could not zlib decompress the payload"))?;
         match status {
             Status::StreamEnd => return Ok(out),
             Status::Ok | Status::BufError => {
-                if z.total_in() as usize == data.len() && out.len() < out.capacity() {
+                // No input taken and no output made while there was room for
+                // output: the stream is truncated or cannot go on.
+                let stuck = z.total_in() == before_in && z.total_out() == before_out && out.len() < out.capacity();
+                if stuck || (z.total_in() as usize == data.len() && out.len() < out.capacity()) {
                     return Err(bad_payload("could not zlib decompress the payload: truncated"));
                 }
             }
@@ -302,6 +308,15 @@ mod tests {
         assert!(bomb.len() < 8 * 1024);
         let err = inflate_capped(&bomb, MAX_INFLATED_LEN).unwrap_err();
         assert_eq!(err.reason(), "bad_payload");
+    }
+
+    // Found by the signed_payload fuzzer: an empty compressed payload made a
+    // zero-capacity buffer that never grew, and the inflate loop spun forever.
+    #[test]
+    fn empty_compressed_payload_is_an_error_not_a_hang() {
+        assert!(inflate_capped(&[], MAX_INFLATED_LEN).is_err());
+        assert!(inflate_capped(&[0x78], MAX_INFLATED_LEN).is_err());
+        assert!(CookieCodec::decode_unverified("..ZVPxAA.x").is_err());
     }
 
     #[test]
