@@ -20,7 +20,9 @@
 
 use std::fmt;
 
-use hipflask::{Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, user_of};
+use hipflask::{
+    Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix, user_of,
+};
 use sqlx::Row as _;
 
 fn backend(e: sqlx::Error) -> Error {
@@ -91,19 +93,6 @@ const MYSQL: Dialect = Dialect {
     of_user: "SELECT id FROM hipflask_sessions WHERE user_id = ? AND expires_at > ? AND id LIKE ?",
     delete_user: "DELETE FROM hipflask_sessions WHERE user_id = ? AND id LIKE ?",
 };
-
-/// A LIKE pattern for keys starting with `prefix`, taken literally (`\` escapes).
-fn like_prefix(prefix: &str) -> String {
-    let mut p = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
-}
 
 macro_rules! sql_store {
     ($(#[$doc:meta])* $name:ident, $db:ty, $dialect:expr) => {
@@ -243,7 +232,7 @@ macro_rules! sql_store {
                 Box::pin(async move {
                     let done = sqlx::query($dialect.delete_expired)
                         .bind(now as i64)
-                        .bind(like_prefix(&self.prefix))
+                        .bind(sql_like_prefix(&self.prefix))
                         .execute(&self.pool)
                         .await
                         .map_err(backend)?;
@@ -255,7 +244,7 @@ macro_rules! sql_store {
                 Box::pin(async move {
                     let rows: Vec<String> = sqlx::query_scalar($dialect.list)
                         .bind(now as i64)
-                        .bind(like_prefix(&self.prefix))
+                        .bind(sql_like_prefix(&self.prefix))
                         .fetch_all(&self.pool)
                         .await
                         .map_err(backend)?;
@@ -268,7 +257,7 @@ macro_rules! sql_store {
                     let rows: Vec<String> = sqlx::query_scalar($dialect.of_user)
                         .bind(user)
                         .bind(now as i64)
-                        .bind(like_prefix(&self.prefix))
+                        .bind(sql_like_prefix(&self.prefix))
                         .fetch_all(&self.pool)
                         .await
                         .map_err(backend)?;
@@ -280,7 +269,7 @@ macro_rules! sql_store {
                 Box::pin(async move {
                     let done = sqlx::query($dialect.delete_user)
                         .bind(user)
-                        .bind(like_prefix(&self.prefix))
+                        .bind(sql_like_prefix(&self.prefix))
                         .execute(&self.pool)
                         .await
                         .map_err(backend)?;

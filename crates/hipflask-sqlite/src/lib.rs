@@ -21,7 +21,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use hipflask::{Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, user_of};
+use hipflask::{
+    Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix, user_of,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 /// The schema version this crate writes (`PRAGMA user_version`).
@@ -143,19 +145,6 @@ fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
     }
 }
 
-/// A LIKE pattern matching keys that start with `prefix`, taken literally.
-fn like_prefix(prefix: &str) -> String {
-    let mut p = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
-}
-
 fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<Record>, Error> {
     let row = conn
         .query_row(
@@ -234,7 +223,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
-        let like = like_prefix(&self.prefix);
+        let like = sql_like_prefix(&self.prefix);
         self.blocking(move |conn| {
             let n = conn
                 .execute(
@@ -268,7 +257,7 @@ impl Store for SqliteStore {
 
     fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
         let user = user.to_owned();
-        let like = like_prefix(&self.prefix);
+        let like = sql_like_prefix(&self.prefix);
         self.blocking(move |conn| {
             let n = conn
                 .execute(

@@ -99,7 +99,9 @@ pub use msgpack::{from_msgpack, from_stored_session, to_msgpack, value_to_msgpac
 pub use ser::to_value;
 pub use session::{FLASHES_KEY, Flash, PERMANENT_KEY, Session};
 pub use sid::{SESSION_ID_LEN, SID_SALT, SessionId, SidSigner};
-pub use store::{Changes, ConflictPolicy, Record, Store, StoreFuture, Update, Updated, apply_changes, user_of};
+pub use store::{
+    Changes, ConflictPolicy, Record, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix, user_of,
+};
 pub use value::{BigInt, DateTime, Dict, Value};
 
 /// Parses Flask's tagged JSON text (what Flask's session serializer writes)

@@ -173,3 +173,23 @@ pub fn user_of(data: &Dict, user_key: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// A SQL `LIKE` pattern matching keys that start with `prefix`, taken
+/// literally (`%`, `_` and `\\` escaped with `\\`, the default escape of
+/// PostgreSQL, MySQL and SQLite with `ESCAPE '\\'`). For SQL stores that keep
+/// `SESSION_KEY_PREFIX + id` as the key.
+///
+/// ```
+/// assert_eq!(hipflask::sql_like_prefix("app_%:"), "app\\_\\%:%");
+/// ```
+pub fn sql_like_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
