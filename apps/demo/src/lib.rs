@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Form, Path, State};
+use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
@@ -73,7 +73,16 @@ impl DemoConfig {
         let session_type = lookup("SESSION_TYPE").unwrap_or_default();
         let store: Option<Arc<dyn hipflask::Store>> = match session_type.trim().to_ascii_lowercase().as_str() {
             "" | "cookie" => None,
-            "memory" => Some(Arc::new(hipflask::MemoryStore::new())),
+            "memory" => {
+                let mut store = hipflask::MemoryStore::new();
+                if let Some(text) = lookup("SESSION_MEMORY_CAPACITY") {
+                    let capacity = text.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("SESSION_MEMORY_CAPACITY={text:?} must be a positive number of sessions")
+                    })?;
+                    store = store.with_capacity(capacity);
+                }
+                Some(Arc::new(store))
+            }
             "sqlite" => {
                 let url = lookup("SESSION_DATABASE_URL").unwrap_or_else(|| "sqlite://hipflask-sessions.db".into());
                 let Some(path) = url.strip_prefix("sqlite://") else {
@@ -623,7 +632,32 @@ async fn bench_write(session: Session) -> String {
     n.to_string()
 }
 
-async fn bench_seed(session: Session) -> &'static str {
+/// `?size=N` on `/bench/seed`.
+#[derive(Deserialize)]
+struct SeedSize {
+    size: Option<usize>,
+}
+
+/// Largest `?size=` the seed route takes: past a cookie's 4 KB, and bounded so a
+/// request cannot make the server build a huge session.
+const MAX_SEED_SIZE: usize = 64 * 1024;
+
+async fn bench_seed(session: Session, Query(seed): Query<SeedSize>) -> Response {
     session.insert_value("visits", Value::Int(1));
-    "1"
+    if let Some(size) = seed.size {
+        if size > MAX_SEED_SIZE {
+            return (StatusCode::BAD_REQUEST, format!("size must be at most {MAX_SEED_SIZE}\n")).into_response();
+        }
+        // An incompressible-looking pad, so a cookie's size follows `size` instead of
+        // collapsing under zlib: the benchmarks' size curve needs real bytes.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let pad: String = (0..size)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                char::from(b'a' + ((state >> 33) % 26) as u8)
+            })
+            .collect();
+        session.insert_value("pad", Value::Str(pad));
+    }
+    "1".into_response()
 }

@@ -193,6 +193,21 @@ async fn bench_routes() {
 }
 
 #[tokio::test]
+async fn bench_seed_makes_sessions_of_the_asked_size() {
+    let mut small = Client::new(demo());
+    small.get("/bench/seed").await;
+    let mut big = Client::new(demo());
+    assert_eq!(big.get("/bench/seed?size=3000").await.body, "1");
+    let (small, big) = (small.cookie.unwrap(), big.cookie.unwrap());
+    // The pad must not compress away: the cookie grows by about the size asked for.
+    assert!(big.len() > small.len() + 2500, "{} -> {}", small.len(), big.len());
+    let mut c = Client::new(demo());
+    let a = c.get("/bench/seed?size=70000").await;
+    assert_eq!((a.status, a.set_cookie()), (StatusCode::BAD_REQUEST, None));
+    assert_eq!(c.get("/bench/seed?size=ten").await.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn a_flask_written_cookie_is_read() {
     let mut c = Client::new(demo());
     // Flask 3.1.3 with SECRET_KEY="secret" at the frozen time (vector seed_permanent).
@@ -212,6 +227,16 @@ async fn settings_errors_name_the_variable() {
     let err = DemoConfig::from_lookup(env(&[("SESSION_COOKIE_SAMESITE", "sometimes")])).await.unwrap_err();
     assert!(err.contains("SESSION_COOKIE_SAMESITE"), "{err}");
     assert!(!err.contains('\n'));
+    let bad_capacities: [&'static [(&str, &str)]; 2] = [
+        &[("SESSION_TYPE", "memory"), ("SESSION_MEMORY_CAPACITY", "0")],
+        &[("SESSION_TYPE", "memory"), ("SESSION_MEMORY_CAPACITY", "lots")],
+    ];
+    for pairs in bad_capacities {
+        let err = DemoConfig::from_lookup(env(pairs)).await.unwrap_err();
+        assert!(err.starts_with("SESSION_MEMORY_CAPACITY="), "{err}");
+    }
+    let memory = env(&[("SESSION_TYPE", "memory"), ("SESSION_MEMORY_CAPACITY", "2000000"), ("SECRET_KEY", "k")]);
+    assert!(DemoConfig::from_lookup(memory).await.unwrap().0.store.is_some());
     let (_, warnings) = DemoConfig::from_lookup(env(&[])).await.unwrap();
     assert!(warnings[0].contains("SECRET_KEY is not set"), "{warnings:?}");
     let (_, warnings) = DemoConfig::from_lookup(env(&[("SECRET_KEY", "k"), ("SESSION_TYPE", "cookie")])).await.unwrap();
