@@ -3,7 +3,9 @@
 //! Flask's tagged JSON, compressed with zlib when that saves two bytes.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -116,6 +118,62 @@ impl std::error::Error for CookieError {}
 pub struct CookieCodec {
     keys: KeyRing,
     max_age: u64,
+    verified: Arc<VerifiedCookies>,
+}
+
+/// Cookies this codec verified recently, with what they decoded to.
+///
+/// A browser sends the same cookie on every request until the session
+/// changes, and verifying it (HMAC, base64, zlib, JSON) is most of a read's
+/// cost. A hit needs the exact bytes of a cookie that passed verification
+/// with this codec's keys, so nothing forged or altered can match; the age is
+/// checked again on every hit. Bounded: only cookies up to
+/// [`CACHED_COOKIE_MAX_LEN`] bytes, [`CACHE_SHARD_LEN`] per shard, a full
+/// shard is emptied.
+#[derive(Default)]
+struct VerifiedCookies {
+    shards: [Mutex<Shard>; CACHE_SHARDS],
+}
+
+/// Cookie text -> (session, the cookie's timestamp).
+type Shard = HashMap<Box<str>, (Dict, u64)>;
+
+const CACHE_SHARDS: usize = 8;
+const CACHE_SHARD_LEN: usize = 512;
+const CACHED_COOKIE_MAX_LEN: usize = 1024;
+
+impl VerifiedCookies {
+    /// The shard for a cookie: its last character, part of the signature, is
+    /// spread well enough and costs nothing to pick.
+    fn shard(&self, cookie: &str) -> std::sync::MutexGuard<'_, Shard> {
+        let i = cookie.as_bytes().last().map_or(0, |b| usize::from(*b) % CACHE_SHARDS);
+        self.shards[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, cookie: &str) -> Option<(Dict, u64)> {
+        self.shard(cookie).get(cookie).cloned()
+    }
+
+    fn put(&self, cookie: &str, data: &Dict, ts: u64) {
+        if cookie.len() > CACHED_COOKIE_MAX_LEN {
+            return;
+        }
+        let mut shard = self.shard(cookie);
+        if shard.len() >= CACHE_SHARD_LEN {
+            shard.clear();
+        }
+        shard.insert(cookie.into(), (data.clone(), ts));
+    }
+
+    fn forget(&self, cookie: &str) {
+        self.shard(cookie).remove(cookie);
+    }
+}
+
+impl fmt::Debug for VerifiedCookies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VerifiedCookies")
+    }
 }
 
 impl CookieCodec {
@@ -123,7 +181,8 @@ impl CookieCodec {
     /// of `fallbacks` (Flask's `SECRET_KEY_FALLBACKS`, oldest first), and
     /// rejects cookies older than `max_age` seconds.
     pub fn new(secret: &SecretKey, fallbacks: &[SecretKey], max_age: u64) -> CookieCodec {
-        CookieCodec { keys: KeyRing::new(secret, fallbacks, COOKIE_SALT.as_bytes()), max_age }
+        let keys = KeyRing::new(secret, fallbacks, COOKIE_SALT.as_bytes());
+        CookieCodec { keys, max_age, verified: Arc::default() }
     }
 
     /// The maximum age in seconds.
@@ -162,6 +221,15 @@ impl CookieCodec {
     /// signature, then age, then payload. A JSON `null` payload is an empty
     /// session, as in Flask.
     pub fn decode(&self, cookie: &str, now: u64) -> Result<Dict, CookieError> {
+        if let Some((data, ts)) = self.verified.get(cookie) {
+            return match self.check_age(ts, now) {
+                Ok(()) => Ok(data),
+                Err(e) => {
+                    self.verified.forget(cookie);
+                    Err(e)
+                }
+            };
+        }
         if cookie.len() > MAX_COOKIE_VALUE_LEN {
             return Err(CookieError::TooLong { len: cookie.len() });
         }
@@ -172,6 +240,14 @@ impl CookieCodec {
         }
         let (payload, ts) = signed.rsplit_once('.').ok_or(CookieError::MissingTimestamp)?;
         let ts = decode_timestamp(ts).ok_or(CookieError::MalformedTimestamp)?;
+        self.check_age(ts, now)?;
+        let data = decode_payload(payload)?;
+        self.verified.put(cookie, &data, ts);
+        Ok(data)
+    }
+
+    /// Flask's age rule: not from the future, not older than `max_age`.
+    fn check_age(&self, ts: u64, now: u64) -> Result<(), CookieError> {
         if ts > now {
             return Err(CookieError::FutureTimestamp { ahead: ts - now });
         }
@@ -179,7 +255,7 @@ impl CookieCodec {
         if age > self.max_age {
             return Err(CookieError::Expired { age, max_age: self.max_age });
         }
-        decode_payload(payload)
+        Ok(())
     }
 
     /// Reads a cookie's session without checking the signature or age: for
@@ -214,11 +290,30 @@ fn decode_payload(segment: &str) -> Result<Dict, CookieError> {
 /// itsdangerous' `base64_decode`: drop non-ASCII, pad with `=`, then decode
 /// with Python's non-strict URL-safe decoder.
 pub(crate) fn b64decode_lenient(text: &[u8]) -> Result<Vec<u8>, &'static str> {
+    // What itsdangerous writes, and so nearly every cookie: only URL-safe
+    // base64 characters, no padding, a valid length. Python ignores the unused
+    // low bits of the last character, and so does this engine.
+    let plain = text.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    if plain
+        && text.len() % 4 != 1
+        && let Ok(bytes) = ITSDANGEROUS_B64.decode(text)
+    {
+        return Ok(bytes);
+    }
     let mut ascii: Vec<u8> = text.iter().copied().filter(u8::is_ascii).collect();
     let pad = (4 - ascii.len() % 4) % 4;
     ascii.extend(std::iter::repeat_n(b'=', pad));
     json::python_b64decode(&ascii, true)
 }
+
+/// URL-safe base64 without padding, accepting nonzero trailing bits as
+/// Python's `base64.urlsafe_b64decode` does.
+const ITSDANGEROUS_B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+);
 
 fn decode_timestamp(text: &str) -> Option<u64> {
     let bytes = b64decode_lenient(text.as_bytes()).ok()?;
@@ -237,6 +332,9 @@ thread_local! {
 /// `zlib.compress(data)` (level 6, zlib wrapper), returned only when it is at
 /// least two bytes shorter than `data`, Flask's rule.
 fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
+    if deflate_cannot_win(data) {
+        return None;
+    }
     // Compression can only win when len(C) <= len(B) - 2, so a buffer of that
     // size either holds the finished stream or proves compression does not pay.
     let limit = data.len().checked_sub(2)?;
@@ -250,6 +348,91 @@ fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
         z.reset();
         finished.then_some(out)
     })
+}
+
+/// Largest input [`deflate_cannot_win`] reasons about: well inside one deflate
+/// block (zlib ends a block after 16383 symbols), and past it zlib is cheap
+/// relative to the rest of the work anyway.
+const PROOF_MAX_LEN: usize = 1024;
+
+/// Whether no deflate stream zlib could write for `data` is short enough for
+/// Flask's rule (zlib's 6 bytes of header and checksum plus deflate data at
+/// most `len - 8` bytes), proven from a lower bound on the deflate bits. Only
+/// "true" skips zlib, so the bound must never be above what zlib can reach;
+/// `tests::skipping_never_changes_the_decision` checks it against zlib.
+///
+/// Running zlib costs microseconds per write (resetting its state clears a
+/// 64 KiB table), the bulk of a small cookie's encode, and small sessions such
+/// as `{"visits":2}` can never compress: the bound settles them in nanoseconds.
+fn deflate_cannot_win(data: &[u8]) -> bool {
+    let n = data.len();
+    if n <= 8 {
+        return true;
+    }
+    if n > PROOF_MAX_LEN {
+        return false;
+    }
+    // A byte can be part of a match only if one of the three 3-byte strings
+    // holding it occurred earlier (a match copies at least 3 earlier bytes, and
+    // every 3-byte string inside a match is such a repeat). Hash collisions only
+    // mark more bytes as matchable, which keeps the bound sound.
+    let mut seen = [0u64; 64];
+    let mut repeat = [false; PROOF_MAX_LEN];
+    for i in 0..n.saturating_sub(2) {
+        let key = u32::from_be_bytes([0, data[i], data[i + 1], data[i + 2]]);
+        let slot = (key.wrapping_mul(0x9E37_79B1) >> 20) as usize;
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        repeat[i] = seen[word] & bit != 0;
+        seen[word] |= bit;
+    }
+    // Bytes that must be sent as literals, by value.
+    let mut counts = [0u32; 256];
+    let mut literals = 0u32;
+    for p in 0..n {
+        let matchable = repeat[p] || (p >= 1 && repeat[p - 1]) || (p >= 2 && repeat[p - 2]);
+        if !matchable {
+            counts[usize::from(data[p])] += 1;
+            literals += 1;
+        }
+    }
+    // Fixed Huffman: 3 header bits, 8 or 9 bits a literal, 7 bits end of block.
+    let fixed: u32 = 10 + counts.iter().enumerate().map(|(b, c)| c * if b < 144 { 8 } else { 9 }).sum::<u32>();
+    // Dynamic Huffman: 17 header bits, at least 4 code-length codes of 3 bits,
+    // at least one distance code length (1 bit), the end-of-block code (1 bit),
+    // the literal/length code lengths, then the literals themselves, which no
+    // prefix code sends in fewer bits than their empirical entropy.
+    let mut dynamic = 17.0 + 12.0 + 1.0 + 1.0 + f64::from(code_lengths_bits(&counts));
+    let total = f64::from(literals);
+    for &c in counts.iter().filter(|c| **c > 0) {
+        let c = f64::from(c);
+        dynamic += c * (total / c).log2();
+    }
+    // Stored blocks always take n + 5 bytes or more, so they never win. Keep a
+    // margin of one bit for floating-point rounding in the entropy.
+    let best = f64::from(fixed).min(dynamic - 1.0);
+    best > 8.0 * (n as f64 - 8.0)
+}
+
+/// The fewest bits that can send the code lengths of literals 0..=256 when
+/// the symbols with a count (and end-of-block, 256) have nonzero lengths:
+/// a run of `m` nonzero lengths takes at least `1 + (m - 1) / 2` bits (one
+/// explicit length, then at best code 16 repeating it six times for 3 bits),
+/// a run of `g` zeros at least `min(g, 4)` bits (single zeros of 1 bit, or
+/// codes 17/18 with 3 or 7 extra bits; code 16 cannot start a zero run after
+/// a nonzero length).
+fn code_lengths_bits(counts: &[u32; 256]) -> u32 {
+    let used = |symbol: usize| symbol == 256 || counts[symbol] > 0;
+    let (mut bits, mut symbol) = (0u32, 0usize);
+    while symbol <= 256 {
+        let start = symbol;
+        let nonzero = used(symbol);
+        while symbol <= 256 && used(symbol) == nonzero {
+            symbol += 1;
+        }
+        let run = (symbol - start) as u32;
+        bits += if nonzero { 1 + (run - 1).div_ceil(2) } else { run.min(4) };
+    }
+    bits
 }
 
 /// Inflates a zlib stream, failing once the output would pass `cap` bytes.
@@ -308,6 +491,133 @@ mod tests {
         assert!(bomb.len() < 8 * 1024);
         let err = inflate_capped(&bomb, MAX_INFLATED_LEN).unwrap_err();
         assert_eq!(err.reason(), "bad_payload");
+    }
+
+    /// Flask's decision made with zlib alone.
+    fn zlib_wins(data: &[u8]) -> bool {
+        let mut z = Compress::new(Compression::new(6), true);
+        let mut out = Vec::with_capacity(data.len() * 2 + 64);
+        z.compress_vec(data, &mut out, FlushCompress::Finish).unwrap();
+        out.len() + 2 <= data.len()
+    }
+
+    /// Inputs shaped like sessions and like what breaks bounds: JSON with
+    /// repeated keys, short alphabets, runs, random bytes, all lengths to 1100.
+    fn samples() -> Vec<Vec<u8>> {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        let mut out = Vec::new();
+        for case in 0..30_000u64 {
+            let len = next(1100) as usize + 1;
+            let data: Vec<u8> = match case % 5 {
+                // A small alphabet: skewed entropy, many repeats.
+                0 => (0..len).map(|_| b"ab"[next(2) as usize]).collect(),
+                1 => (0..len).map(|_| (next(95) + 32) as u8).collect(),
+                2 => (0..len).map(|_| next(256) as u8).collect(),
+                3 => {
+                    let alphabet = next(20) + 2;
+                    (0..len).map(|_| (b'a' as u64 + next(alphabet)) as u8).collect()
+                }
+                _ => {
+                    let mut json = String::from("{");
+                    while json.len() < len {
+                        let key = next(1000);
+                        json.push_str(&format!("\"k{key}\":{},", next(1 << 20)));
+                    }
+                    json.push('}');
+                    json.into_bytes()
+                }
+            };
+            out.push(data);
+        }
+        for n in 0..40 {
+            out.push(format!("{{\"visits\":{n}}}").into_bytes());
+            out.push(vec![b'a'; n * 7]);
+        }
+        out
+    }
+
+    #[test]
+    fn skipping_never_changes_the_decision() {
+        let mut skipped = 0;
+        for data in samples() {
+            if deflate_cannot_win(&data) {
+                skipped += 1;
+                assert!(!zlib_wins(&data), "the bound skipped a payload zlib compresses: {data:?}");
+            }
+        }
+        // The bound must also be useful, or the fast path is dead code.
+        assert!(skipped > 1000, "only {skipped} skipped");
+        assert!(deflate_cannot_win(br#"{"visits":2}"#));
+        assert!(deflate_cannot_win(br#"{"_permanent":true,"visits":12}"#));
+    }
+
+    #[test]
+    fn verified_cookies_are_remembered_but_rules_still_hold() {
+        let codec = CookieCodec::new(&SecretKey::new("secret").unwrap(), &[], 100);
+        let other = CookieCodec::new(&SecretKey::new("other").unwrap(), &[], 100);
+        let mut session = Dict::new();
+        session.insert("user".into(), crate::Value::from("alice"));
+        let cookie = codec.encode(&session, 1000);
+        assert!(codec.verified.get(&cookie).is_none(), "encoding alone caches nothing");
+        assert_eq!(codec.decode(&cookie, 1000).unwrap(), session);
+        assert!(codec.verified.get(&cookie).is_some());
+        // A hit is still subject to the age rules, in both directions.
+        assert_eq!(codec.decode(&cookie, 1100).unwrap(), session);
+        assert!(matches!(codec.decode(&cookie, 999), Err(CookieError::FutureTimestamp { ahead: 1 })));
+        assert!(matches!(codec.decode(&cookie, 1101), Err(CookieError::Expired { age: 101, .. })));
+        assert!(codec.verified.get(&cookie).is_none(), "an expired cookie is forgotten");
+        // Another key never sees this codec's cache; altered bytes never hit it.
+        assert_eq!(codec.decode(&cookie, 1000).unwrap(), session);
+        assert!(matches!(other.decode(&cookie, 1000), Err(CookieError::BadSignature)));
+        let mut altered = cookie.clone().into_bytes();
+        altered[2] ^= 1;
+        assert!(codec.decode(std::str::from_utf8(&altered).unwrap(), 1000).is_err());
+        // Bounded: a shard that fills up starts over.
+        for i in 0..(CACHE_SHARDS * CACHE_SHARD_LEN * 2) {
+            let mut s = Dict::new();
+            s.insert("i".into(), crate::Value::from(i as i64));
+            codec.decode(&codec.encode(&s, 1000), 1000).unwrap();
+        }
+        let cached: usize = codec.verified.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(cached <= CACHE_SHARDS * CACHE_SHARD_LEN, "{cached}");
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let pad: String = (0..2000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        let long = codec.encode(&[("pad".to_owned(), crate::Value::from(pad))].into(), 1000);
+        assert!(long.len() > CACHED_COOKIE_MAX_LEN);
+        codec.decode(&long, 1000).unwrap();
+        assert!(codec.verified.get(&long).is_none(), "long cookies are not kept");
+    }
+
+    #[test]
+    fn base64_fast_path_agrees_with_python_rules() {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for len in 0..64 {
+            for _ in 0..200 {
+                let text: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        alphabet[(state >> 58) as usize]
+                    })
+                    .collect();
+                let mut padded = text.clone();
+                padded.extend(std::iter::repeat_n(b'=', (4 - len % 4) % 4));
+                assert_eq!(b64decode_lenient(&text), json::python_b64decode(&padded, true), "{text:?}");
+            }
+        }
     }
 
     // Found by the signed_payload fuzzer: an empty compressed payload made a
