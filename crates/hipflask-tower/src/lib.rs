@@ -257,6 +257,11 @@ where
                     let Some(session) = slot.session.get().cloned() else {
                         return Poll::Ready(Ok(response));
                     };
+                    // A request that only read: answered now, no store call, no future.
+                    if let Some(outcome) = slot.config.save_session_in_place(&session) {
+                        finish(Ok(slot.finish(Some(outcome))), &mut response);
+                        return Poll::Ready(Ok(response));
+                    }
                     let save: SaveFuture = Box::pin(async move {
                         let config = &slot.config;
                         let outcome = within("save", config.store_timeout(), config.save_session(&session)).await?;

@@ -88,3 +88,32 @@ fn server_side_sessions_report_creation_saves_and_store_latency() {
     assert!(histograms.contains(&"hipflask_store_seconds{op=load}".to_owned()), "{histograms:?}");
     assert!(histograms.contains(&"hipflask_store_seconds{op=save}".to_owned()), "{histograms:?}");
 }
+
+#[test]
+fn requests_that_only_read_make_no_save_call() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let config = Config::builder().secret_key("secret").store(Arc::new(MemoryStore::new())).build().unwrap();
+        let app = app(config);
+        let id = send(&app, "/write", None).unwrap();
+        for _ in 0..3 {
+            assert_eq!(send(&app, "/read", Some(&id)), None, "a read sets no cookie");
+        }
+    });
+    let samples = |op: &str| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == "hipflask_store_seconds")
+            .filter(|(key, ..)| key.key().labels().any(|l| l.value() == op))
+            .map(|(.., value)| match value {
+                DebugValue::Histogram(s) => s.len(),
+                _ => 0,
+            })
+            .sum::<usize>()
+    };
+    // One save for the write; the three reads are answered without the store.
+    assert_eq!(samples("save"), 1);
+}

@@ -613,6 +613,17 @@ impl Config {
         }
     }
 
+    /// Saves `session` when that needs no store call, which is every request
+    /// that only read a server-side session (with no expiry refresh due):
+    /// `Some` is then exactly what [`save_session`](Config::save_session)
+    /// would return, without its future. `None` means call `save_session`.
+    pub fn save_session_in_place(&self, session: &Session) -> Option<SaveOutcome> {
+        match &self.0.server {
+            None => None,
+            Some(server) => self.save_server_in_place(server, session),
+        }
+    }
+
     /// Saves the request's session with whichever backend is configured and
     /// says what the response needs.
     pub async fn save_session(&self, session: &Session) -> Result<SaveOutcome, Error> {

@@ -83,12 +83,29 @@ impl Config {
         Ok(Session::server(record.data, id, Some((record.created_at, record.expires_at)), keep))
     }
 
+    /// The save of a server-side session that needs no store call: nothing
+    /// changed and no expiry refresh is due. `None` means call `save_server`.
+    pub(crate) fn save_server_in_place(&self, server: &ServerSide, session: &Session) -> Option<SaveOutcome> {
+        let (accessed, stored) = session.unchanged_server()?;
+        if let Some((_, stored_expires)) = stored {
+            let last_refresh = stored_expires.saturating_sub(self.lifetime_secs());
+            if self.refresh_each_request() && self.now().saturating_sub(last_refresh) >= server.refresh_after {
+                return None;
+            }
+        }
+        Some(SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None })
+    }
+
     /// Saves a server-side session and says what the response needs.
     pub(crate) async fn save_server(&self, server: &ServerSide, session: &Session) -> Result<SaveOutcome, Error> {
         let Some(state) = session.server_state() else {
             return self.save(session);
         };
-        let (data, modified, accessed) = session.inspect(|d, m, a| (d.clone(), m, a));
+        // Most requests only read: look at the data in place, and copy it out
+        // only on the paths that create a record.
+        let (modified, accessed, permanent, empty) =
+            session.inspect(|d, m, a| (m, a, d.get(PERMANENT_KEY).is_some_and(Value::is_truthy), falsy(d)));
+        let data = || session.inspect(|d, _, _| d.clone());
         let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
         if state.read_only {
             if modified {
@@ -103,19 +120,18 @@ impl Config {
         if let Some(t) = server.absolute_timeout {
             expires_at = expires_at.min(created_at.saturating_add(t));
         }
-        let permanent = data.get(PERMANENT_KEY).is_some_and(Value::is_truthy);
         let store = &server.store;
 
-        if state.destroy || (modified && falsy(&data)) {
+        if state.destroy || (modified && empty) {
             if state.stored.is_some() {
                 store.delete(&state.id).await?;
                 metrics::counter!("hipflask_sessions_destroyed_total").increment(1);
             }
-            if state.destroy && !falsy(&data) {
+            if state.destroy && !empty {
                 // Written to after destroy() (a "Logged out" flash, say): that
                 // is a new session under a new id, never the old one back.
                 let id = SessionId::generate();
-                store.create(&id, Record { data, created_at: now, expires_at }).await?;
+                store.create(&id, Record { data: data(), created_at: now, expires_at }).await?;
                 metrics::counter!("hipflask_sessions_created_total").increment(1);
                 let expires = permanent.then_some(expires_at as i64);
                 out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&id), expires, false));
@@ -130,13 +146,13 @@ impl Config {
             session.mark_saved(SessionId::generate(), None);
             return Ok(out);
         }
-        if falsy(&data) {
+        if empty {
             return Ok(out);
         }
         let cookie_expires = permanent.then_some(expires_at as i64);
         let Some((_, stored_expires)) = state.stored else {
             if modified {
-                store.create(&state.id, Record { data, created_at: now, expires_at }).await?;
+                store.create(&state.id, Record { data: data(), created_at: now, expires_at }).await?;
                 metrics::counter!("hipflask_sessions_created_total").increment(1);
                 out.set_cookie =
                     Some(self.server_cookie_header(&server.cookie_value(&state.id), cookie_expires, false));

@@ -420,6 +420,19 @@ impl Session {
         Changes { cleared: inner.cleared, keys }
     }
 
+    /// For a server-side session this request did not change (no writes, no
+    /// destroy or regenerate): whether it was accessed, and the stored
+    /// record's times unless it is a read-only (fail-open) session, which is
+    /// never written. `None` when a save has work to do, or for cookies.
+    pub(crate) fn unchanged_server(&self) -> Option<(bool, Option<(u64, u64)>)> {
+        let inner = self.raw();
+        let server = inner.server.as_ref()?;
+        if inner.modified || server.destroy || server.regenerate {
+            return None;
+        }
+        Some((inner.accessed, if server.read_only { None } else { server.stored }))
+    }
+
     /// An empty session that is never saved, for fail-open reads.
     pub(crate) fn read_only_server() -> Session {
         let s = Session::server(Dict::new(), SessionId::generate(), None, false);
