@@ -1,0 +1,225 @@
+"""Turns bench/results/latest.json into docs/BENCHMARKS.md and docs/benchmarks.png."""
+
+import json
+import sys
+from pathlib import Path
+
+# Each hipflask backend against the Flask deployment it replaces.
+FLASK_PEER = {"cookie": "flask-cookie"}
+SERVER_SIDE_FLASK = "flask-redis"
+TARGETS = {"cookie": (1.05, 1.2), "memory": (1.1, 1.15), "redis": (1.8, 3.0)}
+
+
+def fmt_rps(r):
+    return f"{r['rps'] / 1000:.1f}k" if r["rps"] >= 1000 else f"{r['rps']:.0f}"
+
+
+def fmt_lat(us):
+    if us is None:
+        return "?"
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
+
+
+def cpu(r):
+    if r.get("store_us", 0) >= 0.05:
+        return f"{r['server_us']:.1f} + {r['store_us']:.1f}"
+    return f"{r['server_us']:.1f}"
+
+
+def cell(r):
+    bad = f", **{r['non_2xx']} non-2xx**" if r["non_2xx"] else ""
+    return f"{fmt_rps(r)}; {cpu(r)} us; p50 {fmt_lat(r['p50_us'])}, p99 {fmt_lat(r['p99_us'])}{bad}"
+
+
+def write(results, docs):
+    main = results["main"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Made by `bench/run.sh` (driver `bench/run.py`, report `bench/report.py`); raw numbers in",
+        "`bench/results/latest.json`. Every server runs pinned to CPU 0 with `taskset`; `wrk -t1 -c32` runs",
+        "on CPU 1, and so does the benchmark's own `redis-server`. PostgreSQL and MariaDB are the machine's",
+        "shared services (not pinned). CPU per request is read from `/proc` around each run: the server's",
+        "process tree, plus the store's processes after the `+`. At these rates one wrk thread on one core",
+        "is itself the ceiling for requests/s, so **CPU microseconds per request is the figure that counts**;",
+        "only ratios taken in one run are meaningful, absolute numbers drift on this shared machine.",
+        "",
+        f"Run of {results['machine']['date']} on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
+        f"{results['seconds']} s per measurement, {results['sessions']} seeded sessions rotated by a wrk Lua script.",
+        "",
+        "![CPU per request and size curve](benchmarks.png)",
+        "",
+        "## Side by side",
+        "",
+        "Each cell: requests/s; CPU us per request (server + store); latency p50, p99.",
+        "",
+        "| server | /bench/none | /bench/read | /bench/write |",
+        "|---|---|---|---|",
+    ]
+    for name, row in main.items():
+        lines.append(f"| {row['label']} | " + " | ".join(cell(row[r]) for r in ("none", "read", "write")) + " |")
+
+    bare = main.get("axum-bare")
+    if bare:
+        lines += [
+            "",
+            "## CPU per request against bare axum",
+            "",
+            "Server + store CPU per request divided by bare axum's in the same run. Targets from the",
+            "performance issue in brackets.",
+            "",
+            "| server | /bench/read | /bench/write |",
+            "|---|---|---|",
+        ]
+        for name, row in main.items():
+            if name == "axum-bare" or row["group"] == "flask":
+                continue
+            target = TARGETS.get(name)
+            ratios = []
+            for i, route in enumerate(("read", "write")):
+                ratio = row[route]["cpu_us"] / bare[route]["cpu_us"]
+                mark = ""
+                if target:
+                    mark = f" (target {target[i]}x: {'met' if ratio <= target[i] else 'missed'})"
+                ratios.append(f"{ratio:.2f}x{mark}")
+            lines.append(f"| {row['label']} | {ratios[0]} | {ratios[1]} |")
+
+    flask_rows = [(n, r) for n, r in main.items() if r["group"] == "hipflask"]
+    if flask_rows and any(p in main for p in ("flask-cookie", SERVER_SIDE_FLASK)):
+        lines += [
+            "",
+            "## Against Flask",
+            "",
+            "Requests/s of each hipflask backend divided by the Flask deployment it replaces (the built-in",
+            "cookie session for the cookie backend, Flask-Session on Redis for server-side stores), both",
+            "on the same core. Goal: at least 30x.",
+            "",
+            "| backend | compared with | /bench/read | /bench/write |",
+            "|---|---|---|---|",
+        ]
+        for name, row in flask_rows:
+            peer = main.get(FLASK_PEER.get(name, SERVER_SIDE_FLASK))
+            if not peer:
+                continue
+            ratios = [f"{row[r]['rps'] / peer[r]['rps']:.0f}x" for r in ("read", "write")]
+            lines.append(f"| {row['label']} | {peer['label']} | {ratios[0]} | {ratios[1]} |")
+
+    ops = [(n, r) for n, r in main.items() if "store_ops" in r.get("read", {})]
+    if ops:
+        lines += [
+            "",
+            "## Store work per request",
+            "",
+            "Redis: commands executed per request (`INFO stats`); MariaDB: statements per request (`Questions`);",
+            "PostgreSQL: transactions per request (`pg_stat_database`, each statement outside a transaction",
+            "counts as one). Pipelined commands share one round trip.",
+            "",
+            "| server | /bench/none | /bench/read | /bench/write |",
+            "|---|---|---|---|",
+        ]
+        for name, row in ops:
+            lines.append(f"| {row['label']} | " + " | ".join(f"{row[r].get('store_ops', 0):.2f}" for r in ("none", "read", "write")) + " |")
+
+    contention = [(n, r) for n, r in main.items() if "contention" in r]
+    if contention:
+        lines += [
+            "",
+            "## Contention: one session, 32 connections",
+            "",
+            "wrk sends the same session cookie on all 32 connections to `/bench/write` for the whole run; every",
+            "answered request incremented the counter once. Afterwards the counter is read back. A request",
+            "still in flight when wrk stops may be applied without being counted, so a store that loses",
+            "nothing ends up to 32 above `1 + answered`.",
+            "",
+            "| server | increments answered 2xx | counter afterwards | lost |",
+            "|---|---|---|---|",
+        ]
+        for name, row in contention:
+            c = row["contention"]
+            expected = 1 + c["succeeded"]
+            final = c["final"]
+            lost = "?" if final is None else (f"{max(expected - final, 0)} ({max(expected - final, 0) / expected:.1%})")
+            lines.append(f"| {row['label']} | {c['succeeded']} | {final} | {lost} |")
+
+    growth = results.get("growth") or {}
+    if growth:
+        lines += [
+            "",
+            "## Growth: 1k to 1M live sessions",
+            "",
+            "The same 1,000 sessions are read and written while the store holds more and more other live",
+            "sessions (made through `/bench/seed`). CPU us per request, server + store.",
+            "",
+            "| backend | live sessions | /bench/read | /bench/write | server RSS |",
+            "|---|---|---|---|---|",
+        ]
+        for name, points in growth.items():
+            for p in points:
+                lines.append(
+                    f"| {name} | {p['sessions']:,} | {p['read']['cpu_us']:.1f} | {p['write']['cpu_us']:.1f} | {p['rss'] / 2**20:.0f} MiB |"
+                )
+            first, last = points[0], points[-1]
+            change = [last[r]["cpu_us"] / first[r]["cpu_us"] - 1 for r in ("read", "write")]
+            lines.append(f"| {name} | change {first['sessions']:,} -> {last['sessions']:,} | {change[0]:+.0%} | {change[1]:+.0%} | |")
+        mem = growth.get("memory")
+        if mem and len(mem) > 1:
+            per = (mem[-1]["rss"] - mem[0]["rss"]) / (mem[-1]["sessions"] - mem[0]["sessions"])
+            lines += ["", f"Memory store: about **{per:.0f} bytes per live session** (`{{\"visits\": 1}}`), from the RSS growth."]
+
+    sizes = results.get("sizes") or {}
+    if sizes:
+        lines += [
+            "",
+            "## Cost against session size",
+            "",
+            "1,000 sessions each holding `visits` and a pad string of the given size (not compressible),",
+            "CPU us per request (server + store).",
+            "",
+            "| backend | " + " | ".join(f"{p['size']} B read / write" for p in next(iter(sizes.values()))) + " |",
+            "|---|" + "---|" * len(next(iter(sizes.values()))),
+        ]
+        for name, points in sizes.items():
+            lines.append(f"| {name} | " + " | ".join(f"{p['read']['cpu_us']:.1f} / {p['write']['cpu_us']:.1f}" for p in points) + " |")
+
+    (docs / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    chart(results, docs / "benchmarks.png")
+
+
+def chart(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: chart not drawn", file=sys.stderr)
+        return
+    main = results["main"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
+    names = [n for n, r in main.items() if r["group"] != "flask"]
+    x = range(len(names))
+    for i, route in enumerate(("read", "write")):
+        server = [main[n][route]["server_us"] for n in names]
+        store = [main[n][route]["store_us"] for n in names]
+        pos = [v + (i - 0.5) * 0.4 for v in x]
+        colors = ["#4c72b0" if main[n]["group"] == "hipflask" else "#999999" for n in names]
+        ax1.bar(pos, server, 0.38, color=colors, alpha=1.0 if route == "read" else 0.6, label=f"/bench/{route} server")
+        ax1.bar(pos, store, 0.38, bottom=server, color="#dd8452", alpha=1.0 if route == "read" else 0.6, label=f"/bench/{route} store")
+    ax1.set_xticks(list(x))
+    ax1.set_xticklabels(names, rotation=35, ha="right")
+    ax1.set_ylabel("CPU microseconds per request (lower is better)")
+    ax1.set_title("read (solid) and write (light) per server; hipflask blue, peers grey")
+    for name, points in (results.get("sizes") or {}).items():
+        ax2.plot([p["size"] for p in points], [p["write"]["cpu_us"] for p in points], marker="o", label=f"{name} write")
+        ax2.plot([p["size"] for p in points], [p["read"]["cpu_us"] for p in points], marker=".", linestyle="--", label=f"{name} read")
+    ax2.set_xlabel("session size (bytes)")
+    ax2.set_ylabel("CPU microseconds per request")
+    ax2.set_title("cost against session size")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parent.parent
+    write(json.loads((root / "bench" / "results" / "latest.json").read_text()), root / "docs")

@@ -1,0 +1,409 @@
+"""HTTP benchmark driver: hipflask's backends and its peers, side by side, on one machine.
+
+Run through bench/run.sh, which builds the servers and makes the venv. Every server is pinned
+to CPU 0 and wrk to CPU 1 (with the benchmark's own Redis). For each server and route it
+records requests/s, latency p50/p99 and the CPU time per request spent by the server process
+tree (and by the store's processes, when there is one), read from /proc before and after the
+run. Results go to bench/results/latest.json, docs/BENCHMARKS.md and docs/benchmarks.png.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
+SERVER_CPU, LOAD_CPU = "0", "1"
+ROUTES = ("none", "read", "write")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_stat(pid):
+    """(ppid, utime + stime in ticks) of one process, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def all_pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def tree_ticks(root):
+    """CPU ticks of a process and all its descendants (gunicorn's workers, say)."""
+    stats = {pid: proc_stat(pid) for pid in all_pids()}
+    children = {}
+    for pid, st in stats.items():
+        if st:
+            children.setdefault(st[0], []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if stats.get(pid):
+            total += stats[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def named_ticks(names):
+    """CPU ticks of every process whose command name is one of `names` (a shared database)."""
+    total = 0
+    for pid in all_pids():
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in names:
+            st = proc_stat(pid)
+            total += st[1] if st else 0
+    return total
+
+
+def rss_bytes(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Server:
+    """One bench server: a command run pinned to the server CPU, and how to count its store."""
+
+    def __init__(self, name, label, argv, env=None, store=None, group="hipflask"):
+        self.name, self.label, self.argv, self.group = name, label, argv, group
+        self.env = {**os.environ, **(env or {})}
+        self.store = store  # ("pid", pid) | ("names", {...}) | None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self):
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *argv], env=self.env, stdout=self.log, stderr=self.log)
+        for _ in range(300):
+            if self.proc.poll() is not None:
+                break
+            try:
+                urllib.request.urlopen(self.url + "/bench/none", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.log.seek(0)
+        raise RuntimeError(f"{self.name} did not start: {self.log.read().decode(errors='replace')[-2000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def server_ticks(self):
+        return tree_ticks(self.proc.pid)
+
+    def store_ticks(self):
+        if not self.store:
+            return 0
+        kind, what = self.store
+        return tree_ticks(what) if kind == "pid" else named_ticks(what)
+
+    def get(self, path, cookie=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        set_cookie = [h.split(";", 1)[0] for h in resp.headers.get_all("Set-Cookie") or []]
+        conn.close()
+        return resp.status, body, set_cookie
+
+    def seed(self, n, size=None):
+        """n fresh sessions with visits=1; returns their Cookie header values."""
+        path = "/bench/seed" + (f"?size={size}" if size else "")
+        cookies = []
+        for i in range(n):
+            status, _, set_cookie = self.get(path)
+            if status == 200 and self.name == "axum-bare":
+                # No sessions here: send a cookie of the same size, so request bytes match.
+                cookies.append(f"session=eyJ2aXNpdHMiOjF9.ZVPxAA.{i:027d}")
+                continue
+            if status != 200 or not set_cookie:
+                raise RuntimeError(f"{self.name}: seeding answered {status} {set_cookie}")
+            cookies.append(set_cookie[0])
+        return cookies
+
+    def metric(self, name):
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def lua_script(cookies, directory):
+    """A wrk script that sends the cookies in turn (none: no Cookie header at all)."""
+    path = Path(directory) / f"cookies-{len(cookies)}-{time.monotonic_ns()}.lua"
+    quoted = ",\n".join(json.dumps(c) for c in cookies)
+    path.write_text(
+        f"local cookies = {{\n{quoted}\n}}\nlocal i = 0\n"
+        "request = function()\n"
+        "  if #cookies == 0 then return wrk.format('GET') end\n"
+        "  i = i % #cookies + 1\n"
+        "  return wrk.format('GET', nil, {['Cookie'] = cookies[i]})\n"
+        "end\n"
+    )
+    return path
+
+
+UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def wrk(url, seconds, script, connections=32):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    lat = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "requests": requests,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_us": lat.get("50"),
+        "p99_us": lat.get("99"),
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+    }
+
+
+def measure(server, route, seconds, script):
+    """One wrk run with CPU accounting around it."""
+    s0, t0 = server.server_ticks(), server.store_ticks()
+    result = wrk(f"{server.url}/bench/{route}", seconds, script)
+    s1, t1 = server.server_ticks(), server.store_ticks()
+    n = max(result["requests"], 1)
+    result["server_us"] = (s1 - s0) * TICK_US / n
+    result["store_us"] = (t1 - t0) * TICK_US / n
+    result["cpu_us"] = result["server_us"] + result["store_us"]
+    return result
+
+
+def redis_commands(url):
+    host, port = re.match(r"redis://([^:/]+):(\d+)", url).groups()
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"INFO stats\r\n")
+        data = b""
+        while b"total_commands_processed" not in data or not data.endswith(b"\r\n"):
+            data += s.recv(65536)
+    return int(re.search(rb"total_commands_processed:(\d+)", data).group(1))
+
+
+def sql_scalar(kind, query):
+    if kind == "postgresql":
+        argv = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-tAc", query]
+    else:
+        argv = ["mariadb", "-h", "127.0.0.1", "-u", "root", "test", "-N", "-B", "-e", query]
+    return int(float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()[-1]))
+
+
+def store_statements(kind, redis_url):
+    """A counter of what the store executed: Redis commands, MariaDB statements, PostgreSQL transactions."""
+    if kind in ("redis", "tower-redis", "actix-redis", "flask-redis"):
+        return redis_commands(redis_url)
+    if kind == "postgresql":
+        return sql_scalar(kind, "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'test'")
+    if kind == "mysql":
+        return sql_scalar(kind, "SHOW GLOBAL STATUS LIKE 'Questions'")
+    return None
+
+
+def servers(args, tmp, redis_url):
+    demo = [str(args.target / "release" / "hipflask-demo"), "--bind", "127.0.0.1:{port}"]
+    peer = [str(args.target / "release" / "bench-peer")]
+    redis_store = ("pid", args.redis_pid)
+    base = {"SECRET_KEY": "bench-secret", "RUST_LOG": "error"}
+    pg = os.environ.get("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+    my = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+    gunicorn = [str(args.venv / "bin" / "gunicorn"), "-w", "2", "-b", "127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "flask_app:app"]
+    prefix = f"bench-{os.getpid()}:"
+    return [
+        Server("axum-bare", "axum, no session layer", [*peer, "axum-bare", "127.0.0.1:{port}"], group="peer"),
+        Server("cookie", "hipflask, signed cookie", demo, {**base, "SESSION_TYPE": "cookie"}),
+        Server("memory", "hipflask, memory", demo, {**base, "SESSION_TYPE": "memory", "SESSION_MEMORY_CAPACITY": "2000000"}),
+        Server("filesystem", "hipflask, filesystem", demo, {**base, "SESSION_TYPE": "filesystem", "SESSION_FILE_DIR": f"{tmp}/files"}),
+        Server("sqlite", "hipflask, SQLite", demo, {**base, "SESSION_TYPE": "sqlite", "SESSION_DATABASE_URL": f"sqlite://{tmp}/sessions.db"}),
+        Server("redis", "hipflask, Redis", demo, {**base, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix}, redis_store),
+        Server("postgresql", "hipflask, PostgreSQL", demo, {**base, "SESSION_TYPE": "postgresql", "SESSION_DATABASE_URL": pg, "SESSION_KEY_PREFIX": prefix}, ("names", {"postgres"})),
+        Server("mysql", "hipflask, MariaDB", demo, {**base, "SESSION_TYPE": "mysql", "SESSION_DATABASE_URL": my, "SESSION_KEY_PREFIX": prefix}, ("names", {"mariadbd", "mysqld"})),
+        Server("tower-memory", "axum + tower-sessions 0.15, MemoryStore", [*peer, "tower-memory", "127.0.0.1:{port}"], group="peer"),
+        Server("actix-cookie", "actix-web 4 + actix-session 0.11, signed cookie", [*peer, "actix-cookie", "127.0.0.1:{port}"], group="peer"),
+        Server("tower-redis", "axum + tower-sessions 0.14, Redis (fred)", [*peer, "tower-redis", "127.0.0.1:{port}"], {"REDIS_URL": redis_url}, redis_store, group="peer"),
+        Server("actix-redis", "actix-web 4 + actix-session 0.11, Redis", [*peer, "actix-redis", "127.0.0.1:{port}"], {"REDIS_URL": redis_url}, redis_store, group="peer"),
+        Server("flask-cookie", "Flask 3.1 cookie session, gunicorn 2 sync workers", gunicorn, {"FLASK_BENCH_STORE": "cookie"}, group="flask"),
+        Server("flask-redis", "Flask + Flask-Session 0.8, Redis, gunicorn 2 workers", gunicorn, {"FLASK_BENCH_STORE": "redis", "REDIS_URL": redis_url}, redis_store, group="flask"),
+    ]
+
+
+def run_server(server, args, tmp, redis_url, results):
+    server.start()
+    try:
+        cookies = server.seed(args.sessions)
+        many = lua_script(cookies, tmp)
+        contended = server.seed(1)[0]
+        one = lua_script([contended], tmp)
+        measure(server, "read", 2, many)  # warm-up, not recorded
+        row = {"label": server.label, "group": server.group}
+        for route in ROUTES:
+            before = store_statements(server.name, redis_url)
+            row[route] = measure(server, route, args.seconds, many)
+            if before is not None:
+                row[route]["store_ops"] = (store_statements(server.name, redis_url) - before) / max(row[route]["requests"], 1)
+            print(f"  {server.name:13} /bench/{route:5} {row[route]['rps']:9.0f} req/s  {row[route]['cpu_us']:6.1f} us/req "
+                  f"(server {row[route]['server_us']:.1f} + store {row[route]['store_us']:.1f})  non-2xx {row[route]['non_2xx']}", flush=True)
+        if server.name not in ("axum-bare", "cookie", "actix-cookie", "flask-cookie"):
+            # Contention: every connection increments the same session's counter.
+            run = measure(server, "write", args.seconds, one)
+            status, body, _ = server.get("/bench/read", contended)
+            succeeded = run["requests"] - run["non_2xx"]
+            row["contention"] = {**run, "succeeded": succeeded, "final": int(body) if status == 200 else None}
+            print(f"  {server.name:13} contention: {succeeded} increments answered 2xx, counter now {body}", flush=True)
+        results[server.name] = row
+    finally:
+        server.stop()
+
+
+def growth(server, args, tmp, results):
+    """Per-request cost as the number of live sessions grows (1k -> 100k -> 1M)."""
+    server.start()
+    try:
+        script = lua_script(server.seed(1000), tmp)
+        bulk = lua_script([], tmp)
+        points = []
+        for target in args.growth:
+            while server.metric("hipflask_sessions_created_total") < target:
+                wrk(f"{server.url}/bench/seed", 5, bulk)
+            live = int(server.metric("hipflask_sessions_created_total"))
+            point = {"sessions": live, "rss": rss_bytes(server.proc.pid)}
+            for route in ("read", "write"):
+                point[route] = measure(server, route, args.seconds, script)
+            points.append(point)
+            print(f"  {server.name:13} {live:>8} sessions: read {point['read']['cpu_us']:.1f} us, write {point['write']['cpu_us']:.1f} us, "
+                  f"RSS {point['rss'] / 2**20:.0f} MiB", flush=True)
+        results[server.name] = points
+    finally:
+        server.stop()
+
+
+def size_curve(server, args, tmp, results):
+    server.start()
+    try:
+        points = []
+        for size in args.sizes:
+            script = lua_script(server.seed(args.sessions, size), tmp)
+            point = {"size": size}
+            for route in ("read", "write"):
+                point[route] = measure(server, route, args.seconds, script)
+            points.append(point)
+            print(f"  {server.name:13} {size:>5} B: read {point['read']['cpu_us']:.1f} us, write {point['write']['cpu_us']:.1f} us", flush=True)
+        results[server.name] = points
+    finally:
+        server.stop()
+
+
+def start_redis(tmp):
+    port = free_port()
+    proc = subprocess.Popen(
+        ["taskset", "-c", LOAD_CPU, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            redis_commands(f"redis://127.0.0.1:{port}")
+            return proc, f"redis://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the benchmark's redis-server did not start")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=int, default=10, help="length of each measured wrk run")
+    ap.add_argument("--sessions", type=int, default=1000, help="seeded cookies rotated by wrk")
+    ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: main,growth,sizes")
+    ap.add_argument("--growth", default="1000,100000,1000000", help="live-session counts for the growth runs")
+    ap.add_argument("--sizes", default="100,500,1000,2000,3500", help="session sizes in bytes for the size curve")
+    ap.add_argument("--target", type=Path, required=True, help="cargo target directory holding the release binaries")
+    ap.add_argument("--venv", type=Path, required=True, help="venv with flask, flask-session, gunicorn, redis")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = ap.parse_args()
+    args.growth = [int(x) for x in args.growth.split(",") if x]
+    args.sizes = [int(x) for x in args.sizes.split(",") if x]
+    only = {x for x in args.only.split(",") if x}
+    skip = {x for x in args.skip.split(",") if x}
+
+    tmp = tempfile.mkdtemp(prefix="hipflask-bench-")
+    redis_proc, redis_url = start_redis(tmp)
+    args.redis_pid = redis_proc.pid
+    results = {"machine": machine(), "seconds": args.seconds, "sessions": args.sessions, "main": {}, "growth": {}, "sizes": {}}
+    if args.out.exists():
+        previous = json.loads(args.out.read_text())
+        for part in ("main", "growth", "sizes"):
+            results[part] = previous.get(part, {}) if (part in skip or only) else {}
+    try:
+        if "main" not in skip:
+            print("== main table", flush=True)
+            for server in servers(args, tmp, redis_url):
+                if not only or server.name in only:
+                    run_server(server, args, tmp, redis_url, results["main"])
+        by_name = {s.name: s for s in servers(args, tmp, redis_url)}
+        if "growth" not in skip:
+            print("== growth", flush=True)
+            for name in ("memory", "sqlite", "redis"):
+                if not only or name in only:
+                    growth(by_name[name], args, tmp, results["growth"])
+        if "sizes" not in skip:
+            print("== size curve", flush=True)
+            by_name = {s.name: s for s in servers(args, tmp, redis_url)}
+            for name in ("cookie", "memory", "sqlite", "redis"):
+                if not only or name in only:
+                    size_curve(by_name[name], args, tmp, results["sizes"])
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    import report
+
+    report.write(results, ROOT / "docs")
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    return {"cpu": cpu, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "kernel": os.uname().release}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()

@@ -1,0 +1,187 @@
+//! `bench-peer KIND ADDR`: one of hipflask's peers serving the demo's bench-route contract.
+//!
+//! `GET /bench/none` never touches the session, `/bench/read` answers the integer `visits` (0 if
+//! absent), `/bench/write` increments it and answers the new value, `/bench/seed` sets it to 1.
+//! Every peer is configured the way its documentation shows, with the `Secure` cookie flag off
+//! because the benchmark speaks plain HTTP on loopback.
+
+use std::net::SocketAddr;
+
+const KINDS: &str = "axum-bare | tower-memory | tower-redis | actix-cookie | actix-redis";
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(kind), Some(addr)) = (args.next(), args.next()) else {
+        eprintln!("usage: bench-peer KIND ADDR   (KIND: {KINDS}; Redis peers read REDIS_URL)");
+        std::process::exit(2);
+    };
+    let addr: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    match kind.as_str() {
+        "axum-bare" => tokio_main(axum_peer::bare(), addr),
+        "tower-memory" => tokio_main(axum_peer::tower_memory(), addr),
+        "tower-redis" => {
+            let runtime = tokio_runtime()?;
+            let app = runtime.block_on(axum_peer::tower_redis(&redis))?;
+            runtime.block_on(axum_peer::serve(app, addr))
+        }
+        "actix-cookie" => actix_peer::serve(actix_peer::Backend::Cookie, addr),
+        "actix-redis" => actix_peer::serve(actix_peer::Backend::Redis(redis), addr),
+        other => {
+            eprintln!("unknown peer {other:?}; one of: {KINDS}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn tokio_main(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
+    tokio_runtime()?.block_on(axum_peer::serve(app, addr))
+}
+
+mod axum_peer {
+    use std::net::SocketAddr;
+
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    pub(crate) async fn serve(app: Router, addr: SocketAddr) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        eprintln!("peer on http://{}/", listener.local_addr()?);
+        axum::serve(listener, app).await
+    }
+
+    /// The same routes with no session layer: the floor every session library is measured against.
+    pub(crate) fn bare() -> Router {
+        Router::new()
+            .route("/bench/none", get(|| async { "ok" }))
+            .route("/bench/read", get(|| async { "0" }))
+            .route("/bench/write", get(|| async { "1" }))
+            .route("/bench/seed", get(|| async { "1" }))
+    }
+
+    type Answer = Result<String, StatusCode>;
+
+    fn failed<E>(_: E) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    /// The four routes for one tower-sessions version (0.14 and 0.15 share the handler API).
+    macro_rules! tower_routes {
+        ($ts:ident) => {
+            Router::new()
+                .route("/bench/none", get(|| async { "ok" }))
+                .route(
+                    "/bench/read",
+                    get(|session: $ts::Session| async move {
+                        let n: Option<i64> = session.get("visits").await.map_err(failed)?;
+                        Answer::Ok(n.unwrap_or(0).to_string())
+                    }),
+                )
+                .route(
+                    "/bench/write",
+                    get(|session: $ts::Session| async move {
+                        let n: Option<i64> = session.get("visits").await.map_err(failed)?;
+                        let n = n.unwrap_or(0) + 1;
+                        session.insert("visits", n).await.map_err(failed)?;
+                        Answer::Ok(n.to_string())
+                    }),
+                )
+                .route(
+                    "/bench/seed",
+                    get(|session: $ts::Session| async move {
+                        session.insert("visits", 1i64).await.map_err(failed)?;
+                        Answer::Ok("1".into())
+                    }),
+                )
+        };
+    }
+
+    pub(crate) fn tower_memory() -> Router {
+        let store = tower_sessions::MemoryStore::default();
+        tower_routes!(tower_sessions).layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false))
+    }
+
+    pub(crate) async fn tower_redis(url: &str) -> std::io::Result<Router> {
+        use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
+        let config = Config::from_url(url).map_err(std::io::Error::other)?;
+        let pool = Pool::new(config, None, None, None, 4).map_err(std::io::Error::other)?;
+        pool.init().await.map_err(std::io::Error::other)?;
+        let store = tower_sessions_redis_store::RedisStore::new(pool);
+        let layer = tower_sessions_014::SessionManagerLayer::new(store).with_secure(false);
+        Ok(tower_routes!(tower_sessions_014).layer(layer))
+    }
+}
+
+mod actix_peer {
+    use std::net::SocketAddr;
+
+    use actix_session::config::CookieContentSecurity;
+    use actix_session::storage::{CookieSessionStore, RedisSessionStore, SessionStore};
+    use actix_session::{Session, SessionMiddleware};
+    use actix_web::cookie::Key;
+    use actix_web::{App, HttpResponse, HttpServer, web};
+
+    pub(crate) enum Backend {
+        Cookie,
+        Redis(String),
+    }
+
+    fn failed<E: std::fmt::Display>(e: E) -> actix_web::Error {
+        actix_web::error::ErrorInternalServerError(e.to_string())
+    }
+
+    async fn none() -> HttpResponse {
+        HttpResponse::Ok().body("ok")
+    }
+
+    async fn read(session: Session) -> actix_web::Result<String> {
+        Ok(session.get::<i64>("visits").map_err(failed)?.unwrap_or(0).to_string())
+    }
+
+    async fn write(session: Session) -> actix_web::Result<String> {
+        let n = session.get::<i64>("visits").map_err(failed)?.unwrap_or(0) + 1;
+        session.insert("visits", n).map_err(failed)?;
+        Ok(n.to_string())
+    }
+
+    async fn seed(session: Session) -> actix_web::Result<String> {
+        session.insert("visits", 1i64).map_err(failed)?;
+        Ok("1".into())
+    }
+
+    fn middleware<S: SessionStore>(store: S, key: &Key, signed: bool) -> SessionMiddleware<S> {
+        let builder = SessionMiddleware::builder(store, key.clone()).cookie_secure(false);
+        // actix-session's cookie store encrypts by default; the Flask-comparable mode is signed.
+        let builder = if signed { builder.cookie_content_security(CookieContentSecurity::Signed) } else { builder };
+        builder.build()
+    }
+
+    #[actix_web::main]
+    pub(crate) async fn serve(backend: Backend, addr: SocketAddr) -> std::io::Result<()> {
+        let key = Key::generate();
+        let redis = match &backend {
+            Backend::Cookie => None,
+            Backend::Redis(url) => Some(RedisSessionStore::new(url.clone()).await.map_err(std::io::Error::other)?),
+        };
+        eprintln!("peer on http://{addr}/");
+        HttpServer::new(move || {
+            let routes = web::scope("/bench")
+                .route("/read", web::get().to(read))
+                .route("/write", web::get().to(write))
+                .route("/seed", web::get().to(seed));
+            let app = App::new().route("/bench/none", web::get().to(none));
+            match &redis {
+                None => app.service(routes.wrap(middleware(CookieSessionStore::default(), &key, true))),
+                Some(store) => app.service(routes.wrap(middleware(store.clone(), &key, false))),
+            }
+        })
+        .bind(addr)?
+        .run()
+        .await
+    }
+}
