@@ -94,6 +94,10 @@ const MYSQL: Dialect = Dialect {
     delete_user: "DELETE FROM hipflask_sessions WHERE user_id = ? AND id LIKE ?",
 };
 
+/// How long a pooled connection may sit unused before it is pinged on its
+/// way out of the pool.
+const IDLE_PING_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 macro_rules! sql_store {
     ($(#[$doc:meta])* $name:ident, $db:ty, $dialect:expr) => {
         $(#[$doc])*
@@ -113,9 +117,22 @@ macro_rules! sql_store {
         impl $name {
             /// Connects (a pool of up to 10 connections) and creates the table if needed.
             pub async fn connect(url: &str) -> Result<$name, Error> {
+                // sqlx pings every connection it hands out by default: a round
+                // trip and a third of a load's CPU. A connection in steady use
+                // has just proven itself, so only one idle for a while (the one
+                // that may have died with a database restart) is pinged.
                 let pool = sqlx::pool::PoolOptions::<$db>::new()
                     .max_connections(10)
                     .acquire_timeout(std::time::Duration::from_secs(5))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= IDLE_PING_AFTER {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(url)
                     .await
                     .map_err(backend)?;
