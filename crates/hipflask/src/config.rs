@@ -424,6 +424,19 @@ impl ConfigBuilder {
         if let Some(v) = get("SESSION_PERMANENT") {
             b.session_permanent = parse_bool("SESSION_PERMANENT", &v)?;
         }
+        // hipflask's own: whether a save that would overwrite a key another
+        // request changed since this one loaded it is refused (409).
+        if let Some(v) = get("SESSION_CONFLICTS") {
+            b.conflict = match v.trim().to_ascii_lowercase().as_str() {
+                "reject" => ConflictPolicy::Reject,
+                "last-write-wins" => ConflictPolicy::LastWriteWins,
+                _ => {
+                    return Err(Error::config(format!(
+                        "SESSION_CONFLICTS must be reject or last-write-wins, not {v:?}"
+                    )));
+                }
+            };
+        }
         Ok(b)
     }
 
@@ -784,6 +797,12 @@ mod tests {
         assert!(err.to_string().contains("SESSION_COOKIE_SECURE"), "{err}");
         let err = ConfigBuilder::from_lookup(env(&[("PERMANENT_SESSION_LIFETIME", "31d")])).unwrap_err();
         assert!(err.to_string().contains("PERMANENT_SESSION_LIFETIME"), "{err}");
+        let b = ConfigBuilder::from_lookup(env(&[("SESSION_CONFLICTS", "Reject")])).unwrap();
+        assert_eq!(b.conflict, ConflictPolicy::Reject);
+        let b = ConfigBuilder::from_lookup(env(&[("SESSION_CONFLICTS", "last-write-wins")])).unwrap();
+        assert_eq!(b.conflict, ConflictPolicy::LastWriteWins);
+        let err = ConfigBuilder::from_lookup(env(&[("SESSION_CONFLICTS", "merge")])).unwrap_err();
+        assert!(err.to_string().starts_with("SESSION_CONFLICTS must be"), "{err}");
         let err = ConfigBuilder::from_lookup(env(&[])).unwrap().build().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().contains("SECRET_KEY"), "{err}");
