@@ -45,7 +45,8 @@ def write(results, docs):
         "only ratios taken in one run are meaningful, absolute numbers drift on this shared machine.",
         "",
         f"Run of {results['machine']['date']} on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
-        f"{results['seconds']} s per measurement, {results['sessions']} seeded sessions rotated by a wrk Lua script.",
+        f"{results['seconds']} s per measurement, the median of {results.get('rounds', 1)} interleaved rounds, "
+        f"{results['sessions']} seeded sessions rotated by a wrk Lua script.",
         "",
         "![CPU per request and size curve](benchmarks.png)",
         "",
@@ -131,15 +132,19 @@ def write(results, docs):
             "still in flight when wrk stops may be applied without being counted, so a store that loses",
             "nothing ends up to 32 above `1 + answered`.",
             "",
-            "| server | increments answered 2xx | counter afterwards | lost |",
-            "|---|---|---|---|",
+            "hipflask's server-side stores run with `SESSION_CONFLICTS=reject`: a save over a key that another",
+            "request changed after this one loaded it is refused with 409, so the client knows its increment",
+            "did not happen; every increment that was answered 2xx must be in the counter.",
+            "",
+            "| server | increments answered 2xx | refused (non-2xx) | counter afterwards | acknowledged increments lost |",
+            "|---|---|---|---|---|",
         ]
         for name, row in contention:
             c = row["contention"]
             expected = 1 + c["succeeded"]
             final = c["final"]
             lost = "?" if final is None else (f"{max(expected - final, 0)} ({max(expected - final, 0) / expected:.1%})")
-            lines.append(f"| {row['label']} | {c['succeeded']} | {final} | {lost} |")
+            lines.append(f"| {row['label']} | {c['succeeded']} | {c['non_2xx']} | {final} | {lost} |")
 
     growth = results.get("growth") or {}
     if growth:

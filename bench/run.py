@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = "0", "1"
 ROUTES = ("none", "read", "write")
+DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
 
 
 def free_port():
@@ -242,6 +243,9 @@ def servers(args, tmp, redis_url):
     peer = [str(args.target / "release" / "bench-peer")]
     redis_store = ("pid", args.redis_pid)
     base = {"SECRET_KEY": "bench-secret", "RUST_LOG": "error"}
+    # Server-side stores run with the no-lost-updates guarantee on: a save over
+    # a key changed since the request loaded it is refused with 409.
+    server_side = {**base, "SESSION_CONFLICTS": "reject"}
     pg = os.environ.get("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
     my = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
     gunicorn = [str(args.venv / "bin" / "gunicorn"), "-w", "2", "-b", "127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "flask_app:app"]
@@ -249,12 +253,12 @@ def servers(args, tmp, redis_url):
     return [
         Server("axum-bare", "axum, no session layer", [*peer, "axum-bare", "127.0.0.1:{port}"], group="peer"),
         Server("cookie", "hipflask, signed cookie", demo, {**base, "SESSION_TYPE": "cookie"}),
-        Server("memory", "hipflask, memory", demo, {**base, "SESSION_TYPE": "memory", "SESSION_MEMORY_CAPACITY": "2000000"}),
-        Server("filesystem", "hipflask, filesystem", demo, {**base, "SESSION_TYPE": "filesystem", "SESSION_FILE_DIR": f"{tmp}/files"}),
-        Server("sqlite", "hipflask, SQLite", demo, {**base, "SESSION_TYPE": "sqlite", "SESSION_DATABASE_URL": f"sqlite://{tmp}/sessions.db"}),
-        Server("redis", "hipflask, Redis", demo, {**base, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix}, redis_store),
-        Server("postgresql", "hipflask, PostgreSQL", demo, {**base, "SESSION_TYPE": "postgresql", "SESSION_DATABASE_URL": pg, "SESSION_KEY_PREFIX": prefix}, ("names", {"postgres"})),
-        Server("mysql", "hipflask, MariaDB", demo, {**base, "SESSION_TYPE": "mysql", "SESSION_DATABASE_URL": my, "SESSION_KEY_PREFIX": prefix}, ("names", {"mariadbd", "mysqld"})),
+        Server("memory", "hipflask, memory", demo, {**server_side, "SESSION_TYPE": "memory", "SESSION_MEMORY_CAPACITY": "2000000"}),
+        Server("filesystem", "hipflask, filesystem", demo, {**server_side, "SESSION_TYPE": "filesystem", "SESSION_FILE_DIR": f"{tmp}/files"}),
+        Server("sqlite", "hipflask, SQLite", demo, {**server_side, "SESSION_TYPE": "sqlite", "SESSION_DATABASE_URL": f"sqlite://{tmp}/sessions.db"}),
+        Server("redis", "hipflask, Redis", demo, {**server_side, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix}, redis_store),
+        Server("postgresql", "hipflask, PostgreSQL", demo, {**server_side, "SESSION_TYPE": "postgresql", "SESSION_DATABASE_URL": pg, "SESSION_KEY_PREFIX": prefix}, ("names", {"postgres"})),
+        Server("mysql", "hipflask, MariaDB", demo, {**server_side, "SESSION_TYPE": "mysql", "SESSION_DATABASE_URL": my, "SESSION_KEY_PREFIX": prefix}, ("names", {"mariadbd", "mysqld"})),
         Server("tower-memory", "axum + tower-sessions 0.15, MemoryStore", [*peer, "tower-memory", "127.0.0.1:{port}"], group="peer"),
         Server("actix-cookie", "actix-web 4 + actix-session 0.11, signed cookie", [*peer, "actix-cookie", "127.0.0.1:{port}"], group="peer"),
         Server("tower-redis", "axum + tower-sessions 0.14, Redis (fred)", [*peer, "tower-redis", "127.0.0.1:{port}"], {"REDIS_URL": redis_url}, redis_store, group="peer"),
@@ -264,32 +268,55 @@ def servers(args, tmp, redis_url):
     ]
 
 
-def run_server(server, args, tmp, redis_url, results):
-    server.start()
+def median_run(runs):
+    """The run with the median CPU per request, so its other figures stay consistent."""
+    return sorted(runs, key=lambda r: r["cpu_us"])[len(runs) // 2]
+
+
+def main_table(all_servers, args, tmp, redis_url, results):
+    """Every server started at once (idle ones cost nothing), then measured in
+    interleaved rounds: drift on a shared machine hits all servers alike, and
+    each figure is the median of the rounds."""
+    prepared = []
     try:
-        cookies = server.seed(args.sessions)
-        many = lua_script(cookies, tmp)
-        contended = server.seed(1)[0]
-        one = lua_script([contended], tmp)
-        measure(server, "read", 2, many)  # warm-up, not recorded
-        row = {"label": server.label, "group": server.group}
-        for route in ROUTES:
-            before = store_statements(server.name, redis_url)
-            row[route] = measure(server, route, args.seconds, many)
-            if before is not None:
-                row[route]["store_ops"] = (store_statements(server.name, redis_url) - before) / max(row[route]["requests"], 1)
-            print(f"  {server.name:13} /bench/{route:5} {row[route]['rps']:9.0f} req/s  {row[route]['cpu_us']:6.1f} us/req "
-                  f"(server {row[route]['server_us']:.1f} + store {row[route]['store_us']:.1f})  non-2xx {row[route]['non_2xx']}", flush=True)
-        if server.name not in ("axum-bare", "cookie", "actix-cookie", "flask-cookie"):
-            # Contention: every connection increments the same session's counter.
-            run = measure(server, "write", args.seconds, one)
-            status, body, _ = server.get("/bench/read", contended)
+        for server in all_servers:
+            server.start()
+            prepared.append(server)
+            server.many = lua_script(server.seed(args.sessions), tmp)
+            server.contended = server.seed(1)[0]
+            measure(server, "read", 1, server.many)  # warm-up, not recorded
+        runs = {(s.name, r): [] for s in prepared for r in ROUTES}
+        for round_ in range(args.rounds):
+            for route in ROUTES:
+                for server in prepared:
+                    before = store_statements(server.name, redis_url)
+                    run = measure(server, route, args.seconds, server.many)
+                    if before is not None:
+                        run["store_ops"] = (store_statements(server.name, redis_url) - before) / max(run["requests"], 1)
+                    runs[(server.name, route)].append(run)
+                    print(f"  round {round_ + 1} {server.name:13} /bench/{route:5} {run['rps']:9.0f} req/s  "
+                          f"{run['cpu_us']:6.1f} us/req (server {run['server_us']:.1f} + store {run['store_us']:.1f})  "
+                          f"non-2xx {run['non_2xx']}", flush=True)
+        for server in prepared:
+            row = {"label": server.label, "group": server.group}
+            for route in ROUTES:
+                row[route] = median_run(runs[(server.name, route)])
+                row[route]["rounds_cpu_us"] = [r["cpu_us"] for r in runs[(server.name, route)]]
+            results[server.name] = row
+        print("== contention: one session, all connections", flush=True)
+        for server in prepared:
+            if server.name in ("axum-bare", "cookie", "actix-cookie", "flask-cookie"):
+                continue
+            # Every connection increments the same session's counter.
+            run = measure(server, "write", args.seconds, lua_script([server.contended], tmp))
+            status, body, _ = server.get("/bench/read", server.contended)
             succeeded = run["requests"] - run["non_2xx"]
-            row["contention"] = {**run, "succeeded": succeeded, "final": int(body) if status == 200 else None}
-            print(f"  {server.name:13} contention: {succeeded} increments answered 2xx, counter now {body}", flush=True)
-        results[server.name] = row
+            final = int(body) if status == 200 and body.strip().isdigit() else None
+            results[server.name]["contention"] = {**run, "succeeded": succeeded, "final": final}
+            print(f"  {server.name:13} {succeeded} increments answered 2xx, counter now {body}", flush=True)
     finally:
-        server.stop()
+        for server in prepared:
+            server.stop()
 
 
 def growth(server, args, tmp, results):
@@ -347,7 +374,8 @@ def start_redis(tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=int, default=10, help="length of each measured wrk run")
+    ap.add_argument("--seconds", type=int, default=5, help="length of each measured wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the main table (median kept)")
     ap.add_argument("--sessions", type=int, default=1000, help="seeded cookies rotated by wrk")
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: main,growth,sizes")
@@ -355,7 +383,7 @@ def main():
     ap.add_argument("--sizes", default="100,500,1000,2000,3500", help="session sizes in bytes for the size curve")
     ap.add_argument("--target", type=Path, required=True, help="cargo target directory holding the release binaries")
     ap.add_argument("--venv", type=Path, required=True, help="venv with flask, flask-session, gunicorn, redis")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file; docs are written only for the default")
     args = ap.parse_args()
     args.growth = [int(x) for x in args.growth.split(",") if x]
     args.sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -365,7 +393,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="hipflask-bench-")
     redis_proc, redis_url = start_redis(tmp)
     args.redis_pid = redis_proc.pid
-    results = {"machine": machine(), "seconds": args.seconds, "sessions": args.sessions, "main": {}, "growth": {}, "sizes": {}}
+    results = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "sessions": args.sessions, "main": {}, "growth": {}, "sizes": {}}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
         for part in ("main", "growth", "sizes"):
@@ -373,9 +401,8 @@ def main():
     try:
         if "main" not in skip:
             print("== main table", flush=True)
-            for server in servers(args, tmp, redis_url):
-                if not only or server.name in only:
-                    run_server(server, args, tmp, redis_url, results["main"])
+            chosen = [s for s in servers(args, tmp, redis_url) if not only or s.name in only]
+            main_table(chosen, args, tmp, redis_url, results["main"])
         by_name = {s.name: s for s in servers(args, tmp, redis_url)}
         if "growth" not in skip:
             print("== growth", flush=True)
@@ -396,7 +423,8 @@ def main():
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     import report
 
-    report.write(results, ROOT / "docs")
+    if args.out == DEFAULT_OUT:
+        report.write(results, ROOT / "docs")
 
 
 def machine():
