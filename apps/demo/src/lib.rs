@@ -643,11 +643,11 @@ struct SeedSize {
 const MAX_SEED_SIZE: usize = 64 * 1024;
 
 async fn bench_seed(session: Session, Query(seed): Query<SeedSize>) -> Response {
+    if seed.size.is_some_and(|size| size > MAX_SEED_SIZE) {
+        return (StatusCode::BAD_REQUEST, format!("size must be at most {MAX_SEED_SIZE}\n")).into_response();
+    }
     session.insert_value("visits", Value::Int(1));
     if let Some(size) = seed.size {
-        if size > MAX_SEED_SIZE {
-            return (StatusCode::BAD_REQUEST, format!("size must be at most {MAX_SEED_SIZE}\n")).into_response();
-        }
         // An incompressible-looking pad, so a cookie's size follows `size` instead of
         // collapsing under zlib: the benchmarks' size curve needs real bytes.
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
