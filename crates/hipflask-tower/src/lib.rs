@@ -305,6 +305,13 @@ async fn bounded<T>(
     let Some(limit) = limit.filter(|_| tokio::runtime::Handle::try_current().is_ok()) else {
         return op.await;
     };
+    // Arming a timer costs more than an in-process store's whole answer, so
+    // poll once first: only an operation that has to wait gets a deadline.
+    let mut op = std::pin::pin!(op);
+    let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return result;
+    }
     match tokio::time::timeout(limit, op).await {
         Ok(result) => result,
         Err(_) => {
