@@ -151,22 +151,33 @@ impl Store for MemoryStore {
 
     fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
         let mut inner = self.lock();
-        let result = match inner.live(id, now) {
-            None => Ok(Updated::Gone),
-            Some(entry) => {
-                let mut record = entry.record.clone();
-                match apply_changes(&mut record.data, &update.changes, update.loaded.as_ref()) {
-                    Err(e) => Err(e),
-                    Ok(()) => {
-                        record.expires_at = update.expires_at;
-                        inner.remove(id);
-                        inner.insert(id.clone(), record, &self.user_key);
-                        Ok(Updated::Applied)
-                    }
+        let inner = &mut *inner;
+        let entry = match inner.sessions.get_mut(id) {
+            Some(entry) if entry.record.expires_at > now => entry,
+            _ => return Box::pin(ready(Ok(Updated::Gone))),
+        };
+        // In place: apply_changes checks for conflicts before changing anything.
+        if let Err(e) = apply_changes(&mut entry.record.data, &update.changes, update.loaded.as_ref()) {
+            return Box::pin(ready(Err(e)));
+        }
+        entry.record.expires_at = update.expires_at;
+        let user = user_of(&entry.record.data, &self.user_key);
+        if user != entry.user {
+            // Logged in or out, or another user: move the id in the user index.
+            let old = std::mem::replace(&mut entry.user, user.clone());
+            if let Some(old) = old
+                && let Some(ids) = inner.users.get_mut(&old)
+            {
+                ids.remove(id);
+                if ids.is_empty() {
+                    inner.users.remove(&old);
                 }
             }
-        };
-        Box::pin(ready(result))
+            if let Some(u) = user {
+                inner.users.entry(u).or_default().insert(id.clone());
+            }
+        }
+        Box::pin(ready(Ok(Updated::Applied)))
     }
 
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
