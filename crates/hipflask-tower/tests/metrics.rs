@@ -23,6 +23,11 @@ fn app(config: Config) -> Router {
     Router::new().route("/write", get(write)).route("/read", get(read)).layer(SessionLayer::new(config))
 }
 
+/// Server-side sessions in a memory store; built inside a test's local recorder.
+fn memory_app() -> Router {
+    app(Config::builder().secret_key("secret").store(Arc::new(MemoryStore::new())).build().unwrap())
+}
+
 fn send(app: &Router, path: &str, cookie: Option<&str>) -> Option<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let mut req = http::Request::get(path);
@@ -77,8 +82,7 @@ fn server_side_sessions_report_creation_saves_and_store_latency() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        let config = Config::builder().secret_key("secret").store(Arc::new(MemoryStore::new())).build().unwrap();
-        let app = app(config);
+        let app = memory_app();
         let id = send(&app, "/write", None).unwrap();
         send(&app, "/write", Some(&id));
     });
@@ -94,8 +98,7 @@ fn requests_that_only_read_make_no_save_call() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        let config = Config::builder().secret_key("secret").store(Arc::new(MemoryStore::new())).build().unwrap();
-        let app = app(config);
+        let app = memory_app();
         let id = send(&app, "/write", None).unwrap();
         for _ in 0..3 {
             assert_eq!(send(&app, "/read", Some(&id)), None, "a read sets no cookie");
