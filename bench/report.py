@@ -186,6 +186,10 @@ def write(results, docs):
         for name, points in sizes.items():
             lines.append(f"| {name} | " + " | ".join(f"{p['read']['cpu_us']:.1f} / {p['write']['cpu_us']:.1f}" for p in points) + " |")
 
+    # What the numbers mean, the optimisations made and what is still missing: written by hand.
+    analysis = Path(__file__).parent / "analysis.md"
+    if analysis.exists():
+        lines += ["", analysis.read_text().rstrip()]
     (docs / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     chart(results, docs / "benchmarks.png")
 

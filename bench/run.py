@@ -229,6 +229,7 @@ def sql_scalar(kind, query):
 
 def store_statements(kind, redis_url):
     """A counter of what the store executed: Redis commands, MariaDB statements, PostgreSQL transactions."""
+    kind = kind.removesuffix("-before")
     if kind in ("redis", "tower-redis", "actix-redis", "flask-redis"):
         return redis_commands(redis_url)
     if kind == "postgresql":
@@ -250,7 +251,18 @@ def servers(args, tmp, redis_url):
     my = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
     gunicorn = [str(args.venv / "bin" / "gunicorn"), "-w", "2", "-b", "127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "flask_app:app"]
     prefix = f"bench-{os.getpid()}:"
-    return [
+    before = []
+    if args.before:
+        # The same backends on an older build of the demo, for before/after numbers.
+        old = [str(args.before), "--bind", "127.0.0.1:{port}"]
+        before = [
+            Server("cookie-before", "hipflask before, signed cookie", old, {**base, "SESSION_TYPE": "cookie"}),
+            Server("memory-before", "hipflask before, memory", old, {**server_side, "SESSION_TYPE": "memory"}),
+            Server("postgresql-before", "hipflask before, PostgreSQL", old,
+                   {**server_side, "SESSION_TYPE": "postgresql", "SESSION_DATABASE_URL": pg, "SESSION_KEY_PREFIX": prefix + "b:"},
+                   ("names", {"postgres"})),
+        ]
+    return before + [
         Server("axum-bare", "axum, no session layer", [*peer, "axum-bare", "127.0.0.1:{port}"], group="peer"),
         Server("cookie", "hipflask, signed cookie", demo, {**base, "SESSION_TYPE": "cookie"}),
         Server("memory", "hipflask, memory", demo, {**server_side, "SESSION_TYPE": "memory", "SESSION_MEMORY_CAPACITY": "2000000"}),
@@ -382,6 +394,7 @@ def main():
     ap.add_argument("--growth", default="1000,100000,1000000", help="live-session counts for the growth runs")
     ap.add_argument("--sizes", default="100,500,1000,2000,3500", help="session sizes in bytes for the size curve")
     ap.add_argument("--target", type=Path, required=True, help="cargo target directory holding the release binaries")
+    ap.add_argument("--before", type=Path, help="an older hipflask-demo binary to measure beside this one")
     ap.add_argument("--venv", type=Path, required=True, help="venv with flask, flask-session, gunicorn, redis")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file; docs are written only for the default")
     args = ap.parse_args()
