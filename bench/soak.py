@@ -242,6 +242,10 @@ async def main():
         redis_proc.wait()
     out = ROOT / "bench" / "results" / "soak.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Keep earlier results of backends not run this time, so one can be re-run alone.
+    if out.exists():
+        ran = {r["backend"] for r in results}
+        results = [r for r in json.loads(out.read_text()) if r["backend"] not in ran] + results
     out.write_text(json.dumps(results, indent=1) + "\n")
     write_doc(results, ROOT / "docs" / "SOAK.md")
     bad = sum(r["5xx"] + r["wrong_count"] + r["final_check_wrong"] for r in results)

@@ -37,7 +37,20 @@ async fn main() -> ExitCode {
     let addr = listener.local_addr().unwrap_or(args.bind);
     eprintln!("hipflask demo on http://{addr}/");
     match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => config.metrics = Some(handle),
+        Ok(handle) => {
+            // The exporter keeps every histogram sample until upkeep folds them
+            // into its buckets: without this, memory grows with each request
+            // whenever nobody scrapes /metrics.
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            config.metrics = Some(handle);
+        }
         Err(e) => eprintln!("warning: metrics disabled: {e}"),
     }
     if let Some(store) = &config.store {
