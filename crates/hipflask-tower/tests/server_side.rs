@@ -389,51 +389,93 @@ async fn an_explicit_save_of_a_new_session_still_sets_the_cookie_once() {
     assert_eq!(store.len(), 1);
 }
 
-/// A store that answers only after a delay.
-#[derive(Debug)]
-struct Slow(MemoryStore, Duration);
+/// A memory store with faults injected: every call waits `delay`, and the
+/// calls whose number (from 0) `fails` picks fail with a backend error.
+struct Faulty {
+    inner: MemoryStore,
+    delay: Duration,
+    fails: fn(u64) -> bool,
+    calls: AtomicU64,
+}
 
-impl Slow {
+impl std::fmt::Debug for Faulty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Faulty")
+    }
+}
+
+impl Faulty {
+    fn new(delay: Duration, fails: fn(u64) -> bool) -> Faulty {
+        Faulty { inner: MemoryStore::new(), delay, fails, calls: AtomicU64::new(0) }
+    }
+
     fn later<'a, T: Send + 'a>(&self, op: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
-        let delay = self.1;
+        let (delay, fail) = (self.delay, (self.fails)(self.calls.fetch_add(1, Ordering::SeqCst)));
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if fail {
+                return Err(Error::new(ErrorKind::Backend, "injected fault"));
+            }
             op.await
         })
     }
 }
 
-impl Store for Slow {
+impl Store for Faulty {
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
-        self.later(self.0.load(id, now))
+        self.later(self.inner.load(id, now))
     }
     fn create<'a>(&'a self, id: &'a SessionId, r: Record) -> StoreFuture<'a, ()> {
-        self.later(self.0.create(id, r))
+        self.later(self.inner.create(id, r))
     }
     fn update<'a>(&'a self, id: &'a SessionId, u: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
-        self.later(self.0.update(id, u, now))
+        self.later(self.inner.update(id, u, now))
     }
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
-        self.later(self.0.delete(id))
+        self.later(self.inner.delete(id))
     }
     fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
-        self.later(self.0.delete_expired(now))
+        self.later(self.inner.delete_expired(now))
     }
     fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
-        self.later(self.0.list(now))
+        self.later(self.inner.list(now))
     }
     fn sessions_of_user<'a>(&'a self, u: &'a str, now: u64) -> StoreFuture<'a, Vec<SessionId>> {
-        self.later(self.0.sessions_of_user(u, now))
+        self.later(self.inner.sessions_of_user(u, now))
     }
     fn delete_user<'a>(&'a self, u: &'a str) -> StoreFuture<'a, u64> {
-        self.later(self.0.delete_user(u))
+        self.later(self.inner.delete_user(u))
     }
+}
+
+#[test]
+fn a_store_failing_on_a_schedule_gives_503_then_recovers_with_sessions_intact() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    // Calls 3 to 6 fail: an outage of a few requests in the middle of a visit.
+    let store = Arc::new(Faulty::new(Duration::ZERO, |call| (3..7).contains(&call)));
+    let app = app(builder(store.clone()).build().unwrap());
+    let logs = Logs::default();
+    let mut run = |path: &str, cookie: Option<&str>| logs.capture(|| rt.block_on(send(&app, path, cookie)));
+    let id = run("/set/a/1", None).cookie_value().unwrap(); // call 0: create
+    assert_eq!(run("/set/a/2", Some(&id)).status, StatusCode::OK); // calls 1, 2
+    for path in ["/set/a/3", "/get/a", "/set/b/x", "/get/a"] {
+        let a = run(path, Some(&id)); // calls 3 to 6: the load fails
+        assert_eq!((a.status, a.body.as_str(), a.set_cookie.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, "", None));
+    }
+    // Back without a restart, with the session as the last good write left it.
+    assert_eq!(run("/get/a", Some(&id)).body, "2");
+    assert_eq!(run("/get/b", Some(&id)).body, "None");
+    assert_eq!(run("/set/a/4", Some(&id)).status, StatusCode::OK);
+    assert_eq!(run("/get/a", Some(&id)).body, "4");
+    assert!(logs.text().contains("injected fault"), "{}", logs.text());
 }
 
 #[test]
 fn a_slow_store_times_out_with_503() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    let slow = Arc::new(Slow(MemoryStore::new(), Duration::from_millis(300)));
+    let slow = Arc::new(Faulty::new(Duration::from_millis(300), |_| false));
     let config = builder(slow).store_timeout(Some(Duration::from_millis(50))).build().unwrap();
     let app = app(config);
     let logs = Logs::default();
