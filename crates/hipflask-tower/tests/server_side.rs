@@ -457,7 +457,7 @@ fn a_store_failing_on_a_schedule_gives_503_then_recovers_with_sessions_intact() 
     let store = Arc::new(Faulty::new(Duration::ZERO, |call| (3..7).contains(&call)));
     let app = app(builder(store.clone()).build().unwrap());
     let logs = Logs::default();
-    let mut run = |path: &str, cookie: Option<&str>| logs.capture(|| rt.block_on(send(&app, path, cookie)));
+    let run = |path: &str, cookie: Option<&str>| logs.capture(|| rt.block_on(send(&app, path, cookie)));
     let id = run("/set/a/1", None).cookie_value().unwrap(); // call 0: create
     assert_eq!(run("/set/a/2", Some(&id)).status, StatusCode::OK); // calls 1, 2
     for path in ["/set/a/3", "/get/a", "/set/b/x", "/get/a"] {
