@@ -213,6 +213,9 @@ def write_doc(results, path):
     for r in results:
         if r["examples"]:
             lines += ["", f"First problems on {r['backend']}:", ""] + [f"- {e}" for e in r["examples"]]
+    notes = Path(__file__).parent / "soak-notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
 
 
