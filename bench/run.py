@@ -66,17 +66,26 @@ def tree_ticks(root):
 
 
 def named_ticks(names):
-    """CPU ticks of every process whose command name is one of `names` (a shared database)."""
-    total = 0
+    """CPU ticks by pid of every process whose command name is one of `names` (a shared
+    database, whose backends come and go)."""
+    ticks = {}
     for pid in all_pids():
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if comm in names:
-            st = proc_stat(pid)
-            total += st[1] if st else 0
-    return total
+        st = proc_stat(pid) if comm in names else None
+        if st:
+            ticks[pid] = st[1]
+    return ticks
+
+
+def ticks_delta(before, after):
+    """CPU ticks spent between two readings. For per-pid readings, a process that appeared
+    counts from zero and one that exited drops out, so the delta never goes negative."""
+    if isinstance(before, dict):
+        return sum(t - before.get(pid, 0) for pid, t in after.items())
+    return after - before
 
 
 def rss_bytes(pid):
@@ -204,7 +213,7 @@ def measure(server, route, seconds, script):
     s1, t1 = server.server_ticks(), server.store_ticks()
     n = max(result["requests"], 1)
     result["server_us"] = (s1 - s0) * TICK_US / n
-    result["store_us"] = (t1 - t0) * TICK_US / n
+    result["store_us"] = ticks_delta(t0, t1) * TICK_US / n
     result["cpu_us"] = result["server_us"] + result["store_us"]
     return result
 
