@@ -87,13 +87,19 @@ impl Config {
     /// changed and no expiry refresh is due. `None` means call `save_server`.
     pub(crate) fn save_server_in_place(&self, server: &ServerSide, session: &Session) -> Option<SaveOutcome> {
         let (accessed, stored) = session.unchanged_server()?;
-        if let Some((_, stored_expires)) = stored {
-            let last_refresh = stored_expires.saturating_sub(self.lifetime_secs());
-            if self.refresh_each_request() && self.now().saturating_sub(last_refresh) >= server.refresh_after {
-                return None;
-            }
+        if let Some((_, stored_expires)) = stored
+            && self.refresh_due(server, stored_expires, self.now())
+        {
+            return None;
         }
         Some(SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None })
+    }
+
+    /// Whether an unchanged session's expiry is rewritten now: once the
+    /// refresh fraction of its lifetime has passed since the last write.
+    fn refresh_due(&self, server: &ServerSide, stored_expires: u64, now: u64) -> bool {
+        let last_refresh = stored_expires.saturating_sub(self.lifetime_secs());
+        self.refresh_each_request() && now.saturating_sub(last_refresh) >= server.refresh_after
     }
 
     /// Saves a server-side session and says what the response needs.
@@ -177,8 +183,7 @@ impl Config {
             session.mark_saved(new_id, Some((now, expires_at)));
             return Ok(out);
         }
-        let last_refresh = stored_expires.saturating_sub(lifetime);
-        let refresh = self.refresh_each_request() && now.saturating_sub(last_refresh) >= server.refresh_after;
+        let refresh = self.refresh_due(server, stored_expires, now);
         if changes.is_empty() && !refresh {
             return Ok(out);
         }
