@@ -372,67 +372,95 @@ fn deflate_cannot_win(data: &[u8]) -> bool {
     if n > PROOF_MAX_LEN {
         return false;
     }
+    // Everything below is sized by the input, not by the alphabet or the
+    // limit: this runs on every cookie write, mostly on a few dozen bytes.
+    //
     // A byte can be part of a match only if one of the three 3-byte strings
     // holding it occurred earlier (a match copies at least 3 earlier bytes, and
     // every 3-byte string inside a match is such a repeat). Hash collisions only
     // mark more bytes as matchable, which keeps the bound sound.
     let mut seen = [0u64; 64];
-    let mut repeat = [false; PROOF_MAX_LEN];
-    for i in 0..n.saturating_sub(2) {
+    let mut repeat = [0u64; PROOF_MAX_LEN / 64];
+    for i in 0..n - 2 {
         let key = u32::from_be_bytes([0, data[i], data[i + 1], data[i + 2]]);
         let slot = (key.wrapping_mul(0x9E37_79B1) >> 20) as usize;
         let (word, bit) = (slot / 64, 1u64 << (slot % 64));
-        repeat[i] = seen[word] & bit != 0;
+        if seen[word] & bit != 0 {
+            repeat[i / 64] |= 1 << (i % 64);
+        }
         seen[word] |= bit;
     }
-    // Bytes that must be sent as literals, by value.
-    let mut counts = [0u32; 256];
+    let is_repeat = |i: usize| repeat[i / 64] >> (i % 64) & 1 != 0;
+    // Bytes that must be sent as literals, by value, and which values occur.
+    let mut counts = [0u16; 256];
+    let mut symbols = [0u8; 256];
+    let mut distinct = 0;
     let mut literals = 0u32;
-    for p in 0..n {
-        let matchable = repeat[p] || (p >= 1 && repeat[p - 1]) || (p >= 2 && repeat[p - 2]);
+    // Fixed Huffman: 3 header bits, 8 or 9 bits a literal, 7 bits end of block.
+    let mut fixed = 10u32;
+    for (p, &byte) in data.iter().enumerate() {
+        let matchable = is_repeat(p) || (p >= 1 && is_repeat(p - 1)) || (p >= 2 && is_repeat(p - 2));
         if !matchable {
-            counts[usize::from(data[p])] += 1;
+            let count = &mut counts[usize::from(byte)];
+            if *count == 0 {
+                symbols[distinct] = byte;
+                distinct += 1;
+            }
+            *count += 1;
             literals += 1;
+            fixed += if byte < 144 { 8 } else { 9 };
         }
     }
-    // Fixed Huffman: 3 header bits, 8 or 9 bits a literal, 7 bits end of block.
-    let fixed: u32 = 10 + counts.iter().enumerate().map(|(b, c)| c * if b < 144 { 8 } else { 9 }).sum::<u32>();
+    let budget = 8 * (n as u32 - 8);
+    if fixed <= budget {
+        return false;
+    }
+    let symbols = &mut symbols[..distinct];
+    symbols.sort_unstable();
     // Dynamic Huffman: 17 header bits, at least 4 code-length codes of 3 bits,
     // at least one distance code length (1 bit), the end-of-block code (1 bit),
     // the literal/length code lengths, then the literals themselves, which no
     // prefix code sends in fewer bits than their empirical entropy.
-    let mut dynamic = 17.0 + 12.0 + 1.0 + 1.0 + f64::from(code_lengths_bits(&counts));
+    let header = 17 + 12 + 1 + 1 + code_lengths_bits(symbols);
+    // Every value but the most frequent one has at most half the literals, so
+    // costs at least a bit each: a bound that settles most inputs without a log.
+    let most = symbols.iter().map(|&b| u32::from(counts[usize::from(b)])).max().unwrap_or(0);
+    if header + (literals - most) > budget + 1 {
+        return true;
+    }
     let total = f64::from(literals);
-    for &c in counts.iter().filter(|c| **c > 0) {
-        let c = f64::from(c);
+    let mut dynamic = f64::from(header);
+    for &b in symbols.iter() {
+        let c = f64::from(counts[usize::from(b)]);
         dynamic += c * (total / c).log2();
     }
     // Stored blocks always take n + 5 bytes or more, so they never win. Keep a
     // margin of one bit for floating-point rounding in the entropy.
-    let best = f64::from(fixed).min(dynamic - 1.0);
-    best > 8.0 * (n as f64 - 8.0)
+    dynamic - 1.0 > f64::from(budget)
 }
 
 /// The fewest bits that can send the code lengths of literals 0..=256 when
-/// the symbols with a count (and end-of-block, 256) have nonzero lengths:
-/// a run of `m` nonzero lengths takes at least `1 + (m - 1) / 2` bits (one
-/// explicit length, then at best code 16 repeating it six times for 3 bits),
-/// a run of `g` zeros at least `min(g, 4)` bits (single zeros of 1 bit, or
-/// codes 17/18 with 3 or 7 extra bits; code 16 cannot start a zero run after
-/// a nonzero length).
-fn code_lengths_bits(counts: &[u32; 256]) -> u32 {
-    let used = |symbol: usize| symbol == 256 || counts[symbol] > 0;
-    let (mut bits, mut symbol) = (0u32, 0usize);
-    while symbol <= 256 {
-        let start = symbol;
-        let nonzero = used(symbol);
-        while symbol <= 256 && used(symbol) == nonzero {
-            symbol += 1;
+/// the `used` byte values (sorted, distinct) and end-of-block (256) have
+/// nonzero lengths: a run of `m` nonzero lengths takes at least
+/// `1 + (m - 1) / 2` bits (one explicit length, then at best code 16
+/// repeating it six times for 3 bits), a run of `g` zeros at least
+/// `min(g, 4)` bits (single zeros of 1 bit, or codes 17/18 with 3 or 7 extra
+/// bits; code 16 cannot start a zero run after a nonzero length).
+fn code_lengths_bits(used: &[u8]) -> u32 {
+    let nonzero_run = |m: u32| 1 + (m - 1).div_ceil(2);
+    let (mut bits, mut next, mut run) = (0u32, 0usize, 0u32);
+    for symbol in used.iter().map(|&b| usize::from(b)).chain([256]) {
+        if symbol > next {
+            if run > 0 {
+                bits += nonzero_run(run);
+                run = 0;
+            }
+            bits += ((symbol - next) as u32).min(4);
         }
-        let run = (symbol - start) as u32;
-        bits += if nonzero { 1 + (run - 1).div_ceil(2) } else { run.min(4) };
+        run += 1;
+        next = symbol + 1;
     }
-    bits
+    bits + nonzero_run(run)
 }
 
 /// Inflates a zlib stream, failing once the output would pass `cap` bytes.
@@ -555,6 +583,43 @@ mod tests {
         assert!(skipped > 1000, "only {skipped} skipped");
         assert!(deflate_cannot_win(br#"{"visits":2}"#));
         assert!(deflate_cannot_win(br#"{"_permanent":true,"visits":12}"#));
+    }
+
+    /// The code-length bound walked symbol by symbol over all 257, the plain
+    /// reading of its rule, against the sparse walk the encoder uses.
+    #[test]
+    fn sparse_code_lengths_bound_matches_the_dense_walk() {
+        let dense = |used: &[u8]| {
+            let is_used = |s: usize| s == 256 || used.contains(&(s as u8));
+            let (mut bits, mut s) = (0u32, 0usize);
+            while s <= 256 {
+                let (start, nonzero) = (s, is_used(s));
+                while s <= 256 && is_used(s) == nonzero {
+                    s += 1;
+                }
+                let run = (s - start) as u32;
+                bits += if nonzero { 1 + (run - 1).div_ceil(2) } else { run.min(4) };
+            }
+            bits
+        };
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for case in 0..5_000 {
+            let mut used: Vec<u8> = (0..case % 300)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // Mostly a narrow band, so runs and short gaps both occur.
+                    if state.is_multiple_of(3) { (state >> 8) as u8 } else { 90 + (state >> 8) as u8 % 40 }
+                })
+                .collect();
+            used.sort_unstable();
+            used.dedup();
+            assert_eq!(code_lengths_bits(&used), dense(&used), "{used:?}");
+        }
+        assert_eq!(code_lengths_bits(&[]), dense(&[]));
+        assert_eq!(code_lengths_bits(&[255]), dense(&[255]));
+        assert_eq!(code_lengths_bits(&[0, 1, 2, 250]), dense(&[0, 1, 2, 250]));
     }
 
     #[test]
