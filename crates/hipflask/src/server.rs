@@ -173,7 +173,7 @@ impl Config {
             let Some(mut current) = store.load(&state.id, now).await? else {
                 return Ok(self.gone(out));
             };
-            apply_changes(&mut current.data, &changes, state.loaded.as_ref())?;
+            apply_changes(&mut current.data, &changes, session.loaded_values().as_ref())?;
             let new_id = SessionId::generate();
             // A new id is a new session: its absolute timeout starts now.
             store.create(&new_id, Record { data: current.data, created_at: now, expires_at }).await?;
@@ -187,7 +187,7 @@ impl Config {
         if changes.is_empty() && !refresh {
             return Ok(out);
         }
-        let loaded = if server.conflict == ConflictPolicy::Reject { state.loaded } else { None };
+        let loaded = if server.conflict == ConflictPolicy::Reject { session.loaded_values() } else { None };
         let update = Update { changes, expires_at, loaded };
         let updated = store.update(&state.id, &update, now).await.inspect_err(|e| {
             if e.kind() == crate::ErrorKind::Conflict {

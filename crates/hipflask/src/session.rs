@@ -1,6 +1,7 @@
 //! The dict-like session of one request.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -56,9 +57,28 @@ struct Inner {
     flashes: Option<Vec<Flash>>,
     /// What this request changed, for server-side stores (see `Changes`).
     touched: std::collections::BTreeSet<String>,
+    /// With conflict detection on: each touched key's value as the store
+    /// held it (`None`: absent), noted just before the first change. Only
+    /// changed keys are ever compared, so copying the whole session at load
+    /// would be work thrown away on every request.
+    originals: Option<BTreeMap<String, Option<Value>>>,
     cleared: bool,
     /// Server-side state; `None` for cookie sessions.
     server: Option<Server>,
+}
+
+impl Inner {
+    /// Records that `key` is about to change: call before changing it.
+    fn will_change(&mut self, key: &str) {
+        if !self.touched.contains(key) {
+            self.touched.insert(key.to_owned());
+        }
+        if let Some(originals) = self.originals.as_mut()
+            && !originals.contains_key(key)
+        {
+            originals.insert(key.to_owned(), self.data.get(key).cloned());
+        }
+    }
 }
 
 /// Server-side session state: which stored session this is.
@@ -67,8 +87,6 @@ pub(crate) struct Server {
     pub(crate) id: SessionId,
     /// The stored record's times, when it was loaded from the store.
     pub(crate) stored: Option<(u64, u64)>,
-    /// The data as loaded, kept only when conflicts are to be detected.
-    pub(crate) loaded: Option<Dict>,
     pub(crate) regenerate: bool,
     pub(crate) destroy: bool,
     /// Served while the store was failing (fail-open): never saved, so it
@@ -134,6 +152,7 @@ impl Session {
             new,
             flashes: None,
             touched: Default::default(),
+            originals: None,
             cleared: false,
             server,
         })))
@@ -141,13 +160,13 @@ impl Session {
 
     /// A server-side session: loaded (`stored` = its times) or new.
     pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
-        let loaded = keep_loaded.then(|| data.clone());
         let new = stored.is_none();
-        Session::build(
-            data,
-            new,
-            Some(Server { id, stored, loaded, regenerate: false, destroy: false, read_only: false }),
-        )
+        let session =
+            Session::build(data, new, Some(Server { id, stored, regenerate: false, destroy: false, read_only: false }));
+        if keep_loaded {
+            session.raw().originals = Some(BTreeMap::new());
+        }
+        session
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -179,7 +198,7 @@ impl Session {
     pub fn insert_value(&self, key: impl Into<String>, value: Value) {
         let key = key.into();
         let mut inner = self.touch();
-        inner.touched.insert(key.clone());
+        inner.will_change(&key);
         inner.data.insert(key, value);
         inner.modified = true;
     }
@@ -214,12 +233,11 @@ impl Session {
     /// the change must be saved.
     pub fn with_value_mut<R>(&self, key: &str, f: impl FnOnce(&mut Value) -> R) -> Option<R> {
         let mut inner = self.touch();
-        let result = inner.data.get_mut(key).map(f);
-        if result.is_some() {
+        if inner.data.contains_key(key) {
             // Saved only if the session is marked modified, as in Flask.
-            inner.touched.insert(key.to_owned());
+            inner.will_change(key);
         }
-        result
+        inner.data.get_mut(key).map(f)
     }
 
     /// `session.setdefault(key, default)`: the value under `key`, inserting
@@ -230,8 +248,8 @@ impl Session {
             return v.clone();
         }
         let v = default.into();
+        inner.will_change(key);
         inner.data.insert(key.to_owned(), v.clone());
-        inner.touched.insert(key.to_owned());
         inner.modified = true;
         v
     }
@@ -240,12 +258,12 @@ impl Session {
     /// the session modified only when the key was present.
     pub fn remove(&self, key: &str) -> Option<Value> {
         let mut inner = self.touch();
-        let v = inner.data.remove(key);
-        if v.is_some() {
-            inner.touched.insert(key.to_owned());
-            inner.modified = true;
+        if !inner.data.contains_key(key) {
+            return None;
         }
-        v
+        inner.will_change(key);
+        inner.modified = true;
+        inner.data.remove(key)
     }
 
     /// Removes `key` and returns its value as `T`. When the value is not a
@@ -256,8 +274,8 @@ impl Session {
             return Ok(None);
         };
         let typed = convert(key, value)?;
+        inner.will_change(key);
         inner.data.remove(key);
-        inner.touched.insert(key.to_owned());
         inner.modified = true;
         Ok(Some(typed))
     }
@@ -296,7 +314,15 @@ impl Session {
     /// response deletes the cookie even when the session was already empty.
     pub fn clear(&self) {
         let mut inner = self.touch();
-        inner.data.clear();
+        let inner = &mut *inner;
+        let data = std::mem::take(&mut inner.data);
+        if let Some(originals) = inner.originals.as_mut() {
+            // Every key present now is noted with its value; a key touched
+            // later that is not noted was therefore absent when loaded.
+            for (key, value) in data {
+                originals.entry(key).or_insert(Some(value));
+            }
+        }
         inner.touched.clear();
         inner.cleared = true;
         inner.modified = true;
@@ -378,13 +404,13 @@ impl Session {
     pub fn flash(&self, message: impl Into<Value>, category: &str) {
         let entry = Value::Tuple(vec![Value::Str(category.to_owned()), message.into()]);
         let mut inner = self.touch();
+        inner.will_change(FLASHES_KEY);
         match inner.data.get_mut(FLASHES_KEY) {
             Some(Value::List(list)) => list.push(entry),
             _ => {
                 inner.data.insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
             }
         }
-        inner.touched.insert(FLASHES_KEY.to_owned());
         inner.modified = true;
     }
 
@@ -397,11 +423,11 @@ impl Session {
     pub fn get_flashed_messages(&self, categories: &[&str]) -> Vec<Flash> {
         let mut inner = self.touch();
         if inner.flashes.is_none() {
-            let taken = inner.data.remove(FLASHES_KEY);
-            if taken.is_some() {
-                inner.touched.insert(FLASHES_KEY.to_owned());
+            if inner.data.contains_key(FLASHES_KEY) {
+                inner.will_change(FLASHES_KEY);
                 inner.modified = true;
             }
+            let taken = inner.data.remove(FLASHES_KEY);
             inner.flashes = Some(taken.as_ref().map(parse_flashes).unwrap_or_default());
         }
         let all = inner.flashes.as_deref().unwrap_or_default();
@@ -446,6 +472,16 @@ impl Session {
         self.raw().server.clone()
     }
 
+    /// With conflict detection on, the changed keys' values as loaded (a key
+    /// missing here was absent): what a store compares before writing.
+    pub(crate) fn loaded_values(&self) -> Option<Dict> {
+        let inner = self.raw();
+        let originals = inner.originals.as_ref()?;
+        // Every touched key was noted before its change (`will_change`).
+        let noted = |key: &String| originals.get(key).cloned().flatten();
+        Some(inner.touched.iter().filter_map(|key| Some((key.clone(), noted(key)?))).collect())
+    }
+
     /// Forgets this request's unsaved changes, so nothing is written when the
     /// response is sent (the values stay readable through this handle). Used
     /// after a save the store refused, so the handler's answer stands.
@@ -469,15 +505,15 @@ impl Session {
         inner.cleared = false;
         inner.touched.clear();
         inner.new = stored.is_none();
-        let snapshot = inner.data.clone();
+        // The store now holds the data as it is: later changes compare to that.
+        if let Some(originals) = inner.originals.as_mut() {
+            originals.clear();
+        }
         if let Some(server) = inner.server.as_mut() {
             server.id = id;
             server.stored = stored;
             server.regenerate = false;
             server.destroy = false;
-            if server.loaded.is_some() {
-                server.loaded = Some(snapshot);
-            }
         }
     }
 
@@ -532,4 +568,63 @@ fn clone_any<T: 'static>(v: &T) -> T {
     let value: &Value = any.downcast_ref().expect("T is Value");
     let boxed: Box<dyn Any> = Box::new(value.clone());
     *boxed.downcast::<T>().expect("T is Value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(pairs: &[(&str, i64)]) -> Session {
+        let data: Dict = pairs.iter().map(|(k, v)| ((*k).to_owned(), Value::Int(*v))).collect();
+        Session::server(data, SessionId::generate(), Some((0, 100)), true)
+    }
+
+    fn ints(pairs: &[(&str, i64)]) -> Dict {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), Value::Int(*v))).collect()
+    }
+
+    /// Whatever path changes a key, the value compared for conflicts is the
+    /// one the store held, and only changed keys are carried.
+    #[test]
+    fn loaded_values_are_the_stored_values_of_changed_keys() {
+        let s = loaded(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+        assert_eq!(s.loaded_values(), Some(Dict::new()), "nothing changed");
+        s.insert_value("a", Value::Int(10));
+        s.insert_value("a", Value::Int(11));
+        assert_eq!(s.remove("b"), Some(Value::Int(2)));
+        s.with_value_mut("c", |v| *v = Value::Int(30));
+        s.setdefault("new", 5);
+        s.flash("hi", "message");
+        assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2), ("c", 3)])));
+        assert_eq!(s.remove_as::<i64>("d").unwrap(), Some(4));
+        assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)])));
+    }
+
+    #[test]
+    fn after_clear_keys_compare_to_what_was_stored_before_it() {
+        let s = loaded(&[("a", 1), ("b", 2)]);
+        s.insert_value("a", Value::Int(10));
+        s.clear();
+        s.insert_value("a", Value::Int(20));
+        s.insert_value("b", Value::Int(21));
+        s.insert_value("z", Value::Int(22));
+        // `a` keeps its value from before the first change, `z` was absent.
+        assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2)])));
+        s.mark_saved(SessionId::generate(), Some((0, 100)));
+        s.insert_value("z", Value::Int(23));
+        assert_eq!(s.loaded_values(), Some(ints(&[("z", 22)])), "a save moves the baseline");
+    }
+
+    #[test]
+    fn taking_flashes_notes_them_and_no_tracking_means_none() {
+        let s = Session::server(Dict::new(), SessionId::generate(), Some((0, 100)), true);
+        s.flash("one", "message");
+        s.mark_saved(SessionId::generate(), Some((0, 100)));
+        assert_eq!(s.get_flashed_messages(&[]).len(), 1);
+        let noted = s.loaded_values().unwrap();
+        assert!(noted.contains_key("_flashes"), "{noted:?}");
+        let untracked = Session::server(ints(&[("a", 1)]), SessionId::generate(), Some((0, 100)), false);
+        untracked.insert_value("a", Value::Int(2));
+        assert_eq!(untracked.loaded_values(), None);
+    }
 }
