@@ -27,6 +27,20 @@ pub const SID_SALT: &str = "flask-session";
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SessionId(Box<str>);
 
+/// Each byte's base64url value, or `INVALID`: a table, because every
+/// server-side request parses an id.
+const SEXTETS: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut i = 0;
+    while i < alphabet.len() {
+        table[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const INVALID: u8 = 0xFF;
+
 /// Characters in an id made from 32 bytes.
 pub const SESSION_ID_LEN: usize = 43;
 
@@ -41,17 +55,10 @@ impl SessionId {
     pub fn parse(text: &str) -> Option<SessionId> {
         // 43 characters carry 258 bits for 32 bytes: the last character's two
         // low bits must be zero. Checked on the character, without decoding.
-        let sextet = |b: u8| match b {
-            b'A'..=b'Z' => Some(b - b'A'),
-            b'a'..=b'z' => Some(b - b'a' + 26),
-            b'0'..=b'9' => Some(b - b'0' + 52),
-            b'-' => Some(62),
-            b'_' => Some(63),
-            _ => None,
-        };
-        let ok = text.len() == SESSION_ID_LEN
-            && text.bytes().all(|b| sextet(b).is_some())
-            && text.bytes().last().and_then(sextet).is_some_and(|v| v & 0b11 == 0);
+        let bytes = text.as_bytes();
+        let ok = bytes.len() == SESSION_ID_LEN
+            && bytes.iter().all(|&b| SEXTETS[usize::from(b)] != INVALID)
+            && SEXTETS[usize::from(bytes[SESSION_ID_LEN - 1])] & 0b11 == 0;
         ok.then(|| SessionId(text.into()))
     }
 

@@ -50,6 +50,18 @@ fn codec(secret: &[u8]) -> CookieCodec {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
+    /// An id parses exactly when it is the one spelling of 32 bytes in
+    /// unpadded base64url: the table-driven check against a real decode.
+    #[test]
+    fn session_ids_parse_exactly_when_they_are_canonical_base64url_of_32_bytes(
+        text in prop_oneof!["[A-Za-z0-9_-]{43}", "[A-Za-z0-9_+/=.-]{42,44}", ".{0,44}"]
+    ) {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let canonical = engine.decode(&text).is_ok_and(|b| b.len() == 32 && engine.encode(&b) == text);
+        prop_assert_eq!(hipflask::SessionId::parse(&text).is_some(), canonical);
+    }
+
     #[test]
     fn any_session_survives_the_cookie_and_reencodes_to_the_same_bytes(d in session()) {
         let codec = codec(b"secret");
