@@ -37,8 +37,9 @@ impl Session {
     /// When the save fails, this request's changes are dropped, so the
     /// handler's own response stands (make new changes and save again to retry).
     pub async fn save(&self) -> Result<(), hipflask::Error> {
-        let config = &self.slot.config;
-        match crate::within("save", config.store_timeout(), config.save_session(&self.inner)).await {
+        let config = self.slot.config();
+        let timer = &self.slot.shared.metrics().store_save;
+        match crate::within(timer, "save", config.store_timeout(), config.save_session(&self.inner)).await {
             Ok(outcome) => {
                 self.slot.remember(outcome);
                 Ok(())

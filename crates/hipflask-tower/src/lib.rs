@@ -73,7 +73,7 @@ impl<S> tower_layer::Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> SessionService<S> {
-        SessionService { inner, config: self.config.clone() }
+        SessionService { inner, shared: Arc::new(Shared { config: self.config.clone(), metrics: OnceLock::new() }) }
     }
 }
 
@@ -81,7 +81,39 @@ impl<S> tower_layer::Layer<S> for SessionLayer {
 #[derive(Clone, Debug)]
 pub struct SessionService<S> {
     inner: S,
+    shared: Arc<Shared>,
+}
+
+/// What every request of one service shares.
+#[derive(Debug)]
+struct Shared {
     config: Config,
+    /// Registered on the first request, not when the layer is built: an app
+    /// may install its metrics recorder after building its router.
+    metrics: OnceLock<Metrics>,
+}
+
+/// Handles of the per-request metrics: looking a metric up by name costs a
+/// hash and a lock on every use, a handle only the increment.
+#[derive(Debug)]
+struct Metrics {
+    loaded: metrics::Counter,
+    saved: metrics::Counter,
+    destroyed: metrics::Counter,
+    store_load: metrics::Histogram,
+    store_save: metrics::Histogram,
+}
+
+impl Shared {
+    fn metrics(&self) -> &Metrics {
+        self.metrics.get_or_init(|| Metrics {
+            loaded: metrics::counter!("hipflask_sessions_loaded_total"),
+            saved: metrics::counter!("hipflask_sessions_saved_total"),
+            destroyed: metrics::counter!("hipflask_sessions_destroyed_total"),
+            store_load: metrics::histogram!("hipflask_store_seconds", "op" => "load"),
+            store_save: metrics::histogram!("hipflask_store_seconds", "op" => "save"),
+        })
+    }
 }
 
 /// The request's `Cookie` headers, kept unparsed until the session is needed.
@@ -115,7 +147,7 @@ impl Cookies {
 /// Per-request state shared by the extractor and the response path.
 #[derive(Debug)]
 struct Slot {
-    config: Config,
+    shared: Arc<Shared>,
     cookies: Cookies,
     session: OnceLock<hipflask::Session>,
     /// What an explicit `Session::save` inside the handler produced; the
@@ -124,6 +156,10 @@ struct Slot {
 }
 
 impl Slot {
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
     fn remember(&self, outcome: SaveOutcome) {
         let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *saved = Some(merge(saved.take(), outcome));
@@ -174,15 +210,19 @@ impl LazySession {
             return Ok(s.clone());
         }
         let cookies: Vec<&[u8]> = slot.cookies.values().collect();
-        let config = &slot.config;
+        let config = slot.config();
+        let metrics = slot.shared.metrics();
         let loading = config.load_session(&cookies);
-        let result =
-            if config.is_server_side() { within("load", config.store_timeout(), loading).await } else { loading.await };
+        let result = if config.is_server_side() {
+            within(&metrics.store_load, "load", config.store_timeout(), loading).await
+        } else {
+            loading.await
+        };
         let loaded = match result {
             Ok(s) => s,
             Err(e) => config.on_load_failure(e)?,
         };
-        metrics::counter!("hipflask_sessions_loaded_total").increment(1);
+        metrics.loaded.increment(1);
         // Two loads racing within one request: the first one stored wins.
         Ok(slot.session.get_or_init(|| loaded).clone())
     }
@@ -203,7 +243,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let slot = Arc::new(Slot {
-            config: self.config.clone(),
+            shared: self.shared.clone(),
             cookies: Cookies::from_headers(req.headers()),
             session: OnceLock::new(),
             saved: std::sync::Mutex::new(None),
@@ -248,7 +288,7 @@ where
                     let Some(slot) = slot.take() else {
                         return Poll::Ready(Ok(response));
                     };
-                    if !slot.config.is_server_side() {
+                    if !slot.config().is_server_side() {
                         let outcome = cookie_outcome(&slot).map(|o| slot.finish(o));
                         finish(outcome, &mut response);
                         return Poll::Ready(Ok(response));
@@ -258,13 +298,15 @@ where
                         return Poll::Ready(Ok(response));
                     };
                     // A request that only read: answered now, no store call, no future.
-                    if let Some(outcome) = slot.config.save_session_in_place(&session) {
+                    if let Some(outcome) = slot.config().save_session_in_place(&session) {
                         finish(Ok(slot.finish(Some(outcome))), &mut response);
                         return Poll::Ready(Ok(response));
                     }
                     let save: SaveFuture = Box::pin(async move {
-                        let config = &slot.config;
-                        let outcome = within("save", config.store_timeout(), config.save_session(&session)).await?;
+                        let config = slot.config();
+                        let timer = &slot.shared.metrics().store_save;
+                        let outcome =
+                            within(timer, "save", config.store_timeout(), config.save_session(&session)).await?;
                         Ok(slot.finish(Some(outcome)))
                     });
                     state.set(State::Saving { save, response: Some(response) });
@@ -283,13 +325,14 @@ where
 /// Runs a store operation within the configured time limit, recording how
 /// long it took (`hipflask_store_seconds{op}`) and failures by kind.
 async fn within<T>(
+    timer: &metrics::Histogram,
     name: &'static str,
     limit: Option<std::time::Duration>,
     op: impl Future<Output = Result<T, hipflask::Error>>,
 ) -> Result<T, hipflask::Error> {
     let start = std::time::Instant::now();
     let result = bounded(limit, op).await;
-    metrics::histogram!("hipflask_store_seconds", "op" => name).record(start.elapsed().as_secs_f64());
+    timer.record(start.elapsed().as_secs_f64());
     if let Err(e) = &result {
         metrics::counter!("hipflask_store_errors_total", "op" => name, "kind" => format!("{:?}", e.kind()))
             .increment(1);
@@ -322,7 +365,7 @@ async fn bounded<T>(
 
 /// Flask's `save_session` for cookie sessions, done in place: nothing to await.
 fn cookie_outcome(slot: &Slot) -> Result<Option<SaveOutcome>, hipflask::Error> {
-    let config = &slot.config;
+    let config = slot.config();
     let session = match slot.session.get() {
         Some(s) => s.clone(),
         // Untouched: only a permanent cookie with refresh on is re-issued, and
@@ -336,8 +379,8 @@ fn cookie_outcome(slot: &Slot) -> Result<Option<SaveOutcome>, hipflask::Error> {
     if let Some(cookie) = &outcome.set_cookie {
         // A deletion cookie has an empty value.
         let deleted = cookie.as_bytes().get(config.cookie_name().len() + 1) == Some(&b';');
-        let name = if deleted { "hipflask_sessions_destroyed_total" } else { "hipflask_sessions_saved_total" };
-        metrics::counter!(name).increment(1);
+        let metrics = slot.shared.metrics();
+        (if deleted { &metrics.destroyed } else { &metrics.saved }).increment(1);
     }
     Ok(Some(outcome))
 }

@@ -120,3 +120,20 @@ fn requests_that_only_read_make_no_save_call() {
     // One save for the write; the three reads are answered without the store.
     assert_eq!(samples("save"), 1);
 }
+
+/// Apps often build the router first and install the recorder later in
+/// `main`: metrics are bound on the first request, so none are lost.
+#[test]
+fn a_recorder_installed_after_the_layer_is_built_gets_the_metrics() {
+    let app = memory_app();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let id = send(&app, "/write", None).unwrap();
+        send(&app, "/write", Some(&id));
+    });
+    let (counters, histograms) = read_metrics(&snapshotter);
+    assert_eq!(count(&counters, "hipflask_sessions_loaded_total", ""), 2);
+    assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
+    assert!(histograms.contains(&"hipflask_store_seconds{op=save}".to_owned()), "{histograms:?}");
+}

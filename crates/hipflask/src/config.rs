@@ -94,6 +94,10 @@ struct Inner {
     strict_cookie_size: bool,
     clock: Clock,
     server: Option<ServerSide>,
+    /// `hipflask_sessions_saved_total` for server-side saves, registered on
+    /// first use (after the app installed its recorder) and kept: a lookup by
+    /// name on every save costs a hash and a lock.
+    saved: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl fmt::Debug for Config {
@@ -491,6 +495,7 @@ impl ConfigBuilder {
             strict_cookie_size: self.strict_cookie_size,
             clock: self.clock,
             server,
+            saved: std::sync::OnceLock::new(),
         })))
     }
 }
@@ -674,6 +679,10 @@ impl Config {
                 Session::new()
             }
         }
+    }
+
+    pub(crate) fn saved_counter(&self) -> &metrics::Counter {
+        self.0.saved.get_or_init(|| metrics::counter!("hipflask_sessions_saved_total"))
     }
 
     /// Flask's `save_session`: what the response needs. Fails only with

@@ -201,7 +201,7 @@ impl Config {
                 Ok(self.gone(out))
             }
             Updated::Applied => {
-                metrics::counter!("hipflask_sessions_saved_total").increment(1);
+                self.saved_counter().increment(1);
                 session.mark_saved(state.id.clone(), Some((created_at, expires_at)));
                 if modified || permanent {
                     let value = server.cookie_value(&state.id);
