@@ -104,11 +104,26 @@ impl DemoConfig {
             }
             "redis" => {
                 let url = lookup("SESSION_REDIS").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+                // Checked before connecting, so a typo is named even when Redis is down.
+                let cache = lookup("SESSION_REDIS_LOCAL_CACHE")
+                    .map(|text| {
+                        text.trim().parse::<usize>().map(|n| (n, text.clone())).map_err(|_| {
+                            format!("SESSION_REDIS_LOCAL_CACHE={text:?} must be a number of sessions (0 for none)")
+                        })
+                    })
+                    .transpose()?;
                 let store = hipflask_redis::RedisStore::connect(&url)
                     .await
                     .map_err(|e| format!("SESSION_REDIS={url:?}: cannot connect: {e}"))?;
                 let prefix = lookup("SESSION_KEY_PREFIX").unwrap_or_else(|| "session:".into());
-                Some(Arc::new(store.with_key_prefix(&prefix)))
+                let mut store = store.with_key_prefix(&prefix);
+                if let Some((capacity, text)) = cache.filter(|(n, _)| *n > 0) {
+                    store = store
+                        .with_local_cache(capacity)
+                        .await
+                        .map_err(|e| format!("SESSION_REDIS_LOCAL_CACHE={text:?}: {e}"))?;
+                }
+                Some(Arc::new(store))
             }
             kind @ ("postgresql" | "mysql") => {
                 let Some(url) = lookup("SESSION_DATABASE_URL") else {

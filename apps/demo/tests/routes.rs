@@ -235,6 +235,10 @@ async fn settings_errors_name_the_variable() {
         let err = DemoConfig::from_lookup(env(pairs)).await.unwrap_err();
         assert!(err.starts_with("SESSION_MEMORY_CAPACITY="), "{err}");
     }
+    let err = DemoConfig::from_lookup(env(&[("SESSION_TYPE", "redis"), ("SESSION_REDIS_LOCAL_CACHE", "many")]))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("SESSION_REDIS_LOCAL_CACHE="), "{err}");
     let memory = env(&[("SESSION_TYPE", "memory"), ("SESSION_MEMORY_CAPACITY", "2000000"), ("SECRET_KEY", "k")]);
     assert!(DemoConfig::from_lookup(memory).await.unwrap().0.store.is_some());
     let (_, warnings) = DemoConfig::from_lookup(env(&[])).await.unwrap();

@@ -31,14 +31,15 @@ async fn filesystem() -> Arc<dyn Store> {
 }
 
 /// The Redis at REDIS_URL under a key prefix of this test's own.
-async fn redis() -> Option<Arc<dyn Store>> {
+async fn redis(local_cache: bool) -> Option<Arc<dyn Store>> {
     let Ok(url) = std::env::var("REDIS_URL") else {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "skipped: set REDIS_URL");
         return None;
     };
     let prefix = format!("demo-test-{}:", hipflask::SessionId::generate().as_str());
-    Some(Arc::new(hipflask_redis::RedisStore::connect(&url).await.unwrap().with_key_prefix(&prefix)))
+    let store = hipflask_redis::RedisStore::connect(&url).await.unwrap().with_key_prefix(&prefix);
+    Some(Arc::new(if local_cache { store.with_local_cache(1000).await.unwrap() } else { store }))
 }
 
 /// A SQL database from `var` under a key prefix of this test's own.
@@ -97,7 +98,12 @@ macro_rules! on_every_store {
         mod redis_store {
             use super::*;
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { let Some($store) = redis().await else { return }; $body })*
+            async fn $name() { let Some($store) = redis(false).await else { return }; $body })*
+        }
+        mod redis_store_with_local_cache {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { let Some($store) = redis(true).await else { return }; $body })*
         }
     };
 }

@@ -24,6 +24,17 @@
 //! no longer exists is not recreated. Loading is one `GET` plus `PTTL` in a
 //! pipeline.
 //!
+//! # Local cache
+//!
+//! [`with_local_cache`](RedisStore::with_local_cache) keeps sessions read
+//! from Redis in this process and answers later reads without a round trip,
+//! kept correct by Redis' client-side caching (`CLIENT TRACKING`): Redis
+//! tells this process whenever any client changes a session it holds. A
+//! change made by another process is seen after that message's delay (well
+//! under a millisecond on a local network) and every cached session is read
+//! again after at most 30 seconds. Off by default; standalone Redis 6 or
+//! newer only.
+//!
 //! # Limits
 //!
 //! Flask-Session's format does not record when a session was created, so
@@ -32,6 +43,7 @@
 //! kept on a best-effort basis and checked against the sessions on read.
 
 use std::fmt;
+use std::sync::Arc;
 
 use hipflask::{
     Dict, Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, user_of, value_to_msgpack,
@@ -40,15 +52,27 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value as RValue};
 
+mod cache;
+
 const MERGE: &str = include_str!("merge.lua");
 
 /// Sessions in Redis, in Flask-Session's format.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// The standalone server's client, for the local cache's own connection.
+    client: Option<redis::Client>,
+    local: Option<Arc<Local>>,
     prefix: String,
     user_key: String,
     script: redis::Script,
+}
+
+/// The local cache and the connection every read goes through when it is
+/// on: Redis tracks the keys read there and pushes invalidations on it.
+struct Local {
+    cache: Arc<cache::LocalCache>,
+    tracked: ConnectionManager,
 }
 
 #[derive(Clone)]
@@ -91,7 +115,11 @@ impl fmt::Debug for RedisStore {
             Conn::Single(_) => "standalone",
             Conn::Cluster(_) => "cluster",
         };
-        f.debug_struct("RedisStore").field("kind", &kind).field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("kind", &kind)
+            .field("prefix", &self.prefix)
+            .field("local_cache", &self.local.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,8 +133,8 @@ impl RedisStore {
     /// where the client supports it). The connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(backend)?;
-        let conn = ConnectionManager::new(client).await.map_err(backend)?;
-        Ok(RedisStore::with(Conn::Single(conn)))
+        let conn = ConnectionManager::new(client.clone()).await.map_err(backend)?;
+        Ok(RedisStore { client: Some(client), ..RedisStore::with(Conn::Single(conn)) })
     }
 
     /// Connects to a Redis Cluster through any of its nodes.
@@ -117,7 +145,52 @@ impl RedisStore {
     }
 
     fn with(conn: Conn) -> RedisStore {
-        RedisStore { conn, prefix: "session:".into(), user_key: "_user_id".into(), script: redis::Script::new(MERGE) }
+        RedisStore {
+            conn,
+            client: None,
+            local: None,
+            prefix: "session:".into(),
+            user_key: "_user_id".into(),
+            script: redis::Script::new(MERGE),
+        }
+    }
+
+    /// Keeps up to about `capacity` sessions in this process and answers
+    /// reads of them without a round trip; see the crate docs ("Local
+    /// cache") for how it stays correct. Opens one more connection, in RESP3,
+    /// with `CLIENT TRACKING ON`; fails on Redis Cluster and on servers
+    /// without client-side caching (before Redis 6).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), hipflask::Error> {
+    /// let store = hipflask_redis::RedisStore::connect("redis://127.0.0.1:6379").await?.with_local_cache(100_000).await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn with_local_cache(mut self, capacity: usize) -> Result<RedisStore, Error> {
+        let Some(client) = &self.client else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the Redis local cache needs a standalone Redis server, not a cluster",
+            ));
+        };
+        let info = client.get_connection_info().clone();
+        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(backend)?;
+        let cache = Arc::new(cache::LocalCache::new(capacity));
+        let pushes = cache.clone();
+        let config = redis::aio::ConnectionManagerConfig::new().set_push_sender(move |push: redis::PushInfo| {
+            pushes.on_push(push);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let tracked = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
+        let local = Local { cache, tracked };
+        // Fail now, with the reason, rather than run without a working cache.
+        local.enable_tracking(local.cache.ticket("")).await.map_err(|e| {
+            Error::new(ErrorKind::Config, "the Redis local cache needs CLIENT TRACKING (Redis 6 or newer)")
+                .with_source(e)
+        })?;
+        self.local = Some(Arc::new(local));
+        Ok(self)
     }
 
     /// `SESSION_KEY_PREFIX` (default `session:`, as Flask-Session).
@@ -143,10 +216,42 @@ impl RedisStore {
     }
 
     async fn load_raw(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-        let mut conn = self.conn.clone();
         let key = self.key(id);
+        let Some(local) = &self.local else {
+            return self.fetch(&mut self.conn.clone(), &key, now).await;
+        };
+        if let Some((data, expires_at)) = local.cache.get(&key, now) {
+            return Ok(Some(Record { data, created_at: now, expires_at }));
+        }
+        let mut ticket = local.cache.ticket(&key);
+        if !ticket.tracking() {
+            // Tracking is off after a disconnection: the connection manager
+            // has reconnected (or will), without it. Until it is back on,
+            // reads go through uncached.
+            match local.enable_tracking(ticket).await {
+                Ok(Some(on)) => ticket = on,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot turn Redis client tracking back on; reading uncached"),
+            }
+        }
+        let record = self.fetch(&mut local.tracked.clone(), &key, now).await?;
+        if let Some(record) = &record {
+            local.cache.put(&key, ticket, &record.data, record.expires_at, now);
+        }
+        Ok(record)
+    }
+
+    /// Drops `key` from the local cache: called after this process wrote it,
+    /// so the next read here sees the write even before Redis' push arrives.
+    fn written(&self, key: &str) {
+        if let Some(local) = &self.local {
+            local.cache.invalidate(key.as_bytes());
+        }
+    }
+
+    async fn fetch(&self, conn: &mut impl ConnectionLike, key: &str, now: u64) -> Result<Option<Record>, Error> {
         let (raw, pttl): (Option<Vec<u8>>, i64) =
-            redis::pipe().get(&key).pttl(&key).query_async(&mut conn).await.map_err(backend)?;
+            redis::pipe().get(key).pttl(key).query_async(conn).await.map_err(backend)?;
         let Some(raw) = raw.filter(|r| !r.is_empty()) else {
             return Ok(None);
         };
@@ -177,6 +282,16 @@ impl RedisStore {
     }
 }
 
+impl Local {
+    /// Sends `CLIENT TRACKING ON` on the tracked connection, then marks the
+    /// cache as tracking unless a disconnection came in between.
+    async fn enable_tracking(&self, ticket: cache::Ticket) -> Result<Option<cache::Ticket>, redis::RedisError> {
+        let mut conn = self.tracked.clone();
+        let () = redis::cmd("CLIENT").arg("TRACKING").arg("ON").query_async(&mut conn).await?;
+        Ok(self.cache.tracking_enabled(ticket))
+    }
+}
+
 fn key_bytes(key: &str) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(key.len() + 2);
     value_to_msgpack(&hipflask::Value::from(key), &mut out)?;
@@ -193,16 +308,18 @@ impl Store for RedisStore {
             let value = hipflask::to_msgpack(&record.data)?;
             let ttl = record.expires_at.saturating_sub(record.created_at).max(1);
             let mut conn = self.conn.clone();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.key(id))
+            let key = self.key(id);
+            let set: Result<Option<String>, Error> = redis::cmd("SET")
+                .arg(&key)
                 .arg(value)
                 .arg("EX")
                 .arg(ttl)
                 .arg("NX")
                 .query_async(&mut conn)
                 .await
-                .map_err(backend)?;
-            if set.is_none() {
+                .map_err(backend);
+            self.written(&key);
+            if set?.is_none() {
                 return Err(Error::new(ErrorKind::Conflict, "session id already in use"));
             }
             self.index(id, &record.data).await
@@ -212,7 +329,8 @@ impl Store for RedisStore {
     fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
         Box::pin(async move {
             let ttl = update.expires_at.saturating_sub(now).max(1);
-            let mut inv = self.script.key(self.key(id));
+            let key = self.key(id);
+            let mut inv = self.script.key(&key);
             inv.arg(ttl).arg(if update.changes.cleared { "1" } else { "0" }).arg(if update.loaded.is_some() {
                 "1"
             } else {
@@ -241,8 +359,10 @@ impl Store for RedisStore {
                 inv.arg(loaded);
             }
             let mut conn = self.conn.clone();
-            let result: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;
-            match result {
+            let result = inv.invoke_async(&mut conn).await.map_err(backend);
+            // Also after a failure: the write may have been applied.
+            self.written(&key);
+            match result? {
                 0 => Ok(Updated::Gone),
                 -1 => Err(Error::new(ErrorKind::Conflict, "a changed session key was changed by another request")),
                 _ => {
@@ -259,8 +379,10 @@ impl Store for RedisStore {
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let n: i64 = redis::cmd("DEL").arg(self.key(id)).query_async(&mut conn).await.map_err(backend)?;
-            Ok(n > 0)
+            let key = self.key(id);
+            let n: Result<i64, Error> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.map_err(backend);
+            self.written(&key);
+            Ok(n? > 0)
         })
     }
 

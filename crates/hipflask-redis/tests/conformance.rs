@@ -85,3 +85,115 @@ async fn redis_cluster_store_conforms() {
     let err = store.list(0).await.unwrap_err();
     assert!(err.to_string().contains("cluster") || format!("{err:?}").contains("Cluster"), "{err}");
 }
+
+async fn cached_store() -> Option<RedisStore> {
+    Some(store().await?.with_local_cache(1000).await.expect("the Redis server supports client tracking"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_with_local_cache_conforms() {
+    let Some(store) = cached_store().await else { return };
+    hipflask_conformance::run_with(Arc::new(store), hipflask_conformance::Capabilities::FLASK_SESSION_REDIS).await;
+}
+
+/// A plain connection: "another process" writing the same Redis.
+async fn other_process() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(std::env::var("REDIS_URL").unwrap()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Loads until `want` holds, for at most two seconds: another process's
+/// change arrives as a push, a fraction of a millisecond after it is made.
+async fn eventually(store: &RedisStore, id: &SessionId, now: u64, want: impl Fn(Option<&Record>) -> bool) -> bool {
+    for _ in 0..200 {
+        if want(store.load(id, now).await.unwrap().as_ref()) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+fn visits(record: Option<&Record>) -> Option<i64> {
+    record.and_then(|r| r.data.get("visits")).and_then(Value::as_i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cache_sees_other_processes_writes_and_deletes() {
+    let Some(store) = cached_store().await else { return };
+    let mut other = other_process().await;
+    let now = 1_700_000_000;
+    let id = SessionId::generate();
+    let key = format!("session:{}", id.as_str());
+    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
+    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
+    assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1), "now served from the cache");
+    // Flask-Session's bytes for {'visits': 7}, written by "Flask".
+    let seven = [&[0x81, 0xa6][..], b"visits", &[0x07]].concat();
+    let _: () = redis::cmd("SET").arg(&key).arg(&seven).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+    assert!(eventually(&store, &id, now, |r| visits(r) == Some(7)).await, "another process's write is seen");
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut other).await.unwrap();
+    assert!(eventually(&store, &id, now, |r| r.is_none()).await, "a logout elsewhere is seen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_are_read_back_at_once_through_the_local_cache() {
+    let Some(store) = cached_store().await else { return };
+    let now = 1_700_000_000;
+    let id = SessionId::generate();
+    let data: Dict = [("visits".to_owned(), Value::Int(0))].into();
+    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    for n in 1..=200 {
+        assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(n - 1));
+        let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(n)))] };
+        let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+        assert_eq!(store.update(&id, &update, now).await.unwrap(), hipflask::Updated::Applied);
+    }
+    assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(200));
+    assert!(store.delete(&id).await.unwrap());
+    assert!(store.load(&id, now).await.unwrap().is_none(), "a delete here is seen here at once");
+}
+
+/// Invalidations sent while the tracking connection is down are lost: the
+/// cache must be emptied and rebuilt, never keep what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tracking_connection_leaves_no_stale_session() {
+    let Some(store) = cached_store().await else { return };
+    let mut other = other_process().await;
+    let now = 1_700_000_000;
+    let id = SessionId::generate();
+    let key = format!("session:{}", id.as_str());
+    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
+    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
+    // Cut every connection with tracking on (other tests' too: they reconnect),
+    // then change the session while this store cannot hear about it.
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut other).await.unwrap();
+    for line in clients.lines().filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t'))) {
+        let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
+        let _: redis::RedisResult<i64> =
+            redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut other).await;
+    }
+    let five = [&[0x81, 0xa6][..], b"visits", &[0x05]].concat();
+    let _: () = redis::cmd("SET").arg(&key).arg(&five).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+    assert!(eventually(&store, &id, now, |r| visits(r) == Some(5)).await, "the change made meanwhile is seen");
+    // And the cache works again afterwards: a later change is seen too.
+    let six = [&[0x81, 0xa6][..], b"visits", &[0x06]].concat();
+    let _: () = redis::cmd("SET").arg(&key).arg(&six).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+    assert!(eventually(&store, &id, now, |r| visits(r) == Some(6)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cache_is_refused_on_a_cluster() {
+    let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") else {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "skipped: set REDIS_CLUSTER_URLS (.ci/run starts a cluster)");
+        return;
+    };
+    let nodes: Vec<&str> = urls.split(',').collect();
+    let store = RedisStore::connect_cluster(&nodes).await.expect("the cluster is reachable");
+    let err = store.with_local_cache(10).await.unwrap_err();
+    assert_eq!(err.kind(), hipflask::ErrorKind::Config);
+    assert!(err.to_string().contains("standalone"), "{err}");
+}
