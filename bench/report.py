@@ -7,7 +7,7 @@ from pathlib import Path
 # Each hipflask backend against the Flask deployment it replaces.
 FLASK_PEER = {"cookie": "flask-cookie"}
 SERVER_SIDE_FLASK = "flask-redis"
-TARGETS = {"cookie": (1.05, 1.2), "memory": (1.1, 1.15), "redis": (1.8, 3.0)}
+TARGETS = {"cookie": (1.05, 1.2), "memory": (1.1, 1.15), "redis": (1.8, 3.0), "redis-cached": (1.8, 3.0)}
 
 
 def fmt_rps(r):

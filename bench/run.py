@@ -239,7 +239,7 @@ def sql_scalar(kind, query):
 def store_statements(kind, redis_url):
     """A counter of what the store executed: Redis commands, MariaDB statements, PostgreSQL transactions."""
     kind = kind.removesuffix("-before")
-    if kind in ("redis", "tower-redis", "actix-redis", "flask-redis"):
+    if kind in ("redis", "redis-cached", "tower-redis", "actix-redis", "flask-redis"):
         return redis_commands(redis_url)
     if kind == "postgresql":
         return sql_scalar(kind, "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'test'")
@@ -278,6 +278,7 @@ def servers(args, tmp, redis_url):
         Server("filesystem", "hipflask, filesystem", demo, {**server_side, "SESSION_TYPE": "filesystem", "SESSION_FILE_DIR": f"{tmp}/files"}),
         Server("sqlite", "hipflask, SQLite", demo, {**server_side, "SESSION_TYPE": "sqlite", "SESSION_DATABASE_URL": f"sqlite://{tmp}/sessions.db"}),
         Server("redis", "hipflask, Redis", demo, {**server_side, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix}, redis_store),
+        Server("redis-cached", "hipflask, Redis + local cache", demo, {**server_side, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix, "SESSION_REDIS_LOCAL_CACHE": "200000"}, redis_store),
         Server("postgresql", "hipflask, PostgreSQL", demo, {**server_side, "SESSION_TYPE": "postgresql", "SESSION_DATABASE_URL": pg, "SESSION_KEY_PREFIX": prefix}, ("names", {"postgres"})),
         Server("mysql", "hipflask, MariaDB", demo, {**server_side, "SESSION_TYPE": "mysql", "SESSION_DATABASE_URL": my, "SESSION_KEY_PREFIX": prefix}, ("names", {"mariadbd", "mysqld"})),
         Server("tower-memory", "axum + tower-sessions 0.15, MemoryStore", [*peer, "tower-memory", "127.0.0.1:{port}"], group="peer"),

@@ -218,10 +218,10 @@ impl RedisStore {
     async fn load_raw(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let key = self.key(id);
         let Some(local) = &self.local else {
-            return self.fetch(&mut self.conn.clone(), &key, now).await;
+            return Ok(self.fetch(&mut self.conn.clone(), &key, now).await?.map(|(record, _)| record));
         };
-        if let Some((data, expires_at)) = local.cache.get(&key, now) {
-            return Ok(Some(Record { data, created_at: now, expires_at }));
+        if let Some((data, left)) = local.cache.get(&key) {
+            return Ok(Some(Record { data, created_at: now, expires_at: now + left.as_secs().max(1) }));
         }
         let mut ticket = local.cache.ticket(&key);
         if !ticket.tracking() {
@@ -234,11 +234,11 @@ impl RedisStore {
                 Err(e) => tracing::warn!(error = %e, "cannot turn Redis client tracking back on; reading uncached"),
             }
         }
-        let record = self.fetch(&mut local.tracked.clone(), &key, now).await?;
-        if let Some(record) = &record {
-            local.cache.put(&key, ticket, &record.data, record.expires_at, now);
+        let found = self.fetch(&mut local.tracked.clone(), &key, now).await?;
+        if let Some((record, ttl)) = &found {
+            local.cache.put(&key, ticket, &record.data, *ttl);
         }
-        Ok(record)
+        Ok(found.map(|(record, _)| record))
     }
 
     /// Drops `key` from the local cache: called after this process wrote it,
@@ -249,7 +249,13 @@ impl RedisStore {
         }
     }
 
-    async fn fetch(&self, conn: &mut impl ConnectionLike, key: &str, now: u64) -> Result<Option<Record>, Error> {
+    /// The session under `key` and its TTL, read in one round trip.
+    async fn fetch(
+        &self,
+        conn: &mut impl ConnectionLike,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<(Record, std::time::Duration)>, Error> {
         let (raw, pttl): (Option<Vec<u8>>, i64) =
             redis::pipe().get(key).pttl(key).query_async(conn).await.map_err(backend)?;
         let Some(raw) = raw.filter(|r| !r.is_empty()) else {
@@ -258,8 +264,9 @@ impl RedisStore {
         match hipflask::from_stored_session(&raw) {
             Ok(data) => {
                 // A key without TTL (set by hand) is treated as living one more hour.
-                let ttl = if pttl > 0 { (pttl as u64).div_ceil(1000) } else { 3600 };
-                Ok(Some(Record { data, created_at: now, expires_at: now + ttl }))
+                let ttl_ms = if pttl > 0 { pttl as u64 } else { 3_600_000 };
+                let record = Record { data, created_at: now, expires_at: now + ttl_ms.div_ceil(1000) };
+                Ok(Some((record, std::time::Duration::from_millis(ttl_ms))))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable session in Redis; treating it as missing");
@@ -282,12 +289,42 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Reads the merge script's answer: the outcome, and for an applied
+    /// write the stored value with its TTL in milliseconds.
+    async fn updated(
+        &self,
+        id: &SessionId,
+        update: &Update,
+        result: RValue,
+    ) -> Result<(Updated, Option<(Vec<u8>, i64)>), Error> {
+        let stored = match result {
+            RValue::Int(0) => return Ok((Updated::Gone, None)),
+            RValue::Int(-1) => {
+                return Err(Error::new(ErrorKind::Conflict, "a changed session key was changed by another request"));
+            }
+            RValue::Array(parts) => match parts.as_slice() {
+                [RValue::Int(1), RValue::BulkString(value), RValue::Int(pttl)] if *pttl > 0 => {
+                    Some((value.clone(), *pttl))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some((_, Some(v))) = update.changes.keys.iter().find(|(k, _)| *k == self.user_key) {
+            let data: Dict = [(self.user_key.clone(), v.clone())].into();
+            self.index(id, &data).await?;
+        }
+        Ok((Updated::Applied, stored))
+    }
+}
+
 impl Local {
     /// Sends `CLIENT TRACKING ON` on the tracked connection, then marks the
     /// cache as tracking unless a disconnection came in between.
     async fn enable_tracking(&self, ticket: cache::Ticket) -> Result<Option<cache::Ticket>, redis::RedisError> {
         let mut conn = self.tracked.clone();
-        let () = redis::cmd("CLIENT").arg("TRACKING").arg("ON").query_async(&mut conn).await?;
+        let () = redis::cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP").query_async(&mut conn).await?;
         Ok(self.cache.tracking_enabled(ticket))
     }
 }
@@ -358,24 +395,35 @@ impl Store for RedisStore {
                 };
                 inv.arg(loaded);
             }
-            let mut conn = self.conn.clone();
-            let result = inv.invoke_async(&mut conn).await.map_err(backend);
-            // Also after a failure: the write may have been applied.
-            self.written(&key);
-            match result? {
-                0 => Ok(Updated::Gone),
-                -1 => Err(Error::new(ErrorKind::Conflict, "a changed session key was changed by another request")),
-                _ => {
-                    if let Some((_, Some(v))) = update.changes.keys.iter().find(|(k, _)| *k == self.user_key) {
-                        let data: Dict = [(self.user_key.clone(), v.clone())].into();
-                        self.index(id, &data).await?;
+            let Some(local) = &self.local else {
+                let result: RValue = inv.invoke_async(&mut self.conn.clone()).await.map_err(backend)?;
+                return self.updated(id, update, result).await.map(|(updated, _)| updated);
+            };
+            // Through the tracked connection (NOLOOP: Redis does not tell it
+            // about its own writes), so the value the script returns can
+            // replace the cached one: the next request on this session needs
+            // no read. See `LocalCache::replace` for why that is safe.
+            let ticket = local.cache.ticket(&key);
+            let result = inv.invoke_async::<RValue>(&mut local.tracked.clone()).await.map_err(backend);
+            let Ok(result) = result else {
+                // The write may have been applied: forget the old value.
+                self.written(&key);
+                return Err(result.unwrap_err());
+            };
+            let outcome = self.updated(id, update, result).await;
+            match &outcome {
+                Ok((Updated::Applied, Some((value, pttl)))) => match hipflask::from_stored_session(value) {
+                    Ok(data) => {
+                        let ttl = std::time::Duration::from_millis(*pttl as u64);
+                        local.cache.replace(&key, ticket, &data, ttl);
                     }
-                    Ok(Updated::Applied)
-                }
+                    Err(_) => self.written(&key),
+                },
+                _ => self.written(&key),
             }
+            outcome.map(|(updated, _)| updated)
         })
     }
-
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut conn = self.conn.clone();

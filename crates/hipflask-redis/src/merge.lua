@@ -10,8 +10,8 @@
 --   the key as msgpack bytes, "s" (set) or "d" (delete),
 --   the new value as msgpack bytes (empty for delete),
 --   the value as loaded: "a" (absent) or "p" followed by its msgpack bytes
--- Returns 1 when applied, 0 when the session no longer exists, and
--- -1 (nothing written) on a conflict.
+-- Returns {1, the stored value, its TTL in ms} when applied, 0 when the
+-- session no longer exists, and -1 (nothing written) on a conflict.
 
 local cur = redis.call('GET', KEYS[1])
 if not cur then
@@ -141,5 +141,8 @@ elseif n <= 0xffff then
 else
   header = string.char(0xdf, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
 end
-redis.call('SET', KEYS[1], header .. table.concat(parts), 'EX', ARGV[1])
-return 1
+local value = header .. table.concat(parts)
+redis.call('SET', KEYS[1], value, 'EX', ARGV[1])
+-- A read after the write: a caller with client tracking on keeps tracking
+-- the key (the write ended it), so it may cache the value returned here.
+return {1, value, redis.call('PTTL', KEYS[1])}

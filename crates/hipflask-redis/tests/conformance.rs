@@ -155,6 +155,33 @@ async fn own_writes_are_read_back_at_once_through_the_local_cache() {
     assert!(store.load(&id, now).await.unwrap().is_none(), "a delete here is seen here at once");
 }
 
+/// The value a write here stored is cached without a read; Redis must still
+/// tell this process when another one changes the session afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_own_write_other_processes_changes_are_still_seen() {
+    let Some(store) = cached_store().await else { return };
+    let mut other = other_process().await;
+    let now = 1_700_000_000;
+    let id = SessionId::generate();
+    let key = format!("session:{}", id.as_str());
+    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
+    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    for round in 0..20 {
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(100)))] };
+        let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+        assert_eq!(store.update(&id, &update, now).await.unwrap(), hipflask::Updated::Applied);
+        let record = store.load(&id, now).await.unwrap();
+        assert_eq!(visits(record.as_ref()), Some(100));
+        let ttl = record.unwrap().expires_at - now;
+        assert!((55..=60).contains(&ttl), "the cached expiry is the stored TTL: {ttl}");
+        let n = 101 + round;
+        let bytes = [&[0x81, 0xa6][..], b"visits", &[n as u8]].concat();
+        let _: () = redis::cmd("SET").arg(&key).arg(&bytes).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+        assert!(eventually(&store, &id, now, |r| visits(r) == Some(n)).await, "round {round}: a later change is seen");
+    }
+}
+
 /// Invalidations sent while the tracking connection is down are lost: the
 /// cache must be emptied and rebuilt, never keep what it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
