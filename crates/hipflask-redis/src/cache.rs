@@ -11,13 +11,17 @@
 //! - Nothing is cached, or served, unless tracking is known to be on for the
 //!   current connection. A disconnection (which loses the invalidations sent
 //!   meanwhile) turns it off, starts a new epoch and empties the cache.
-//! - A read remembers a ticket (its shard's invalidation count and the
-//!   epoch) before asking Redis; its answer is kept only if no invalidation
-//!   of that shard and no disconnection happened since. Checked under the
-//!   shard's lock, which invalidations also take.
-//! - This process's own writes invalidate the key locally once Redis has
-//!   applied them, so a visitor's next request never reads their old session
-//!   even before Redis' push arrives.
+//! - A read or a write remembers a ticket (the change count of its key's
+//!   stripe, and the epoch) before asking Redis; its answer is kept only if
+//!   that count and the epoch have not moved since. Checked under the shard's
+//!   lock, which every change of the count also takes.
+//! - This process's writes go through the tracked connection with NOLOOP
+//!   (Redis does not echo them) and the merge script reads the key back, so
+//!   Redis keeps tracking it; the value the script stored replaces the cached
+//!   one, and moves the count, so an older answer still in flight is dropped.
+//!   Creates and deletes (on the main connection) drop the key locally once
+//!   Redis has applied them, so a visitor's next request never reads the
+//!   old session even before Redis' push arrives.
 //! - An entry is served for at most [`MAX_AGE`]: a bound on staleness
 //!   should an invalidation be lost without a disconnection being seen.
 //! - Expiry is kept as Redis keeps it, in real time from the key's TTL, not
@@ -39,6 +43,11 @@ use hipflask::Dict;
 use redis::{PushInfo, PushKind, Value as RValue};
 
 const SHARDS: usize = 16;
+/// Change counters per shard: keys are told apart by hash into
+/// `SHARDS * STRIPES` counters, so a write to one session rarely voids a
+/// concurrent read or write of another (with one counter per shard, 32
+/// concurrent writers voided most of each other's updates).
+const STRIPES: usize = 256;
 
 /// The longest a cached session is served without reading Redis again.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(30);
@@ -52,11 +61,16 @@ pub(crate) struct LocalCache {
     state: AtomicU64,
 }
 
-#[derive(Default)]
 struct Shard {
     entries: HashMap<Vec<u8>, Entry>,
-    /// Invalidations of this shard so far.
-    seq: u64,
+    /// Changes so far of the keys hashed to each stripe.
+    seqs: Vec<u64>,
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard { entries: HashMap::new(), seqs: vec![0; STRIPES] }
+    }
 }
 
 struct Entry {
@@ -78,6 +92,7 @@ impl Entry {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
     shard: usize,
+    stripe: usize,
     seq: u64,
     state: u64,
 }
@@ -99,8 +114,10 @@ impl LocalCache {
         }
     }
 
-    fn shard_of(&self, key: &[u8]) -> usize {
-        (self.hasher.hash_one(key) % SHARDS as u64) as usize
+    /// The shard and the stripe within it that `key` belongs to.
+    fn place(&self, key: &[u8]) -> (usize, usize) {
+        let h = self.hasher.hash_one(key) as usize;
+        (h % SHARDS, (h / SHARDS) % STRIPES)
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
@@ -114,7 +131,7 @@ impl LocalCache {
         if self.state.load(Ordering::SeqCst) & 1 == 0 {
             return None;
         }
-        let mut shard = self.lock(self.shard_of(key.as_bytes()));
+        let mut shard = self.lock(self.place(key.as_bytes()).0);
         let entry = shard.entries.get(key.as_bytes())?;
         let now = Instant::now();
         let left = entry.expires.checked_duration_since(now).filter(|d| !d.is_zero() && now < entry.fresh_until);
@@ -127,9 +144,9 @@ impl LocalCache {
 
     /// Taken before reading `key` from Redis, handed back to [`put`](Self::put).
     pub(crate) fn ticket(&self, key: &str) -> Ticket {
-        let shard = self.shard_of(key.as_bytes());
-        let seq = self.lock(shard).seq;
-        Ticket { shard, seq, state: self.state.load(Ordering::SeqCst) }
+        let (shard, stripe) = self.place(key.as_bytes());
+        let seq = self.lock(shard).seqs[stripe];
+        Ticket { shard, stripe, seq, state: self.state.load(Ordering::SeqCst) }
     }
 
     /// Marks tracking on, unless a disconnection came after `ticket` was
@@ -152,7 +169,7 @@ impl LocalCache {
         let mut shard = self.lock(ticket.shard);
         // Under the lock: an invalidation or a disconnection either happened
         // before (and is seen here) or waits for this lock (and removes it).
-        if shard.seq != ticket.seq || self.state.load(Ordering::SeqCst) != ticket.state {
+        if shard.seqs[ticket.stripe] != ticket.seq || self.state.load(Ordering::SeqCst) != ticket.state {
             return;
         }
         if shard.entries.len() >= self.per_shard {
@@ -169,14 +186,14 @@ impl LocalCache {
     /// `ticket` may concern a change after this write, so then nothing is
     /// kept; either way the old value is gone.
     ///
-    /// The shard's count moves on either way: a write answered later but
+    /// The key's change count moves on either way: a write answered later but
     /// applied earlier (or a read sent before this write) then finds its
     /// ticket outdated and cannot put an older value back. Without this, 100
     /// concurrent writes left a cached session missing a quarter of its keys.
     pub(crate) fn replace(&self, key: &str, ticket: Ticket, data: &Dict, ttl: Duration) {
         let mut shard = self.lock(ticket.shard);
-        let unchanged = shard.seq == ticket.seq && self.state.load(Ordering::SeqCst) == ticket.state;
-        shard.seq += 1;
+        let unchanged = shard.seqs[ticket.stripe] == ticket.seq && self.state.load(Ordering::SeqCst) == ticket.state;
+        shard.seqs[ticket.stripe] += 1;
         if !(ticket.tracking() && unchanged) {
             shard.entries.remove(key.as_bytes());
             return;
@@ -187,18 +204,20 @@ impl LocalCache {
         shard.entries.insert(key.as_bytes().to_vec(), Entry::new(data, ttl));
     }
 
-    /// Drops `key` and fails every read of its shard that is in flight.
+    /// Drops `key` and voids every read or write of it (or of a key sharing
+    /// its stripe) that is in flight.
     pub(crate) fn invalidate(&self, key: &[u8]) {
-        let mut shard = self.lock(self.shard_of(key));
+        let (shard, stripe) = self.place(key);
+        let mut shard = self.lock(shard);
         shard.entries.remove(key);
-        shard.seq += 1;
+        shard.seqs[stripe] += 1;
     }
 
     fn invalidate_all(&self) {
         for i in 0..SHARDS {
             let mut shard = self.lock(i);
             shard.entries.clear();
-            shard.seq += 1;
+            shard.seqs.iter_mut().for_each(|seq| *seq += 1);
         }
     }
 
@@ -309,7 +328,7 @@ mod tests {
         assert!(cache.get("k").is_none());
         let t = cache.ticket("k");
         cache.put("k", t, &session(2), HOUR);
-        // A push for this shard while the write was in flight: the new value
+        // A push for this key while the write was in flight: the new value
         // may already be old, and the previous one certainly is.
         let before_write = cache.ticket("k");
         cache.invalidate(b"k");
@@ -354,7 +373,7 @@ mod tests {
         cache.put("k", t, &session(1), HOUR);
         let (_, left) = cache.get("k").unwrap();
         assert!(left > MAX_AGE, "the TTL reported is Redis', not the cache's: {left:?}");
-        let shard = cache.shard_of(b"k");
+        let (shard, _) = cache.place(b"k");
         cache.lock(shard).entries.get_mut(b"k".as_slice()).unwrap().fresh_until = Instant::now();
         assert!(cache.get("k").is_none(), "past its maximum age");
     }
