@@ -209,10 +209,23 @@ impl LazySession {
         if let Some(s) = slot.session.get() {
             return Ok(s.clone());
         }
-        let cookies: Vec<&[u8]> = slot.cookies.values().collect();
+        // One Cookie header is the rule: no list to build for it.
+        let many: Vec<&[u8]>;
+        let one: [&[u8]; 1];
+        let cookies: &[&[u8]] = match &slot.cookies {
+            Cookies::None => &[],
+            Cookies::One(v) => {
+                one = [v.as_bytes()];
+                &one
+            }
+            Cookies::Many(_) => {
+                many = slot.cookies.values().collect();
+                &many
+            }
+        };
         let config = slot.config();
         let metrics = slot.shared.metrics();
-        let loading = config.load_session(&cookies);
+        let loading = config.load_session(cookies);
         let result = if config.is_server_side() {
             within(&metrics.store_load, "load", config.store_timeout(), loading).await
         } else {

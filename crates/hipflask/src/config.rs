@@ -626,7 +626,7 @@ impl Config {
             None => Ok(self.open(cookie_headers.iter().copied())),
             Some(server) => {
                 let cookie = crate::header::find_cookie(cookie_headers.iter().copied(), self.cookie_name().as_bytes());
-                self.open_server(server, cookie).await
+                self.open_server(server, cookie.as_deref()).await
             }
         }
     }

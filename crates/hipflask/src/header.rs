@@ -1,9 +1,12 @@
 //! Reading the request's `Cookie` header as Werkzeug does.
 
+use std::borrow::Cow;
+
 /// The value of the first cookie called `name` across the `Cookie` header
 /// values, unquoted. Werkzeug (and so Flask) lets the first one win; browsers
-/// send the most specific path first.
-pub(crate) fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &[u8]) -> Option<Vec<u8>> {
+/// send the most specific path first. Borrowed unless it was quoted: every
+/// request reads it.
+pub(crate) fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &[u8]) -> Option<Cow<'a, [u8]>> {
     for header in headers {
         for pair in header.split(|b| *b == b';') {
             let pair = pair.trim_ascii();
@@ -20,10 +23,10 @@ pub(crate) fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name:
 
 /// Removes double quotes and Werkzeug's backslash escapes (`\"`, `\\`, and
 /// three-digit octal such as `\054`).
-fn unquote(value: &[u8]) -> Vec<u8> {
+fn unquote(value: &[u8]) -> Cow<'_, [u8]> {
     let inner = match value {
         [b'"', inner @ .., b'"'] => inner,
-        _ => return value.to_vec(),
+        _ => return Cow::Borrowed(value),
     };
     let mut out = Vec::with_capacity(inner.len());
     let mut i = 0;
@@ -43,7 +46,7 @@ fn unquote(value: &[u8]) -> Vec<u8> {
             i += 1;
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

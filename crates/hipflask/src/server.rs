@@ -66,8 +66,8 @@ impl Config {
     /// Opens the session named by the request's cookie from the store. A
     /// missing, malformed, badly signed, unknown or expired id gives a new
     /// session with a **new** id (a client's id is never adopted).
-    pub(crate) async fn open_server(&self, server: &ServerSide, cookie: Option<Vec<u8>>) -> Result<Session, Error> {
-        let Some(id) = cookie.filter(|c| !c.is_empty()).and_then(|c| server.parse_cookie(&c)) else {
+    pub(crate) async fn open_server(&self, server: &ServerSide, cookie: Option<&[u8]>) -> Result<Session, Error> {
+        let Some(id) = cookie.filter(|c| !c.is_empty()).and_then(|c| server.parse_cookie(c)) else {
             return Ok(server.new_session());
         };
         let now = self.now();
