@@ -248,6 +248,21 @@ def store_statements(kind, redis_url):
     return None
 
 
+def drop_flask_tables():
+    """Drops the Flask peers' session tables from the shared databases (best effort)."""
+    table = f"flask_bench_{os.getpid()}"
+    for argv in (
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc", f"DROP TABLE IF EXISTS {table}"],
+        ["mariadb", "-h", "127.0.0.1", "-u", "root", "test", "-e", f"DROP TABLE IF EXISTS {table}"],
+    ):
+        subprocess.run(argv, capture_output=True)
+
+
+def sqlalchemy_url(url, scheme):
+    """A postgres:// or mysql:// URL with SQLAlchemy's driver scheme instead."""
+    return scheme + url[url.index("://"):]
+
+
 def servers(args, tmp, redis_url):
     demo = [str(args.target / "release" / "hipflask-demo"), "--bind", "127.0.0.1:{port}"]
     peer = [str(args.target / "release" / "bench-peer")]
@@ -258,8 +273,10 @@ def servers(args, tmp, redis_url):
     server_side = {**base, "SESSION_CONFLICTS": "reject"}
     pg = os.environ.get("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
     my = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
-    gunicorn = [str(args.venv / "bin" / "gunicorn"), "-w", "2", "-b", "127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "flask_app:app"]
+    gunicorn = [str(args.venv / "bin" / "gunicorn"), "--preload", "-w", "2", "-b", "127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "flask_app:app"]
     prefix = f"bench-{os.getpid()}:"
+    # Flask-Session's SQLAlchemy table, one per run so runs never share rows.
+    table = f"flask_bench_{os.getpid()}"
     before = []
     if args.before:
         # The same backends on an older build of the demo, for before/after numbers.
@@ -287,6 +304,10 @@ def servers(args, tmp, redis_url):
         Server("actix-redis", "actix-web 4 + actix-session 0.11, Redis", [*peer, "actix-redis", "127.0.0.1:{port}"], {"REDIS_URL": redis_url}, redis_store, group="peer"),
         Server("flask-cookie", "Flask 3.1 cookie session, gunicorn 2 sync workers", gunicorn, {"FLASK_BENCH_STORE": "cookie"}, group="flask"),
         Server("flask-redis", "Flask + Flask-Session 0.8, Redis, gunicorn 2 workers", gunicorn, {"FLASK_BENCH_STORE": "redis", "REDIS_URL": redis_url}, redis_store, group="flask"),
+        Server("flask-filesystem", "Flask + Flask-Session 0.8, cachelib files, gunicorn 2 workers", gunicorn, {"FLASK_BENCH_STORE": "filesystem", "FLASK_BENCH_DIR": f"{tmp}/flask-files"}, group="flask"),
+        Server("flask-sqlite", "Flask + Flask-Session 0.8, SQLAlchemy on SQLite, gunicorn 2 workers", gunicorn, {"FLASK_BENCH_STORE": "sqlite", "FLASK_BENCH_DB": f"sqlite:///{tmp}/flask-sessions.db"}, group="flask"),
+        Server("flask-postgresql", "Flask + Flask-Session 0.8, SQLAlchemy on PostgreSQL, gunicorn 2 workers", gunicorn, {"FLASK_BENCH_STORE": "postgresql", "FLASK_BENCH_DB": sqlalchemy_url(pg, "postgresql+psycopg2"), "FLASK_BENCH_TABLE": table}, ("names", {"postgres"}), group="flask"),
+        Server("flask-mysql", "Flask + Flask-Session 0.8, SQLAlchemy on MariaDB, gunicorn 2 workers", gunicorn, {"FLASK_BENCH_STORE": "mysql", "FLASK_BENCH_DB": sqlalchemy_url(my, "mysql+pymysql"), "FLASK_BENCH_TABLE": table}, ("names", {"mariadbd", "mysqld"}), group="flask"),
     ]
 
 
@@ -442,6 +463,7 @@ def main():
         redis_proc.terminate()
         redis_proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+        drop_flask_tables()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     import report
