@@ -1,9 +1,10 @@
 //! SQLite store for hipflask's server-side sessions: the embedded default.
 //!
-//! One file, WAL journal, schema created and migrated on open. Each update
-//! is a `BEGIN IMMEDIATE` transaction that reads the stored session, applies
-//! the request's per-key changes and writes it back, so concurrent requests
-//! lose nothing, even from several processes sharing the file.
+//! One file, WAL journal, a page cache of up to 64 MiB, schema created and
+//! migrated on open. Each update is a `BEGIN IMMEDIATE` transaction that
+//! reads the stored session, applies the request's per-key changes and
+//! writes it back, so concurrent requests lose nothing, even from several
+//! processes sharing the file.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), hipflask::Error> {
@@ -116,8 +117,14 @@ impl SqliteStore {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), Error> {
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
-        .map_err(backend)?;
+    // A 64 MiB page cache (SQLite's default is 2 MiB): with a million
+    // sessions the id index no longer fits the default, and every lookup
+    // went to the OS for its pages, a third slower than with a thousand.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+         PRAGMA cache_size = -65536;",
+    )
+    .map_err(backend)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
     if version > SCHEMA_VERSION {
         return Err(Error::new(
