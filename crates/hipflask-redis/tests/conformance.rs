@@ -118,20 +118,30 @@ fn visits(record: Option<&Record>) -> Option<i64> {
     record.and_then(|r| r.data.get("visits")).and_then(Value::as_i64)
 }
 
+/// A new session `{"visits": n}` in `store`, and its Redis key.
+async fn session_with_visits(store: &RedisStore, n: i64, now: u64) -> (SessionId, String) {
+    let id = SessionId::generate();
+    let data: Dict = [("visits".to_owned(), Value::Int(n))].into();
+    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    let key = format!("session:{}", id.as_str());
+    (id, key)
+}
+
+/// What Flask-Session writes for `{'visits': n}` (n < 128), written by "another process".
+async fn flask_sets_visits(other: &mut redis::aio::MultiplexedConnection, key: &str, n: u8) {
+    let bytes = [&[0x81, 0xa6][..], b"visits", &[n]].concat();
+    let _: () = redis::cmd("SET").arg(key).arg(&bytes).arg("EX").arg(60).query_async(other).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_cache_sees_other_processes_writes_and_deletes() {
     let Some(store) = cached_store().await else { return };
     let mut other = other_process().await;
     let now = 1_700_000_000;
-    let id = SessionId::generate();
-    let key = format!("session:{}", id.as_str());
-    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
-    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    let (id, key) = session_with_visits(&store, 1, now).await;
     assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
     assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1), "now served from the cache");
-    // Flask-Session's bytes for {'visits': 7}, written by "Flask".
-    let seven = [&[0x81, 0xa6][..], b"visits", &[0x07]].concat();
-    let _: () = redis::cmd("SET").arg(&key).arg(&seven).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+    flask_sets_visits(&mut other, &key, 7).await;
     assert!(eventually(&store, &id, now, |r| visits(r) == Some(7)).await, "another process's write is seen");
     let _: () = redis::cmd("DEL").arg(&key).query_async(&mut other).await.unwrap();
     assert!(eventually(&store, &id, now, |r| r.is_none()).await, "a logout elsewhere is seen");
@@ -141,9 +151,7 @@ async fn the_local_cache_sees_other_processes_writes_and_deletes() {
 async fn own_writes_are_read_back_at_once_through_the_local_cache() {
     let Some(store) = cached_store().await else { return };
     let now = 1_700_000_000;
-    let id = SessionId::generate();
-    let data: Dict = [("visits".to_owned(), Value::Int(0))].into();
-    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    let (id, _) = session_with_visits(&store, 0, now).await;
     for n in 1..=200 {
         assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(n - 1));
         let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(n)))] };
@@ -162,10 +170,7 @@ async fn after_an_own_write_other_processes_changes_are_still_seen() {
     let Some(store) = cached_store().await else { return };
     let mut other = other_process().await;
     let now = 1_700_000_000;
-    let id = SessionId::generate();
-    let key = format!("session:{}", id.as_str());
-    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
-    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    let (id, key) = session_with_visits(&store, 1, now).await;
     for round in 0..20 {
         assert!(store.load(&id, now).await.unwrap().is_some());
         let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(100)))] };
@@ -176,8 +181,7 @@ async fn after_an_own_write_other_processes_changes_are_still_seen() {
         let ttl = record.unwrap().expires_at - now;
         assert!((55..=60).contains(&ttl), "the cached expiry is the stored TTL: {ttl}");
         let n = 101 + round;
-        let bytes = [&[0x81, 0xa6][..], b"visits", &[n as u8]].concat();
-        let _: () = redis::cmd("SET").arg(&key).arg(&bytes).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+        flask_sets_visits(&mut other, &key, n as u8).await;
         assert!(eventually(&store, &id, now, |r| visits(r) == Some(n)).await, "round {round}: a later change is seen");
     }
 }
@@ -189,10 +193,7 @@ async fn a_lost_tracking_connection_leaves_no_stale_session() {
     let Some(store) = cached_store().await else { return };
     let mut other = other_process().await;
     let now = 1_700_000_000;
-    let id = SessionId::generate();
-    let key = format!("session:{}", id.as_str());
-    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
-    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    let (id, key) = session_with_visits(&store, 1, now).await;
     assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
     // Cut every connection with tracking on (other tests' too: they reconnect),
     // then change the session while this store cannot hear about it.
@@ -202,12 +203,10 @@ async fn a_lost_tracking_connection_leaves_no_stale_session() {
         let _: redis::RedisResult<i64> =
             redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut other).await;
     }
-    let five = [&[0x81, 0xa6][..], b"visits", &[0x05]].concat();
-    let _: () = redis::cmd("SET").arg(&key).arg(&five).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+    flask_sets_visits(&mut other, &key, 5).await;
     assert!(eventually(&store, &id, now, |r| visits(r) == Some(5)).await, "the change made meanwhile is seen");
     // And the cache works again afterwards: a later change is seen too.
-    let six = [&[0x81, 0xa6][..], b"visits", &[0x06]].concat();
-    let _: () = redis::cmd("SET").arg(&key).arg(&six).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+    flask_sets_visits(&mut other, &key, 6).await;
     assert!(eventually(&store, &id, now, |r| visits(r) == Some(6)).await);
 }
 
