@@ -1,12 +1,14 @@
 """Two demo processes on one store, and a store that goes down and comes back.
 
 Drives the real hipflask-demo binary (DEMO_BIN) over HTTP on loopback:
-- on Redis (REDIS_URL) and PostgreSQL (POSTGRES_URL): two instances, one
-  client alternating between them, nothing lost, logout on one is logout on
-  both;
+- on Redis (REDIS_URL), also with both instances keeping a local cache of
+  sessions, and on PostgreSQL (POSTGRES_URL): two instances, one client
+  alternating between them, nothing lost, logout on one is logout on both;
 - a redis-server and a PostgreSQL of its own on spare ports (never the
   shared ones), each stopped by PID while the demo runs and restarted: 503
-  while it is down, recovery without restarting the demo, the session intact.
+  while it is down, recovery without restarting the demo, the session intact;
+  with the Redis local cache on, a change made in Redis after the restart is
+  still seen (the cache was emptied and tracking turned back on).
 Python's standard library only.
 """
 
@@ -129,6 +131,7 @@ def outage(label, url, stop, start):
         time.sleep(0.2)
     check(f"{label}: recovered without restarting the app, session intact", ok, "2")
     check(f"{label}: and writable again", c.request(url + "/bench/write")[1], "3")
+    return c
 
 
 def start_redis(port, data_dir):
@@ -145,14 +148,27 @@ def start_redis(port, data_dir):
     raise RuntimeError("redis-server did not start")
 
 
-def redis_fault():
+def redis_set(port, key, value):
+    """SET key value EX 600 on the Redis at `port`, as another process would."""
+    parts = [b"SET", key.encode(), value, b"EX", b"600"]
+    command = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(command)
+        s.recv(64)
+
+
+def redis_fault(local_cache):
     if not shutil.which("redis-server"):
         print("skipped: fault test needs redis-server")
         return
+    label = "redis fault, local cache" if local_cache else "redis fault"
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="hipflask-fault-")
     redis = start_redis(port, data_dir)
-    demo, url = start_demo({"SESSION_TYPE": "redis", "SESSION_REDIS": f"redis://127.0.0.1:{port}"})
+    env = {"SESSION_TYPE": "redis", "SESSION_REDIS": f"redis://127.0.0.1:{port}"}
+    if local_cache:
+        env["SESSION_REDIS_LOCAL_CACHE"] = "1000"
+    demo, url = start_demo(env)
     procs = {"redis": redis}
     try:
 
@@ -163,7 +179,17 @@ def redis_fault():
         def start():
             procs["redis"] = start_redis(port, data_dir)
 
-        outage("redis fault", url, stop, start)
+        client = outage(label, url, stop, start)
+        if local_cache:
+            # Flask-Session's bytes for {'visits': 9}, written behind the demo's back.
+            redis_set(port, "session:" + client.cookie, b"\x81\xa6visits\x09")
+            seen = None
+            for _ in range(50):
+                seen = client.request(url + "/bench/read")[1]
+                if seen == "9":
+                    break
+                time.sleep(0.05)
+            check(f"{label}: a change made in Redis after the restart is seen", seen, "9")
     finally:
         demo.terminate()
         demo.wait()
@@ -232,6 +258,9 @@ def postgres_fault():
 if os.environ.get("REDIS_URL"):
     two_instances("redis", {"SESSION_TYPE": "redis", "SESSION_REDIS": os.environ["REDIS_URL"],
                             "SESSION_KEY_PREFIX": f"instances-{os.getpid()}:"})
+    two_instances("redis, local cache", {"SESSION_TYPE": "redis", "SESSION_REDIS": os.environ["REDIS_URL"],
+                                         "SESSION_KEY_PREFIX": f"instances-{os.getpid()}-cached:",
+                                         "SESSION_REDIS_LOCAL_CACHE": "1000"})
 else:
     print("skipped: set REDIS_URL")
 if os.environ.get("POSTGRES_URL"):
@@ -239,7 +268,8 @@ if os.environ.get("POSTGRES_URL"):
                                  "SESSION_KEY_PREFIX": f"instances-{os.getpid()}:"})
 else:
     print("skipped: set POSTGRES_URL")
-redis_fault()
+redis_fault(local_cache=False)
+redis_fault(local_cache=True)
 postgres_fault()
 
 failed = results.count(False)
