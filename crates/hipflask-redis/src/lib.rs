@@ -231,7 +231,9 @@ impl RedisStore {
             match local.enable_tracking(ticket).await {
                 Ok(Some(on)) => ticket = on,
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot turn Redis client tracking back on; reading uncached"),
+                // Debug only: while Redis is down this fails on every request,
+                // and the read below fails and is reported anyway.
+                Err(e) => tracing::debug!(error = %e, "cannot turn Redis client tracking back on; reading uncached"),
             }
         }
         let found = self.fetch(&mut local.tracked.clone(), &key, now).await?;
