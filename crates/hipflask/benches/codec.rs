@@ -28,6 +28,8 @@ fn sessions() -> Vec<(&'static str, Dict)> {
     let cart_2k = parse_tagged_json(&cart_2k).unwrap();
     assert!((1900..2300).contains(&to_tagged_json(&cart_2k).len()), "{}", to_tagged_json(&cart_2k).len());
     vec![
+        // The HTTP benchmark's session (`/bench/write`).
+        ("visits", parse_tagged_json(r#"{"_permanent":true,"visits":12}"#).unwrap()),
         ("user_pwd", parse_tagged_json(r#"{"pwd":"password","user":"poloyy"}"#).unwrap()),
         ("cart", parse_tagged_json(r#"{"cart_item":{"apples":"20","mangoes":"30","pineapples":"10"}}"#).unwrap()),
         ("session_2k", cart_2k),
