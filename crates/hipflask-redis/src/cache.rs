@@ -172,7 +172,12 @@ impl LocalCache {
         if shard.seqs[ticket.stripe] != ticket.seq || self.state.load(Ordering::SeqCst) != ticket.state {
             return;
         }
-        if shard.entries.len() >= self.per_shard {
+        self.insert(&mut shard, key, data, ttl);
+    }
+
+    /// Caches `data` in `shard` (the key's), starting the shard over when full.
+    fn insert(&self, shard: &mut Shard, key: &str, data: &Dict, ttl: Duration) {
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(key.as_bytes()) {
             shard.entries.clear();
         }
         shard.entries.insert(key.as_bytes().to_vec(), Entry::new(data, ttl));
@@ -198,10 +203,7 @@ impl LocalCache {
             shard.entries.remove(key.as_bytes());
             return;
         }
-        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(key.as_bytes()) {
-            shard.entries.clear();
-        }
-        shard.entries.insert(key.as_bytes().to_vec(), Entry::new(data, ttl));
+        self.insert(&mut shard, key, data, ttl);
     }
 
     /// Drops `key` and voids every read or write of it (or of a key sharing

@@ -305,10 +305,8 @@ impl RedisStore {
             RValue::Int(-1) => {
                 return Err(Error::new(ErrorKind::Conflict, "a changed session key was changed by another request"));
             }
-            RValue::Array(parts) => match parts.as_slice() {
-                [RValue::Int(1), RValue::BulkString(value), RValue::Int(pttl)] if *pttl > 0 => {
-                    Some((value.clone(), *pttl))
-                }
+            RValue::Array(parts) => match <[RValue; 3]>::try_from(parts) {
+                Ok([RValue::Int(1), RValue::BulkString(value), RValue::Int(pttl)]) if pttl > 0 => Some((value, pttl)),
                 _ => None,
             },
             _ => None,

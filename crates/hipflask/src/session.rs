@@ -141,10 +141,15 @@ impl Session {
     }
 
     fn with_state(data: Dict, new: bool) -> Session {
-        Session::build(data, new, None)
+        Session::build(data, new, None, None)
     }
 
-    fn build(data: Dict, new: bool, server: Option<Server>) -> Session {
+    fn build(
+        data: Dict,
+        new: bool,
+        server: Option<Server>,
+        originals: Option<BTreeMap<String, Option<Value>>>,
+    ) -> Session {
         Session(Arc::new(Mutex::new(Inner {
             data,
             modified: false,
@@ -152,7 +157,7 @@ impl Session {
             new,
             flashes: None,
             touched: Default::default(),
-            originals: None,
+            originals,
             cleared: false,
             server,
         })))
@@ -160,13 +165,8 @@ impl Session {
 
     /// A server-side session: loaded (`stored` = its times) or new.
     pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
-        let new = stored.is_none();
-        let session =
-            Session::build(data, new, Some(Server { id, stored, regenerate: false, destroy: false, read_only: false }));
-        if keep_loaded {
-            session.raw().originals = Some(BTreeMap::new());
-        }
-        session
+        let server = Server { id, stored, regenerate: false, destroy: false, read_only: false };
+        Session::build(data, stored.is_none(), Some(server), keep_loaded.then(BTreeMap::new))
     }
 
     /// The lock without marking access: for the middleware's own reads.
