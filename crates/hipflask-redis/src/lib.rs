@@ -289,9 +289,7 @@ impl RedisStore {
         }
         Ok(())
     }
-}
 
-impl RedisStore {
     /// Reads the merge script's answer: the outcome, and for an applied
     /// write the stored value with its TTL in milliseconds.
     async fn updated(
@@ -404,11 +402,13 @@ impl Store for RedisStore {
             // replace the cached one: the next request on this session needs
             // no read. See `LocalCache::replace` for why that is safe.
             let ticket = local.cache.ticket(&key);
-            let result = inv.invoke_async::<RValue>(&mut local.tracked.clone()).await.map_err(backend);
-            let Ok(result) = result else {
-                // The write may have been applied: forget the old value.
-                self.written(&key);
-                return Err(result.unwrap_err());
+            let result = match inv.invoke_async::<RValue>(&mut local.tracked.clone()).await {
+                Ok(result) => result,
+                Err(e) => {
+                    // The write may have been applied: forget the old value.
+                    self.written(&key);
+                    return Err(backend(e));
+                }
             };
             let outcome = self.updated(id, update, result).await;
             match &outcome {
@@ -424,6 +424,7 @@ impl Store for RedisStore {
             outcome.map(|(updated, _)| updated)
         })
     }
+
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
