@@ -67,6 +67,7 @@ pub async fn run_with(store: Arc<dyn Store>, caps: Capabilities) {
     check!(
         unknown_id_loads_nothing,
         update_applies_only_the_changed_keys,
+        removing_the_last_key_and_adding_another_keeps_both_changes,
         cleared_then_set_keeps_only_the_new_keys,
         update_of_a_destroyed_session_does_not_resurrect_it,
         same_key_later_save_wins,
@@ -195,6 +196,16 @@ pub async fn update_applies_only_the_changed_keys(store: Arc<dyn Store>) {
     let changes = Changes { cleared: false, keys: vec![("a".into(), Some(Value::Int(10))), ("c".into(), None)] };
     assert_eq!(store.update(&id, &update(changes), NOW).await.unwrap(), Updated::Applied);
     assert_eq!(load(&store, &id).await.unwrap(), dict(&[("a", Value::Int(10)), ("b", Value::Int(2))]));
+}
+
+/// A save that removes the last stored key and adds a new one: the new key
+/// gets its own value, and the removed one stays removed (the Redis merge
+/// script once gave the removed key the new key's value).
+pub async fn removing_the_last_key_and_adding_another_keeps_both_changes(store: Arc<dyn Store>) {
+    let id = fresh(&store, dict(&[("a", Value::Int(1)), ("x", Value::Int(2))])).await;
+    let changes = Changes { cleared: false, keys: vec![("x".into(), None), ("y".into(), Some(Value::Int(3)))] };
+    assert_eq!(store.update(&id, &update(changes), NOW).await.unwrap(), Updated::Applied);
+    assert_eq!(load(&store, &id).await.unwrap(), dict(&[("a", Value::Int(1)), ("y", Value::Int(3))]));
 }
 
 /// `clear()` followed by new keys leaves only the new keys.

@@ -80,13 +80,15 @@ else
 end
 
 local keys, vals, index = {}, {}, {}
-for _ = 1, count do
+-- Entries are numbered by keys, which never has holes: vals has holes once
+-- a key is deleted, and # of a table with holes may stop at any of them.
+for n = 1, count do
   local ke = skip(p)
   local ve = skip(ke)
   local k = string.sub(cur, p, ke - 1)
-  keys[#keys + 1] = k
-  vals[#vals + 1] = string.sub(cur, ke, ve - 1)
-  index[k] = #keys
+  keys[n] = k
+  vals[n] = string.sub(cur, ke, ve - 1)
+  index[k] = n
   p = ve
 end
 
@@ -116,9 +118,10 @@ while i <= #ARGV do
     if at then
       vals[at] = v
     else
-      keys[#keys + 1] = k
-      vals[#vals + 1] = v
-      index[k] = #keys
+      local n = #keys + 1
+      keys[n] = k
+      vals[n] = v
+      index[k] = n
     end
   elseif at then
     vals[at] = nil
