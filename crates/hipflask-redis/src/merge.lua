@@ -6,16 +6,30 @@
 -- ARGV[1]  TTL in seconds
 -- ARGV[2]  "1" if the request cleared the session first
 -- ARGV[3]  "1" to refuse changes to keys changed since they were loaded
+-- ARGV[4]  the value the caller believes is stored, or empty
+-- ARGV[5]  the caller's own merge of the changes into ARGV[4]
 -- then per change, four arguments:
 --   the key as msgpack bytes, "s" (set) or "d" (delete),
 --   the new value as msgpack bytes (empty for delete),
 --   the value as loaded: "a" (absent) or "p" followed by its msgpack bytes
--- Returns {1, the stored value, its TTL in ms} when applied, 0 when the
--- session no longer exists, and -1 (nothing written) on a conflict.
+-- Returns {1, the stored value, its TTL in ms} when merged here, {2, TTL in
+-- ms} when the caller's merge was stored, 0 when the session no longer
+-- exists, and -1 (nothing written) on a conflict.
 
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   return 0
+end
+
+-- The caller merged against exactly what is stored: one comparison instead
+-- of splitting the map here, which costs Redis five times the CPU. The
+-- caller ran the same conflict check as below, and sends nothing when it
+-- failed, so this path never needs one.
+if ARGV[4] ~= '' and cur == ARGV[4] then
+  redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[1])
+  -- A read after the write: a caller with client tracking on keeps tracking
+  -- the key (the write ended it), so it may cache the value it sent.
+  return {2, redis.call('PTTL', KEYS[1])}
 end
 
 local function be(p, n)
@@ -92,7 +106,7 @@ for n = 1, count do
   p = ve
 end
 
-local i = 4
+local i = 6
 if ARGV[3] == '1' then
   while i <= #ARGV do
     local k, loaded = ARGV[i], ARGV[i + 3]
@@ -104,7 +118,7 @@ if ARGV[3] == '1' then
     end
     i = i + 4
   end
-  i = 4
+  i = 6
 end
 
 if ARGV[2] == '1' then
