@@ -208,6 +208,35 @@ pub async fn removing_the_last_key_and_adding_another_keeps_both_changes(store: 
     assert_eq!(load(&store, &id).await.unwrap(), dict(&[("a", Value::Int(1)), ("y", Value::Int(3))]));
 }
 
+/// Two instances of a store on the same data, as two processes would be.
+/// Stores may remember what they last read to make a save one
+/// compare-and-set; a save from an instance whose memory is stale must be
+/// merged into the session as stored, and its conflict check made against
+/// it, never swapped in. The other instance's change differs only in case, so
+/// a comparison that ignores case (a MySQL collation) is caught too.
+pub async fn a_save_from_a_stale_instance_is_merged_not_swapped_in(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let id = fresh(&a, dict(&[("name", Value::from("x")), ("n", Value::Int(1))])).await;
+    assert!(load(&a, &id).await.is_some() && load(&b, &id).await.is_some());
+    assert_eq!(b.update(&id, &update(set("name", "X")), NOW).await.unwrap(), Updated::Applied);
+    assert_eq!(a.update(&id, &update(set("n", 2)), NOW).await.unwrap(), Updated::Applied);
+    let both = dict(&[("name", Value::from("X")), ("n", Value::Int(2))]);
+    assert_eq!(load(&b, &id).await.unwrap(), both, "a's save kept b's change");
+
+    // a loads name X; b changes it; a's change of the same key is refused.
+    assert_eq!(load(&a, &id).await.unwrap(), both);
+    assert_eq!(b.update(&id, &update(set("name", "Y")), NOW).await.unwrap(), Updated::Applied);
+    let stale =
+        Update { changes: set("name", "Z"), expires_at: NOW + 3600, loaded: Some(dict(&[("name", "X".into())])) };
+    let err = a.update(&id, &stale, NOW).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert_eq!(load(&a, &id).await.unwrap()["name"], Value::from("Y"), "nothing written");
+
+    // b deletes it; a's save from memory does not bring it back.
+    assert!(b.delete(&id).await.unwrap());
+    assert_eq!(a.update(&id, &update(set("n", 3)), NOW).await.unwrap(), Updated::Gone);
+    assert_eq!(load(&b, &id).await, None);
+}
+
 /// `clear()` followed by new keys leaves only the new keys.
 pub async fn cleared_then_set_keeps_only_the_new_keys(store: Arc<dyn Store>) {
     let id = fresh(&store, dict(&[("a", Value::Int(1)), ("b", Value::Int(2))])).await;

@@ -71,13 +71,8 @@ pub struct RedisStore {
     prefix: String,
     user_key: String,
     script: redis::Script,
-    seen: Arc<merge::LastSeen>,
+    seen: Arc<hipflask::LastSeen>,
 }
-
-/// Sessions whose stored bytes are kept for the next save's compare (see
-/// `merge`): a request's load and save are moments apart, so a few thousand
-/// cover the sessions in flight. With the local cache, as many as it holds.
-const LAST_SEEN: usize = 16_384;
 
 /// The local cache and the connection every read goes through when it is
 /// on: Redis tracks the keys read there and pushes invalidations on it.
@@ -163,7 +158,7 @@ impl RedisStore {
             prefix: "session:".into(),
             user_key: "_user_id".into(),
             script: redis::Script::new(MERGE),
-            seen: Arc::new(merge::LastSeen::new(LAST_SEEN)),
+            seen: Arc::new(hipflask::LastSeen::default()),
         }
     }
 
@@ -202,7 +197,9 @@ impl RedisStore {
                 .with_source(e)
         })?;
         self.local = Some(Arc::new(local));
-        self.seen = Arc::new(merge::LastSeen::new(capacity.max(LAST_SEEN)));
+        // The next save of a session served from the cache compares against
+        // these bytes: keep as many as the cache holds.
+        self.seen = Arc::new(hipflask::LastSeen::new(capacity.max(16_384)));
         Ok(self)
     }
 

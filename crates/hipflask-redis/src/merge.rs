@@ -12,13 +12,7 @@
 //! atomicity, and the merge here is the script's, so both give the same
 //! result from the same stored value.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use hipflask::{Changes, Dict, Error, value_to_msgpack};
-
-const SHARDS: usize = 16;
 
 /// One changed key in the script's encoding.
 #[derive(Debug)]
@@ -176,61 +170,6 @@ fn skip(bytes: &[u8], mut p: usize) -> Option<usize> {
         pending = pending.checked_add(nested)?;
     }
     Some(p)
-}
-
-/// Stored bytes by session key.
-type Shard = HashMap<Box<str>, Box<[u8]>>;
-
-/// The bytes this process last saw stored under each recently used session
-/// key: the expected value of the next save's compare. Bounded; a shard that
-/// fills up starts over.
-pub(crate) struct LastSeen {
-    shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
-    per_shard: usize,
-}
-
-impl LastSeen {
-    /// Room for about `capacity` sessions.
-    pub(crate) fn new(capacity: usize) -> LastSeen {
-        LastSeen {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-            per_shard: capacity.div_ceil(SHARDS).max(1),
-        }
-    }
-
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let i = self.hasher.hash_one(key) as usize % SHARDS;
-        // Every operation leaves a shard consistent before it could panic.
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Notes that `value` was stored under `key` when last seen.
-    pub(crate) fn remember(&self, key: &str, value: &[u8]) {
-        let mut shard = self.shard(key);
-        if let Some(old) = shard.get_mut(key) {
-            if **old != *value {
-                *old = value.into();
-            }
-            return;
-        }
-        if shard.len() >= self.per_shard {
-            shard.clear();
-        }
-        shard.insert(key.into(), value.into());
-    }
-
-    /// The bytes last seen under `key`, forgotten: a save takes them, and
-    /// notes what it stored once Redis has answered.
-    pub(crate) fn take(&self, key: &str) -> Option<Box<[u8]>> {
-        self.shard(key).remove(key)
-    }
-
-    /// Forgets `key` (deleted).
-    pub(crate) fn forget(&self, key: &str) {
-        self.shard(key).remove(key);
-    }
 }
 
 #[cfg(test)]
@@ -393,22 +332,5 @@ mod tests {
         assert!(merge(&deep, false, false, std::slice::from_ref(&change)).is_some());
         // A count far beyond the bytes present is refused, not allocated.
         assert_eq!(merge(&[0xdf, 0xff, 0xff, 0xff, 0xff, 0x01], false, false, &[]), None);
-    }
-
-    #[test]
-    fn last_seen_values_are_taken_once_and_bounded() {
-        let seen = LastSeen::new(32);
-        seen.remember("k", b"one");
-        seen.remember("k", b"two");
-        assert_eq!(seen.take("k").as_deref(), Some(&b"two"[..]));
-        assert_eq!(seen.take("k"), None, "a save takes the bytes");
-        seen.remember("gone", b"x");
-        seen.forget("gone");
-        assert_eq!(seen.take("gone"), None);
-        for i in 0..10_000 {
-            seen.remember(&format!("key{i}"), b"v");
-        }
-        let held: usize = seen.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert!(held <= 32, "{held} held");
     }
 }

@@ -223,3 +223,28 @@ async fn the_local_cache_is_refused_on_a_cluster() {
     assert_eq!(err.kind(), hipflask::ErrorKind::Config);
     assert!(err.to_string().contains("standalone"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_from_a_stale_instance_is_merged_not_swapped_in() {
+    let (Some(a), Some(b)) = (store().await, store().await) else { return };
+    hipflask_conformance::a_save_from_a_stale_instance_is_merged_not_swapped_in(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_after_a_load_keeps_the_other_entries_exact_bytes() {
+    let Some(store) = store().await else { return };
+    let mut other = other_process().await;
+    // {'n': 5} with 5 as a 16-bit integer: a decode and encode would shorten it.
+    let python = [0x81, 0xa1, b'n', 0xcd, 0x00, 0x05];
+    let id = SessionId::generate();
+    let key = format!("session:{}", id.as_str());
+    let _: () = redis::cmd("SET").arg(&key).arg(&python[..]).arg("EX").arg(60).query_async(&mut other).await.unwrap();
+    let now = 1_700_000_000;
+    let loaded = store.load(&id, now).await.unwrap().expect("readable");
+    assert_eq!(loaded.data["n"], Value::Int(5));
+    let changes = hipflask::Changes { cleared: false, keys: vec![("m".into(), Some(Value::Int(1)))] };
+    let up = store.update(&id, &hipflask::Update { changes, expires_at: now + 60, loaded: None }, now).await.unwrap();
+    assert_eq!(up, hipflask::Updated::Applied);
+    let stored: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut other).await.unwrap();
+    assert_eq!(stored, [0x82, 0xa1, b'n', 0xcd, 0x00, 0x05, 0xa1, b'm', 0x01]);
+}
