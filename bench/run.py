@@ -287,6 +287,14 @@ def servers(args, tmp, redis_url):
             Server("postgresql-before", "hipflask before, PostgreSQL", old,
                    {**server_side, "SESSION_TYPE": "postgresql", "SESSION_DATABASE_URL": pg, "SESSION_KEY_PREFIX": prefix + "b:"},
                    ("names", {"postgres"})),
+            Server("mysql-before", "hipflask before, MariaDB", old,
+                   {**server_side, "SESSION_TYPE": "mysql", "SESSION_DATABASE_URL": my, "SESSION_KEY_PREFIX": prefix + "b:"},
+                   ("names", {"mariadbd", "mysqld"})),
+            Server("redis-before", "hipflask before, Redis", old,
+                   {**server_side, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix + "b:"}, redis_store),
+            Server("redis-cached-before", "hipflask before, Redis + local cache", old,
+                   {**server_side, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix + "b:",
+                    "SESSION_REDIS_LOCAL_CACHE": "200000"}, redis_store),
         ]
     return before + [
         Server("axum-bare", "axum, no session layer", [*peer, "axum-bare", "127.0.0.1:{port}"], group="peer"),

@@ -9,11 +9,16 @@
 //!
 //! `connect` creates the table `hipflask_sessions` (id, data as Flask's
 //! tagged JSON, creation and expiry times, user) with indexes on the expiry
-//! and the user, if it is not there yet. An update is one transaction that
-//! locks the row (`SELECT ... FOR UPDATE`), applies the request's per-key
-//! changes to the session as stored and writes it back, so concurrent
-//! requests lose nothing and a deleted session is never recreated. Expired
-//! rows are removed by `delete_expired` (`hipflask sessions cleanup`).
+//! and the user, if it is not there yet. An update applies the request's
+//! per-key changes to the session as stored, so concurrent requests lose
+//! nothing and a deleted session is never recreated. Usually that is one
+//! statement: the store remembers the data it last read or wrote for each
+//! session in flight ([`hipflask::LastSeen`]), applies the changes to it, and
+//! updates the row only if its data is still exactly that. When it is not
+//! (another request wrote in between) or nothing is remembered, the update
+//! is a transaction that locks the row (`SELECT ... FOR UPDATE`), applies the
+//! changes and writes it back. Expired rows are removed by `delete_expired`
+//! (`hipflask sessions cleanup`).
 //!
 //! sqlx drives both databases with one API, pools connections and needs no
 //! C library; MariaDB counts as MySQL.
@@ -21,7 +26,8 @@
 use std::fmt;
 
 use hipflask::{
-    Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix, user_of,
+    Error, ErrorKind, LastSeen, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix,
+    user_of,
 };
 use sqlx::Row as _;
 
@@ -43,6 +49,15 @@ fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
     }
 }
 
+/// The data `expected` (tagged JSON) becomes with `update` applied, and its
+/// user; `None` when it does not parse or the conflict check fails, for the
+/// locked path to decide against the row itself.
+fn swapped(expected: &str, update: &Update, user_key: &str) -> Option<(String, Option<String>)> {
+    let mut data = hipflask::parse_tagged_json(expected).ok()?;
+    apply_changes(&mut data, &update.changes, update.loaded.as_ref()).ok()?;
+    Some((hipflask::to_tagged_json(&data), user_of(&data, user_key)))
+}
+
 /// The SQL of one database, in the same bind order for both.
 struct Dialect {
     migrate: &'static [&'static str],
@@ -50,6 +65,8 @@ struct Dialect {
     lock: &'static str,
     insert: &'static str,
     update: &'static str,
+    /// The update, only if the stored data is still exactly the given text.
+    swap: &'static str,
     delete: &'static str,
     delete_expired: &'static str,
     list: &'static str,
@@ -70,6 +87,9 @@ const POSTGRES: Dialect = Dialect {
     insert: "INSERT INTO hipflask_sessions (id, data, created_at, expires_at, user_id) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO NOTHING",
     update: "UPDATE hipflask_sessions SET data = $1, expires_at = $2, user_id = $3 WHERE id = $4",
+    // TEXT equality is byte equality under PostgreSQL's deterministic collations.
+    swap: "UPDATE hipflask_sessions SET data = $1, expires_at = $2, user_id = $3
+           WHERE id = $4 AND data = $5 AND expires_at > $6",
     delete: "DELETE FROM hipflask_sessions WHERE id = $1",
     delete_expired: "DELETE FROM hipflask_sessions WHERE expires_at <= $1 AND id LIKE $2",
     list: "SELECT id FROM hipflask_sessions WHERE expires_at > $1 AND id LIKE $2",
@@ -87,6 +107,10 @@ const MYSQL: Dialect = Dialect {
     // A duplicate id fails with a unique-key violation, mapped to a conflict.
     insert: "INSERT INTO hipflask_sessions (id, data, created_at, expires_at, user_id) VALUES (?, ?, ?, ?, ?)",
     update: "UPDATE hipflask_sessions SET data = ?, expires_at = ?, user_id = ? WHERE id = ?",
+    // Compared as bytes: the column's collation may ignore case and
+    // trailing spaces, which would let a different session pass for the same.
+    swap: "UPDATE hipflask_sessions SET data = ?, expires_at = ?, user_id = ?
+           WHERE id = ? AND CAST(data AS BINARY) = CAST(? AS BINARY) AND expires_at > ?",
     delete: "DELETE FROM hipflask_sessions WHERE id = ?",
     delete_expired: "DELETE FROM hipflask_sessions WHERE expires_at <= ? AND id LIKE ?",
     list: "SELECT id FROM hipflask_sessions WHERE expires_at > ? AND id LIKE ?",
@@ -106,6 +130,7 @@ macro_rules! sql_store {
             pool: sqlx::Pool<$db>,
             user_key: String,
             prefix: String,
+            seen: std::sync::Arc<LastSeen>,
         }
 
         impl fmt::Debug for $name {
@@ -136,7 +161,8 @@ macro_rules! sql_store {
                     .connect(url)
                     .await
                     .map_err(backend)?;
-                let store = $name { pool, user_key: "_user_id".into(), prefix: String::new() };
+                let seen = std::sync::Arc::new(LastSeen::default());
+                let store = $name { pool, user_key: "_user_id".into(), prefix: String::new(), seen };
                 store.migrate().await?;
                 Ok(store)
             }
@@ -182,7 +208,9 @@ macro_rules! sql_store {
                         .await
                         .map_err(backend)?;
                     Ok(row.and_then(|r| {
-                        let data = parse_row(&key, &r.get::<String, _>(0))?;
+                        let text = r.get::<String, _>(0);
+                        let data = parse_row(&key, &text)?;
+                        self.seen.remember(&key, text.as_bytes());
                         Some(Record { data, created_at: r.get::<i64, _>(1) as u64, expires_at: r.get::<i64, _>(2) as u64 })
                     }))
                 })
@@ -190,9 +218,11 @@ macro_rules! sql_store {
 
             fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
                 Box::pin(async move {
+                    let key = self.key(id);
+                    let text = hipflask::to_tagged_json(&record.data);
                     let done = sqlx::query($dialect.insert)
-                        .bind(self.key(id))
-                        .bind(hipflask::to_tagged_json(&record.data))
+                        .bind(&key)
+                        .bind(&text)
                         .bind(record.created_at as i64)
                         .bind(record.expires_at as i64)
                         .bind(user_of(&record.data, &self.user_key))
@@ -207,6 +237,7 @@ macro_rules! sql_store {
                     if done.rows_affected() == 0 {
                         return Err(Error::new(ErrorKind::Conflict, "session id already in use"));
                     }
+                    self.seen.remember(&key, text.as_bytes());
                     Ok(())
                 })
             }
@@ -214,6 +245,25 @@ macro_rules! sql_store {
             fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
                 Box::pin(async move {
                     let key = self.key(id);
+                    if let Some(expected) = self.seen.take(&key)
+                        && let Ok(expected) = std::str::from_utf8(&expected)
+                        && let Some((text, user)) = swapped(expected, update, &self.user_key)
+                    {
+                        let done = sqlx::query($dialect.swap)
+                            .bind(&text)
+                            .bind(update.expires_at as i64)
+                            .bind(user)
+                            .bind(&key)
+                            .bind(expected)
+                            .bind(now as i64)
+                            .execute(&self.pool)
+                            .await
+                            .map_err(backend)?;
+                        if done.rows_affected() == 1 {
+                            self.seen.remember(&key, text.as_bytes());
+                            return Ok(Updated::Applied);
+                        }
+                    }
                     let mut tx = self.pool.begin().await.map_err(backend)?;
                     let row = sqlx::query($dialect.lock)
                         .bind(&key)
@@ -225,8 +275,9 @@ macro_rules! sql_store {
                         return Ok(Updated::Gone);
                     };
                     apply_changes(&mut data, &update.changes, update.loaded.as_ref())?;
+                    let text = hipflask::to_tagged_json(&data);
                     sqlx::query($dialect.update)
-                        .bind(hipflask::to_tagged_json(&data))
+                        .bind(&text)
                         .bind(update.expires_at as i64)
                         .bind(user_of(&data, &self.user_key))
                         .bind(&key)
@@ -234,13 +285,16 @@ macro_rules! sql_store {
                         .await
                         .map_err(backend)?;
                     tx.commit().await.map_err(backend)?;
+                    self.seen.remember(&key, text.as_bytes());
                     Ok(Updated::Applied)
                 })
             }
 
             fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
                 Box::pin(async move {
-                    let done = sqlx::query($dialect.delete).bind(self.key(id)).execute(&self.pool).await.map_err(backend)?;
+                    let key = self.key(id);
+                    let done = sqlx::query($dialect.delete).bind(&key).execute(&self.pool).await.map_err(backend)?;
+                    self.seen.forget(&key);
                     Ok(done.rows_affected() > 0)
                 })
             }

@@ -53,3 +53,17 @@ async fn a_key_prefix_keeps_apps_apart_and_migrate_is_idempotent() {
         assert!(a.list(now).await.unwrap().contains(&id));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_from_a_stale_instance_is_merged_not_swapped_in() {
+    if let Some(url) = url("POSTGRES_URL") {
+        let a = PostgresStore::connect(&url).await.unwrap();
+        let b = PostgresStore::connect(&url).await.unwrap();
+        hipflask_conformance::a_save_from_a_stale_instance_is_merged_not_swapped_in(Arc::new(a), Arc::new(b)).await;
+    }
+    if let Some(url) = url("MYSQL_URL") {
+        let a = MySqlStore::connect(&url).await.unwrap();
+        let b = MySqlStore::connect(&url).await.unwrap();
+        hipflask_conformance::a_save_from_a_stale_instance_is_merged_not_swapped_in(Arc::new(a), Arc::new(b)).await;
+    }
+}
