@@ -27,8 +27,9 @@
 //! When this process knows the stored bytes (it loaded or wrote them moments
 //! before, the usual case), it does that merge itself and the script only
 //! compares the stored value with the bytes it expects before storing the
-//! result, which costs Redis a fifth of the CPU; if anything else wrote in
-//! between, the script merges as above. Either way the result is the same.
+//! result, a third cheaper for Redis than the merge (more for bigger
+//! sessions); if anything else wrote in between, the script merges as above.
+//! Either way the result is the same.
 //!
 //! # Local cache
 //!
