@@ -17,10 +17,18 @@
 //! ```
 //!
 //! Sessions are stored as Flask's tagged JSON, so every Flask value type
-//! survives exactly. Database calls run on tokio's blocking thread pool.
+//! survives exactly.
+//!
+//! The connection lives on a thread of its own that runs the store's calls
+//! one after another, as they are queued. SQLite runs one writer at a time
+//! anyway, and a queue drained by one thread costs a thread switch per batch
+//! of calls, where tokio's blocking pool woke a thread per call and had
+//! dozens of them contend for the connection: on the benchmark, most of a
+//! request's CPU went to those switches.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, mpsc};
 
 use hipflask::{
     Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix, user_of,
@@ -43,7 +51,7 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE IF NOT EXISTS hipflask_sessions (
 /// Sessions in a SQLite database file.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
     user_key: Arc<str>,
     prefix: Arc<str>,
 }
@@ -61,6 +69,27 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Backend, "SQLite session store failed").with_source(e)
 }
 
+/// One call, run on the connection's thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Starts the thread that owns `conn` and runs queued calls until every
+/// clone of the store (every sender) is gone.
+fn start(mut conn: Connection) -> Result<mpsc::Sender<Job>, Error> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("hipflask-sqlite".into())
+        .spawn(move || {
+            while let Ok(job) = queue.recv() {
+                // A call that panics fails alone: its caller gets an error
+                // (the answer is never sent) and the next call runs. An open
+                // transaction was rolled back as the panic unwound.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
+            }
+        })
+        .map_err(backend)?;
+    Ok(jobs)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs migrations.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
@@ -76,7 +105,7 @@ impl SqliteStore {
     }
 
     async fn from_connection(conn: Connection) -> Result<SqliteStore, Error> {
-        let store = SqliteStore { conn: Arc::new(Mutex::new(conn)), user_key: "_user_id".into(), prefix: "".into() };
+        let store = SqliteStore { jobs: start(conn)?, user_key: "_user_id".into(), prefix: "".into() };
         store.blocking(migrate).await?;
         Ok(store)
     }
@@ -99,19 +128,19 @@ impl SqliteStore {
         format!("{}{}", self.prefix, id.as_str())
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the connection on its thread, once the future is polled.
     fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     ) -> StoreFuture<'static, T> {
-        let conn = self.conn.clone();
+        let jobs = self.jobs.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut guard: MutexGuard<'_, Connection> = conn.lock().unwrap_or_else(PoisonError::into_inner);
-                f(&mut guard)
-            })
-            .await
-            .map_err(backend)?
+            let (done, answer) = tokio::sync::oneshot::channel();
+            jobs.send(Box::new(move |conn| {
+                let _ = done.send(f(conn));
+            }))
+            .map_err(|_| Error::new(ErrorKind::Backend, "SQLite session store stopped"))?;
+            answer.await.map_err(|_| Error::new(ErrorKind::Backend, "SQLite session store call failed"))?
         })
     }
 }
