@@ -10,6 +10,12 @@
 //!   Flask's tagged JSON. A file that cannot be read counts as missing.
 //! - Listing a user's sessions scans the directory: fine for the small
 //!   deployments this store is for; use SQLite or Redis beyond that.
+//! - File operations run on two threads of the store's own
+//!   ([`hipflask::StoreThread`]): loads on one, everything that takes the
+//!   lock on the other, each one call after another. With tokio's blocking
+//!   pool, concurrent updates each woke a thread that then waited for the
+//!   lock, and thread switches took most of the CPU; loads keep a thread of
+//!   their own so they never queue behind a write.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), hipflask::Error> {
@@ -22,7 +28,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hipflask::{Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, user_of};
+use hipflask::{
+    Error, ErrorKind, Record, SessionId, Store, StoreFuture, StoreThread, Update, Updated, apply_changes, user_of,
+};
 
 const HEADER: &str = "hipflask-session 1";
 const SUFFIX: &str = ".session";
@@ -32,6 +40,10 @@ const SUFFIX: &str = ".session";
 pub struct FileStore {
     dir: Arc<Path>,
     user_key: Arc<str>,
+    /// Runs loads, which take no lock.
+    reader: StoreThread<()>,
+    /// Runs everything that takes the directory lock.
+    writer: StoreThread<()>,
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -64,7 +76,9 @@ impl FileStore {
         .await
         .map_err(backend)?
         .map_err(backend)?;
-        Ok(FileStore { dir, user_key: "_user_id".into() })
+        let reader = StoreThread::start("hipflask-files-read", ())?;
+        let writer = StoreThread::start("hipflask-files-write", ())?;
+        Ok(FileStore { dir, user_key: "_user_id".into(), reader, writer })
     }
 
     /// The session key whose value names the user (default `_user_id`).
@@ -73,12 +87,13 @@ impl FileStore {
         self
     }
 
+    /// Runs `f` on the writer thread.
     fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Path, &str) -> Result<T, Error> + Send + 'static,
     ) -> StoreFuture<'static, T> {
         let (dir, user_key) = (self.dir.clone(), self.user_key.clone());
-        Box::pin(async move { tokio::task::spawn_blocking(move || f(&dir, &user_key)).await.map_err(backend)? })
+        self.writer.call(move |()| f(&dir, &user_key))
     }
 }
 
@@ -155,7 +170,8 @@ fn scan(dir: &Path) -> Result<Vec<(SessionId, Option<Record>)>, Error> {
 impl Store for FileStore {
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
         let id = id.clone();
-        self.run(move |dir, _| Ok(read(&path_of(dir, &id))?.filter(|r| r.expires_at > now)))
+        let path = path_of(&self.dir, &id);
+        self.reader.call(move |()| Ok(read(&path)?.filter(|r| r.expires_at > now)))
     }
 
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {

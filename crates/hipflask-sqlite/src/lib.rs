@@ -19,19 +19,18 @@
 //! Sessions are stored as Flask's tagged JSON, so every Flask value type
 //! survives exactly.
 //!
-//! The connection lives on a thread of its own that runs the store's calls
-//! one after another, as they are queued. SQLite runs one writer at a time
-//! anyway, and a queue drained by one thread costs a thread switch per batch
-//! of calls, where tokio's blocking pool woke a thread per call and had
-//! dozens of them contend for the connection: on the benchmark, most of a
-//! request's CPU went to those switches.
+//! The connection lives on a thread of its own ([`hipflask::StoreThread`])
+//! that runs the store's calls one after another, as they are queued. SQLite
+//! runs one writer at a time anyway, and tokio's blocking pool woke a thread
+//! per call and had dozens of them contend for the connection: on the
+//! benchmark, most of a request's CPU went to those switches.
 
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 
 use hipflask::{
-    Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix, user_of,
+    Error, ErrorKind, Record, SessionId, Store, StoreFuture, StoreThread, Update, Updated, apply_changes,
+    sql_like_prefix, user_of,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -51,7 +50,7 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE IF NOT EXISTS hipflask_sessions (
 /// Sessions in a SQLite database file.
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    conn: StoreThread<Connection>,
     user_key: Arc<str>,
     prefix: Arc<str>,
 }
@@ -69,27 +68,6 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Backend, "SQLite session store failed").with_source(e)
 }
 
-/// One call, run on the connection's thread.
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
-/// Starts the thread that owns `conn` and runs queued calls until every
-/// clone of the store (every sender) is gone.
-fn start(mut conn: Connection) -> Result<mpsc::Sender<Job>, Error> {
-    let (jobs, queue) = mpsc::channel::<Job>();
-    std::thread::Builder::new()
-        .name("hipflask-sqlite".into())
-        .spawn(move || {
-            while let Ok(job) = queue.recv() {
-                // A call that panics fails alone: its caller gets an error
-                // (the answer is never sent) and the next call runs. An open
-                // transaction was rolled back as the panic unwound.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
-            }
-        })
-        .map_err(backend)?;
-    Ok(jobs)
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs migrations.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
@@ -105,7 +83,11 @@ impl SqliteStore {
     }
 
     async fn from_connection(conn: Connection) -> Result<SqliteStore, Error> {
-        let store = SqliteStore { jobs: start(conn)?, user_key: "_user_id".into(), prefix: "".into() };
+        let store = SqliteStore {
+            conn: StoreThread::start("hipflask-sqlite", conn)?,
+            user_key: "_user_id".into(),
+            prefix: "".into(),
+        };
         store.blocking(migrate).await?;
         Ok(store)
     }
@@ -133,15 +115,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     ) -> StoreFuture<'static, T> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            jobs.send(Box::new(move |conn| {
-                let _ = done.send(f(conn));
-            }))
-            .map_err(|_| Error::new(ErrorKind::Backend, "SQLite session store stopped"))?;
-            answer.await.map_err(|_| Error::new(ErrorKind::Backend, "SQLite session store call failed"))?
-        })
+        self.conn.call(f)
     }
 }
 

@@ -88,6 +88,7 @@ mod server;
 mod session;
 mod sid;
 mod store;
+mod thread;
 mod value;
 
 pub use config::{Clock, Config, ConfigBuilder, DEFAULT_LIFETIME, DEFAULT_MAX_COOKIE_SIZE, SameSite, SaveOutcome};
@@ -104,6 +105,7 @@ pub use sid::{SESSION_ID_LEN, SID_SALT, SessionId, SidSigner};
 pub use store::{
     Changes, ConflictPolicy, Record, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix, user_of,
 };
+pub use thread::StoreThread;
 pub use value::{BigInt, DateTime, Dict, Value};
 
 /// Parses Flask's tagged JSON text (what Flask's session serializer writes)
