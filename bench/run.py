@@ -425,8 +425,8 @@ def start_redis(tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=int, default=5, help="length of each measured wrk run")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the main table (median kept)")
+    ap.add_argument("--seconds", type=int, default=4, help="length of each measured wrk run")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the main table (median kept)")
     ap.add_argument("--sessions", type=int, default=1000, help="seeded cookies rotated by wrk")
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: main,growth,sizes")
