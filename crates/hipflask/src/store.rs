@@ -104,10 +104,7 @@ pub fn apply_changes(current: &mut Dict, changes: &Changes, loaded: Option<&Dict
     if let Some(loaded) = loaded {
         for (key, _) in &changes.keys {
             if current.get(key) != loaded.get(key) {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!("session key {key:?} was changed by another request"),
-                ));
+                return Err(conflict(key));
             }
         }
     }
@@ -125,6 +122,11 @@ pub fn apply_changes(current: &mut Dict, changes: &Changes, loaded: Option<&Dict
         }
     }
     Ok(())
+}
+
+/// The error of a save refused because `key` changed since it was loaded.
+pub(crate) fn conflict(key: &str) -> Error {
+    Error::new(ErrorKind::Conflict, format!("session key {key:?} was changed by another request"))
 }
 
 /// A place to keep server-side sessions.
@@ -166,7 +168,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 /// The user a session belongs to for the per-user index: the text of the
 /// value under `user_key` (a string, or an integer as Flask-Login stores ids).
 pub fn user_of(data: &Dict, user_key: &str) -> Option<String> {
-    match data.get(user_key)? {
+    user_of_value(data.get(user_key)?)
+}
+
+/// [`user_of`] for the value already looked up.
+pub(crate) fn user_of_value(value: &Value) -> Option<String> {
+    match value {
         Value::Str(s) => Some(s.clone()),
         Value::Int(i) => Some(i.to_string()),
         Value::BigInt(b) => Some(b.to_string()),
