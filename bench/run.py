@@ -389,7 +389,8 @@ def growth(server, args, tmp, results):
             live = int(server.metric("hipflask_sessions_created_total"))
             point = {"sessions": live, "rss": rss_bytes(server.proc.pid)}
             for route in ("read", "write"):
-                point[route] = measure(server, route, args.seconds, script)
+                # One run moves by a fifth on this machine: the median of three.
+                point[route] = median_run([measure(server, route, args.seconds, script) for _ in range(3)])
             points.append(point)
             print(f"  {server.name:13} {live:>8} sessions: read {point['read']['cpu_us']:.1f} us, write {point['write']['cpu_us']:.1f} us, "
                   f"RSS {point['rss'] / 2**20:.0f} MiB", flush=True)
@@ -406,7 +407,8 @@ def size_curve(server, args, tmp, results):
             script = lua_script(server.seed(args.sessions, size), tmp)
             point = {"size": size}
             for route in ("read", "write"):
-                point[route] = measure(server, route, args.seconds, script)
+                # One run moves by a fifth on this machine: the median of three.
+                point[route] = median_run([measure(server, route, args.seconds, script) for _ in range(3)])
             points.append(point)
             print(f"  {server.name:13} {size:>5} B: read {point['read']['cpu_us']:.1f} us, write {point['write']['cpu_us']:.1f} us", flush=True)
         results[server.name] = points
