@@ -60,6 +60,10 @@ fn swapped(expected: &str, update: &Update, user_key: &str) -> Option<(String, O
 
 /// The SQL of one database, in the same bind order for both.
 struct Dialect {
+    /// Whether the table and its indexes are all there, read from the
+    /// catalog: the `IF NOT EXISTS` statements lock the table even when they
+    /// skip, so they run only when something is missing.
+    installed: &'static str,
     migrate: &'static [&'static str],
     load: &'static str,
     lock: &'static str,
@@ -75,6 +79,9 @@ struct Dialect {
 }
 
 const POSTGRES: Dialect = Dialect {
+    installed: "SELECT to_regclass('hipflask_sessions') IS NOT NULL
+        AND to_regclass('hipflask_sessions_expires') IS NOT NULL
+        AND to_regclass('hipflask_sessions_user') IS NOT NULL",
     migrate: &[
         "CREATE TABLE IF NOT EXISTS hipflask_sessions (
             id TEXT PRIMARY KEY, data TEXT NOT NULL, created_at BIGINT NOT NULL,
@@ -98,6 +105,9 @@ const POSTGRES: Dialect = Dialect {
 };
 
 const MYSQL: Dialect = Dialect {
+    installed: "SELECT COUNT(DISTINCT index_name) = 3 FROM information_schema.statistics
+        WHERE table_schema = DATABASE() AND table_name = 'hipflask_sessions'
+        AND index_name IN ('PRIMARY', 'hipflask_sessions_expires', 'hipflask_sessions_user')",
     migrate: &["CREATE TABLE IF NOT EXISTS hipflask_sessions (
             id VARCHAR(191) NOT NULL PRIMARY KEY, data LONGTEXT NOT NULL, created_at BIGINT NOT NULL,
             expires_at BIGINT NOT NULL, user_id VARCHAR(191),
@@ -168,7 +178,20 @@ macro_rules! sql_store {
             }
 
             /// Creates the table and indexes if they are missing (idempotent).
+            ///
+            /// When everything is there already, as on every start but the
+            /// first, it only reads the catalog: `CREATE INDEX IF NOT EXISTS`
+            /// waits for every open write transaction on the table, and queued
+            /// writes then wait behind it, so starting one more instance
+            /// stalled every instance's saves.
             pub async fn migrate(&self) -> Result<(), Error> {
+                let installed: bool = sqlx::query_scalar($dialect.installed)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                if installed {
+                    return Ok(());
+                }
                 for sql in $dialect.migrate {
                     sqlx::query(sql).execute(&self.pool).await.map_err(backend)?;
                 }

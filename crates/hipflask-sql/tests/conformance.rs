@@ -67,3 +67,60 @@ async fn a_save_from_a_stale_instance_is_merged_not_swapped_in() {
         hipflask_conformance::a_save_from_a_stale_instance_is_merged_not_swapped_in(Arc::new(a), Arc::new(b)).await;
     }
 }
+
+/// Starting an instance while another is in the middle of a save: `connect`
+/// must not wait for that transaction (the `IF NOT EXISTS` DDL did, and
+/// every later save then queued behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_does_not_wait_for_open_write_transactions() {
+    use sqlx::Connection as _;
+    let patience = std::time::Duration::from_secs(2);
+    if let Some(url) = url("POSTGRES_URL") {
+        PostgresStore::connect(&url).await.unwrap();
+        let mut busy = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut tx = busy.begin().await.unwrap();
+        sqlx::query("UPDATE hipflask_sessions SET data = data WHERE id = ''").execute(&mut *tx).await.unwrap();
+        let started = tokio::time::timeout(patience, PostgresStore::connect(&url)).await;
+        tx.rollback().await.unwrap();
+        started.expect("PostgreSQL: connect waited for another session's transaction").unwrap();
+    }
+    if let Some(url) = url("MYSQL_URL") {
+        MySqlStore::connect(&url).await.unwrap();
+        let mut busy = sqlx::MySqlConnection::connect(&url).await.unwrap();
+        let mut tx = busy.begin().await.unwrap();
+        sqlx::query("UPDATE hipflask_sessions SET data = data WHERE id = ''").execute(&mut *tx).await.unwrap();
+        let started = tokio::time::timeout(patience, MySqlStore::connect(&url)).await;
+        tx.rollback().await.unwrap();
+        started.expect("MariaDB: connect waited for another session's transaction").unwrap();
+    }
+}
+
+/// On an empty database, `connect` creates the table and its indexes, and
+/// the store works (every other test runs on a database that has them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_installs_the_schema_on_an_empty_database() {
+    use sqlx::Connection as _;
+    let name = format!("hipflask_fresh_{}", std::process::id());
+    let on = |url: &str| format!("{}/{name}", &url[..url.rfind('/').unwrap()]);
+    let id = SessionId::generate();
+    let now = hipflask_conformance::NOW;
+    let record = Record { data: Dict::new(), created_at: now, expires_at: now + 60 };
+    if let Some(url) = url("POSTGRES_URL") {
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let store = PostgresStore::connect(&on(&url)).await.unwrap();
+        store.create(&id, record.clone()).await.unwrap();
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        drop(store);
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    }
+    if let Some(url) = url("MYSQL_URL") {
+        let mut admin = sqlx::MySqlConnection::connect(&url).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let store = MySqlStore::connect(&on(&url)).await.unwrap();
+        store.create(&id, record).await.unwrap();
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        drop(store);
+        sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
+    }
+}
