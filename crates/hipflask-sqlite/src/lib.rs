@@ -88,7 +88,7 @@ impl SqliteStore {
             user_key: "_user_id".into(),
             prefix: "".into(),
         };
-        store.blocking(migrate).await?;
+        store.conn.call(migrate).await?;
         Ok(store)
     }
 
@@ -108,14 +108,6 @@ impl SqliteStore {
 
     fn key(&self, id: &SessionId) -> String {
         format!("{}{}", self.prefix, id.as_str())
-    }
-
-    /// Runs `f` with the connection on its thread, once the future is polled.
-    fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
-    ) -> StoreFuture<'static, T> {
-        self.conn.call(f)
     }
 }
 
@@ -179,13 +171,13 @@ fn ids(rows: Result<Vec<String>, rusqlite::Error>, prefix: &str) -> Result<Vec<S
 impl Store for SqliteStore {
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
         let id = self.key(id);
-        self.blocking(move |conn| load_row(conn, &id, now))
+        self.conn.call(move |conn| load_row(conn, &id, now))
     }
 
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
         let id = self.key(id);
         let user = user_of(&record.data, &self.user_key);
-        self.blocking(move |conn| {
+        self.conn.call(move |conn| {
             let data = hipflask::to_tagged_json(&record.data);
             let inserted = conn
                 .prepare_cached(
@@ -207,7 +199,7 @@ impl Store for SqliteStore {
         let id = self.key(id);
         let update = update.clone();
         let user_key = self.user_key.clone();
-        self.blocking(move |conn| {
+        self.conn.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let Some(mut record) = load_row(&tx, &id, now)? else {
                 return Ok(Updated::Gone);
@@ -230,7 +222,7 @@ impl Store for SqliteStore {
 
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
         let id = self.key(id);
-        self.blocking(move |conn| {
+        self.conn.call(move |conn| {
             let n = conn
                 .prepare_cached("DELETE FROM hipflask_sessions WHERE id = ?1")
                 .and_then(|mut stmt| stmt.execute(params![id]))
@@ -241,7 +233,7 @@ impl Store for SqliteStore {
 
     fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
         let like = sql_like_prefix(&self.prefix);
-        self.blocking(move |conn| {
+        self.conn.call(move |conn| {
             let n = conn
                 .execute(
                     "DELETE FROM hipflask_sessions WHERE expires_at <= ?1 AND id LIKE ?2 ESCAPE '\\'",
@@ -254,7 +246,7 @@ impl Store for SqliteStore {
 
     fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
         let prefix = self.prefix.clone();
-        self.blocking(move |conn| {
+        self.conn.call(move |conn| {
             let mut stmt =
                 conn.prepare("SELECT id FROM hipflask_sessions WHERE expires_at > ?1 ORDER BY id").map_err(backend)?;
             ids(stmt.query_map(params![now as i64], |r| r.get(0)).and_then(Iterator::collect), &prefix)
@@ -264,7 +256,7 @@ impl Store for SqliteStore {
     fn sessions_of_user<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, Vec<SessionId>> {
         let user = user.to_owned();
         let prefix = self.prefix.clone();
-        self.blocking(move |conn| {
+        self.conn.call(move |conn| {
             let mut stmt = conn
                 .prepare("SELECT id FROM hipflask_sessions WHERE user_id = ?1 AND expires_at > ?2 ORDER BY id")
                 .map_err(backend)?;
@@ -275,7 +267,7 @@ impl Store for SqliteStore {
     fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
         let user = user.to_owned();
         let like = sql_like_prefix(&self.prefix);
-        self.blocking(move |conn| {
+        self.conn.call(move |conn| {
             let n = conn
                 .execute(
                     "DELETE FROM hipflask_sessions WHERE user_id = ?1 AND id LIKE ?2 ESCAPE '\\'",
