@@ -71,3 +71,30 @@ async fn sessions_survive_a_new_store_on_the_same_directory() {
     let again = FileStore::open(&dir).await.unwrap();
     assert_eq!(again.load(&id, NOW).await.unwrap().unwrap().data, data);
 }
+
+/// Loads take no lock and run on a thread of their own: a save waiting for
+/// the directory lock (held here as another process would) does not hold
+/// them up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_do_not_wait_behind_a_save_that_waits_for_the_lock() {
+    let dir = temp_dir("lock-wait");
+    let store = FileStore::open(&dir).await.unwrap();
+    let id = SessionId::generate();
+    let record = Record { data: Dict::from([("a".into(), Value::Int(1))]), created_at: NOW, expires_at: NOW + 60 };
+    store.create(&id, record).await.unwrap();
+    let other_process = std::fs::OpenOptions::new().write(true).open(dir.join(".lock")).unwrap();
+    other_process.lock().unwrap();
+    let changes = Changes { cleared: false, keys: vec![("a".into(), Some(Value::Int(2)))] };
+    let update = Update { changes, expires_at: NOW + 60, loaded: None };
+    let saving = tokio::spawn({
+        let (store, id) = (store.clone(), id.clone());
+        async move { store.update(&id, &update, NOW).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let loaded = tokio::time::timeout(std::time::Duration::from_secs(2), store.load(&id, NOW)).await;
+    assert_eq!(loaded.expect("a load waited behind the save").unwrap().unwrap().data["a"], Value::Int(1));
+    other_process.unlock().unwrap();
+    assert_eq!(saving.await.unwrap().unwrap(), hipflask::Updated::Applied);
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["a"], Value::Int(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
