@@ -24,8 +24,23 @@ pub const SID_SALT: &str = "flask-session";
 /// assert_eq!(SessionId::parse(id.as_str()), Some(id));
 /// assert_eq!(SessionId::parse("../../etc/passwd"), None);
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionId(Box<str>);
+///
+/// The id is held inline, not on the heap: copying one costs no allocation,
+/// and a map keyed by ids compares them without following a pointer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionId([u8; SESSION_ID_LEN]);
+
+/// Hashes the first eight characters only. Ids are 256 random bits, so 48
+/// of them (eight base64 characters) already spread a table evenly; the
+/// hasher's key still stops anyone from predicting buckets, and the rest of
+/// the id is compared on a hit. The whole id cost SipHash three times as long.
+impl std::hash::Hash for SessionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
 
 /// Each byte's base64url value, or `INVALID`: a table, because every
 /// server-side request parses an id.
@@ -47,7 +62,11 @@ pub const SESSION_ID_LEN: usize = 43;
 impl SessionId {
     /// A new random id.
     pub fn generate() -> SessionId {
-        SessionId(URL_SAFE_NO_PAD.encode(crate::random_bytes::<32>()).into())
+        let mut id = [0u8; SESSION_ID_LEN];
+        // 32 bytes always encode to exactly 43 characters.
+        let written = URL_SAFE_NO_PAD.encode_slice(crate::random_bytes::<32>(), &mut id);
+        debug_assert_eq!(written.ok(), Some(SESSION_ID_LEN));
+        SessionId(id)
     }
 
     /// Validates text as an id: exactly 43 characters of `[A-Za-z0-9_-]`
@@ -59,19 +78,25 @@ impl SessionId {
         let ok = bytes.len() == SESSION_ID_LEN
             && bytes.iter().all(|&b| SEXTETS[usize::from(b)] != INVALID)
             && SEXTETS[usize::from(bytes[SESSION_ID_LEN - 1])] & 0b11 == 0;
-        ok.then(|| SessionId(text.into()))
+        let mut id = [0u8; SESSION_ID_LEN];
+        if ok {
+            id.copy_from_slice(bytes);
+        }
+        ok.then_some(SessionId(id))
     }
 
     /// The id text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only `generate` and `parse` make ids, and both hold base64url
+        // characters only, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 /// Shows only a prefix: a whole id in a log is a stolen session.
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionId({}..)", &self.0[..6])
+        write!(f, "SessionId({}..)", self.as_str().get(..6).unwrap_or_default())
     }
 }
 
@@ -113,5 +138,36 @@ impl SidSigner {
         let (sid, sig) = value.rsplit_once('.')?;
         let sig = crate::cookie::b64decode_lenient(sig.as_bytes()).ok()?;
         self.key.verify(sid.as_bytes(), &sig).then_some(sid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn generated_ids_are_distinct_canonical_and_round_trip() {
+        let ids: Vec<SessionId> = (0..10_000).map(|_| SessionId::generate()).collect();
+        let set: HashSet<&SessionId> = ids.iter().collect();
+        assert_eq!(set.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.as_str().len(), SESSION_ID_LEN);
+            assert_eq!(SessionId::parse(id.as_str()).as_ref(), Some(id));
+            assert!(set.contains(&SessionId::parse(id.as_str()).unwrap()), "found by a parsed copy");
+        }
+    }
+
+    #[test]
+    fn ids_sharing_a_prefix_hash_alike_but_stay_different_keys() {
+        let a = SessionId::parse("AAAAAAAAbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbA").unwrap();
+        let b = SessionId::parse("AAAAAAAAccccccccccccccccccccccccccccccccccA").unwrap();
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+        let set: HashSet<SessionId> = [a.clone(), b.clone()].into();
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(&a) && set.contains(&b));
+        assert_eq!(format!("{a:?}"), "SessionId(AAAAAA..)", "logs show a prefix only");
     }
 }
