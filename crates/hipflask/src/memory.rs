@@ -56,8 +56,13 @@ impl Compact {
     }
 
     fn to_dict(&self) -> Dict {
-        // Already in key order: the B-tree is built without sorting.
-        self.0.iter().map(|(k, v)| (String::from(&**k), v.clone())).collect()
+        // Inserted one by one: collecting would first gather the entries in a
+        // vector to sort them, one more allocation for entries already sorted.
+        let mut dict = Dict::new();
+        for (k, v) in &*self.0 {
+            dict.insert(String::from(&**k), v.clone());
+        }
+        dict
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {

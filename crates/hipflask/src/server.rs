@@ -25,10 +25,10 @@ pub(crate) struct ServerSide {
 }
 
 impl ServerSide {
-    fn cookie_value(&self, id: &SessionId) -> String {
+    fn cookie_value<'a>(&self, id: &'a SessionId) -> std::borrow::Cow<'a, str> {
         match &self.signer {
-            Some(s) => s.sign(id.as_str()),
-            None => id.as_str().to_owned(),
+            Some(s) => s.sign(id.as_str()).into(),
+            None => id.as_str().into(),
         }
     }
 

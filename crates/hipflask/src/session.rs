@@ -1,7 +1,6 @@
 //! The dict-like session of one request.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -55,28 +54,52 @@ struct Inner {
     /// Messages taken out of `_flashes` by the first `get_flashed_messages`
     /// call, kept for later calls in the same request as Flask does.
     flashes: Option<Vec<Flash>>,
-    /// What this request changed, for server-side stores (see `Changes`).
-    touched: std::collections::BTreeSet<String>,
-    /// With conflict detection on: each touched key's value as the store
-    /// held it (`None`: absent), noted just before the first change. Only
-    /// changed keys are ever compared, so copying the whole session at load
-    /// would be work thrown away on every request.
-    originals: Option<BTreeMap<String, Option<Value>>>,
+    /// The keys this request changed, and with conflict detection on the
+    /// values they had in the store, in key order (see `Note`).
+    notes: Vec<Note>,
+    /// Conflict detection is on: note each key's stored value.
+    keep_originals: bool,
     cleared: bool,
     /// Server-side state; `None` for cookie sessions.
     server: Option<Server>,
 }
 
+/// One key a request changed (or, after `clear`, that it dropped).
+///
+/// One list for both facts: a request usually changes a key or two, and a
+/// set of changed keys beside a map of stored values cost four allocations
+/// per key where this costs one.
+struct Note {
+    key: String,
+    /// Changed since the last save: part of `changes()`.
+    touched: bool,
+    /// With conflict detection on: the value the store held (`None`:
+    /// absent), noted just before the first change. Only changed keys are
+    /// ever compared, so copying the whole session at load would be work
+    /// thrown away on every request.
+    original: Option<Option<Value>>,
+}
+
 impl Inner {
     /// Records that `key` is about to change: call before changing it.
     fn will_change(&mut self, key: &str) {
-        if !self.touched.contains(key) {
-            self.touched.insert(key.to_owned());
+        match self.notes.binary_search_by(|n| n.key.as_str().cmp(key)) {
+            // A key noted earlier already has its stored value.
+            Ok(i) => self.notes[i].touched = true,
+            Err(i) => {
+                let original = self.keep_originals.then(|| self.data.get(key).cloned());
+                self.notes.insert(i, Note { key: key.to_owned(), touched: true, original });
+            }
         }
-        if let Some(originals) = self.originals.as_mut()
-            && !originals.contains_key(key)
-        {
-            originals.insert(key.to_owned(), self.data.get(key).cloned());
+    }
+
+    fn touched(&self) -> impl Iterator<Item = &Note> {
+        self.notes.iter().filter(|n| n.touched)
+    }
+
+    fn untouch_all(&mut self) {
+        for note in &mut self.notes {
+            note.touched = false;
         }
     }
 }
@@ -141,23 +164,18 @@ impl Session {
     }
 
     fn with_state(data: Dict, new: bool) -> Session {
-        Session::build(data, new, None, None)
+        Session::build(data, new, None, false)
     }
 
-    fn build(
-        data: Dict,
-        new: bool,
-        server: Option<Server>,
-        originals: Option<BTreeMap<String, Option<Value>>>,
-    ) -> Session {
+    fn build(data: Dict, new: bool, server: Option<Server>, keep_originals: bool) -> Session {
         Session(Arc::new(Mutex::new(Inner {
             data,
             modified: false,
             accessed: false,
             new,
             flashes: None,
-            touched: Default::default(),
-            originals,
+            notes: Vec::new(),
+            keep_originals,
             cleared: false,
             server,
         })))
@@ -166,7 +184,7 @@ impl Session {
     /// A server-side session: loaded (`stored` = its times) or new.
     pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
         let server = Server { id, stored, regenerate: false, destroy: false, read_only: false };
-        Session::build(data, stored.is_none(), Some(server), keep_loaded.then(BTreeMap::new))
+        Session::build(data, stored.is_none(), Some(server), keep_loaded)
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -316,14 +334,16 @@ impl Session {
         let mut inner = self.touch();
         let inner = &mut *inner;
         let data = std::mem::take(&mut inner.data);
-        if let Some(originals) = inner.originals.as_mut() {
+        inner.untouch_all();
+        if inner.keep_originals {
             // Every key present now is noted with its value; a key touched
             // later that is not noted was therefore absent when loaded.
             for (key, value) in data {
-                originals.entry(key).or_insert(Some(value));
+                if let Err(i) = inner.notes.binary_search_by(|n| n.key.cmp(&key)) {
+                    inner.notes.insert(i, Note { key, touched: false, original: Some(Some(value)) });
+                }
             }
         }
-        inner.touched.clear();
         inner.cleared = true;
         inner.modified = true;
     }
@@ -442,7 +462,7 @@ impl Session {
         if !inner.modified {
             return Changes::default();
         }
-        let keys = inner.touched.iter().map(|k| (k.clone(), inner.data.get(k).cloned())).collect();
+        let keys = inner.touched().map(|n| (n.key.clone(), inner.data.get(&n.key).cloned())).collect();
         Changes { cleared: inner.cleared, keys }
     }
 
@@ -476,10 +496,18 @@ impl Session {
     /// missing here was absent): what a store compares before writing.
     pub(crate) fn loaded_values(&self) -> Option<Dict> {
         let inner = self.raw();
-        let originals = inner.originals.as_ref()?;
+        if !inner.keep_originals {
+            return None;
+        }
         // Every touched key was noted before its change (`will_change`).
-        let noted = |key: &String| originals.get(key).cloned().flatten();
-        Some(inner.touched.iter().filter_map(|key| Some((key.clone(), noted(key)?))).collect())
+        // Inserted one by one: `collect` would gather a vector to sort first.
+        let mut loaded = Dict::new();
+        for note in inner.touched() {
+            if let Some(Some(value)) = &note.original {
+                loaded.insert(note.key.clone(), value.clone());
+            }
+        }
+        Some(loaded)
     }
 
     /// Forgets this request's unsaved changes, so nothing is written when the
@@ -489,7 +517,7 @@ impl Session {
         let mut inner = self.raw();
         inner.modified = false;
         inner.cleared = false;
-        inner.touched.clear();
+        inner.untouch_all();
         if let Some(server) = inner.server.as_mut() {
             server.regenerate = false;
             server.destroy = false;
@@ -503,12 +531,9 @@ impl Session {
         let mut inner = self.raw();
         inner.modified = false;
         inner.cleared = false;
-        inner.touched.clear();
         inner.new = stored.is_none();
         // The store now holds the data as it is: later changes compare to that.
-        if let Some(originals) = inner.originals.as_mut() {
-            originals.clear();
-        }
+        inner.notes.clear();
         if let Some(server) = inner.server.as_mut() {
             server.id = id;
             server.stored = stored;
