@@ -339,6 +339,54 @@ impl RedisStore {
     }
 }
 
+/// The merge script's key and arguments (see `merge.lua`).
+struct MergeArgs<'a> {
+    key: &'a str,
+    ttl: u64,
+    cleared: bool,
+    reject: bool,
+    expected: &'a [u8],
+    merged: &'a [u8],
+    changes: &'a [merge::Change],
+}
+
+impl MergeArgs<'_> {
+    /// `EVALSHA <sha>` or `EVAL <source>`, then the key and arguments,
+    /// written straight into the command: redis' `ScriptInvocation` copied
+    /// every argument into a vector of its own first, a dozen allocations
+    /// per save.
+    fn command(&self, verb: &str, script: &str) -> Cmd {
+        let flag = |on: bool| if on { "1" } else { "0" };
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script).arg(1).arg(self.key).arg(self.ttl).arg(flag(self.cleared)).arg(flag(self.reject));
+        cmd.arg(self.expected).arg(self.merged);
+        for change in self.changes {
+            cmd.arg(&change.key);
+            match &change.value {
+                Some(bytes) => cmd.arg("s").arg(bytes),
+                None => cmd.arg("d").arg(""),
+            };
+            cmd.arg(&change.loaded);
+        }
+        cmd
+    }
+}
+
+impl RedisStore {
+    /// Runs the merge script by its hash, and by its source when the server
+    /// does not know it (after a restart or `SCRIPT FLUSH`), which also
+    /// loads it for the next calls. A refused `EVALSHA` wrote nothing, so
+    /// sending the source is never a second write.
+    async fn run_merge(&self, conn: &mut impl ConnectionLike, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
+        match args.command("EVALSHA", self.script.get_hash()).query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                args.command("EVAL", MERGE).query_async(conn).await
+            }
+            result => result,
+        }
+    }
+}
+
 impl Local {
     /// Sends `CLIENT TRACKING ON` on the tracked connection, then marks the
     /// cache as tracking unless a disconnection came in between.
@@ -387,22 +435,13 @@ impl Store for RedisStore {
             let changes = merge::encode(&update.changes, update.loaded.as_ref())?;
             let expected = self.seen.take(&key);
             let merged = expected.as_deref().and_then(|stored| merge::merge(stored, cleared, reject, &changes));
-            let mut inv = self.script.key(&key);
-            inv.arg(ttl).arg(if cleared { "1" } else { "0" }).arg(if reject { "1" } else { "0" });
-            match (&expected, &merged) {
-                (Some(expected), Some(merged)) => inv.arg(&expected[..]).arg(merged),
-                _ => inv.arg("").arg(""),
+            let (expected, merged_arg) = match (&expected, &merged) {
+                (Some(expected), Some(merged)) => (&expected[..], &merged[..]),
+                _ => (&[][..], &[][..]),
             };
-            for change in &changes {
-                inv.arg(&change.key);
-                match &change.value {
-                    Some(bytes) => inv.arg("s").arg(bytes),
-                    None => inv.arg("d").arg(""),
-                };
-                inv.arg(&change.loaded);
-            }
+            let args = MergeArgs { key: &key, ttl, cleared, reject, expected, merged: merged_arg, changes: &changes };
             let Some(local) = &self.local else {
-                let result: RValue = inv.invoke_async(&mut self.conn.clone()).await.map_err(backend)?;
+                let result = self.run_merge(&mut self.conn.clone(), &args).await.map_err(backend)?;
                 let (updated, stored) = self.updated(id, update, result, merged).await?;
                 if let Some((value, _)) = stored {
                     self.seen.remember(&key, &value);
@@ -414,7 +453,7 @@ impl Store for RedisStore {
             // replace the cached one: the next request on this session needs
             // no read. See `LocalCache::replace` for why that is safe.
             let ticket = local.cache.ticket(&key);
-            let result = match inv.invoke_async::<RValue>(&mut local.tracked.clone()).await {
+            let result = match self.run_merge(&mut local.tracked.clone(), &args).await {
                 Ok(result) => result,
                 Err(e) => {
                     // The write may have been applied: forget the old value.

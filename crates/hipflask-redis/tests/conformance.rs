@@ -248,3 +248,25 @@ async fn a_save_after_a_load_keeps_the_other_entries_exact_bytes() {
     let stored: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut other).await.unwrap();
     assert_eq!(stored, [0x82, 0xa1, b'n', 0xcd, 0x00, 0x05, 0xa1, b'm', 0x01]);
 }
+
+/// After a Redis restart or `SCRIPT FLUSH` the server no longer knows the
+/// merge script: a save sends its source instead, once, and is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_still_works_after_the_server_forgets_the_script() {
+    let (Some(plain), Some(cached)) = (store().await, cached_store().await) else { return };
+    let sha = redis::Script::new(include_str!("../src/merge.lua")).get_hash().to_owned();
+    let mut other = other_process().await;
+    let now = 1_700_000_000;
+    for store in [plain, cached] {
+        let (id, key) = session_with_visits(&store, 1, now).await;
+        assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut other).await.unwrap();
+        let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(2)))] };
+        let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+        assert_eq!(store.update(&id, &update, now).await.unwrap(), hipflask::Updated::Applied);
+        let stored: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut other).await.unwrap();
+        assert_eq!(stored, [&[0x81, 0xa6][..], b"visits", &[2]].concat(), "written once, as Flask-Session would");
+        let known: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query_async(&mut other).await.unwrap();
+        assert_eq!(known, [true], "sending the source loaded it for the next saves");
+    }
+}
