@@ -82,9 +82,9 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(data: &Dict, ttl: Duration) -> Entry {
+    fn new(data: Dict, ttl: Duration) -> Entry {
         let now = Instant::now();
-        Entry { data: data.clone(), expires: now + ttl, fresh_until: now + MAX_AGE }
+        Entry { data, expires: now + ttl, fresh_until: now + MAX_AGE }
     }
 }
 
@@ -172,12 +172,18 @@ impl LocalCache {
         if shard.seqs[ticket.stripe] != ticket.seq || self.state.load(Ordering::SeqCst) != ticket.state {
             return;
         }
-        self.insert(&mut shard, key, data, ttl);
+        self.insert(&mut shard, key, data.clone(), ttl);
     }
 
     /// Caches `data` in `shard` (the key's), starting the shard over when full.
-    fn insert(&self, shard: &mut Shard, key: &str, data: &Dict, ttl: Duration) {
-        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(key.as_bytes()) {
+    fn insert(&self, shard: &mut Shard, key: &str, data: Dict, ttl: Duration) {
+        // A session written here is usually cached already: replaced in
+        // place, without a new copy of its key.
+        if let Some(entry) = shard.entries.get_mut(key.as_bytes()) {
+            *entry = Entry::new(data, ttl);
+            return;
+        }
+        if shard.entries.len() >= self.per_shard {
             shard.entries.clear();
         }
         shard.entries.insert(key.as_bytes().to_vec(), Entry::new(data, ttl));
@@ -195,7 +201,7 @@ impl LocalCache {
     /// applied earlier (or a read sent before this write) then finds its
     /// ticket outdated and cannot put an older value back. Without this, 100
     /// concurrent writes left a cached session missing a quarter of its keys.
-    pub(crate) fn replace(&self, key: &str, ticket: Ticket, data: &Dict, ttl: Duration) {
+    pub(crate) fn replace(&self, key: &str, ticket: Ticket, data: Dict, ttl: Duration) {
         let mut shard = self.lock(ticket.shard);
         let unchanged = shard.seqs[ticket.stripe] == ticket.seq && self.state.load(Ordering::SeqCst) == ticket.state;
         shard.seqs[ticket.stripe] += 1;
@@ -320,13 +326,13 @@ mod tests {
         cache.put("k", t, &session(1), HOUR);
         let before_write = cache.ticket("k");
         let concurrent = cache.ticket("k");
-        cache.replace("k", before_write, &session(2), HOUR);
+        cache.replace("k", before_write, session(2), HOUR);
         assert_eq!(cache.get("k").map(|(d, _)| d), Some(session(2)));
         // Another write or read in flight at the same time may hold an older
         // value: it must not replace this one, and the entry is dropped.
         cache.put("k", concurrent, &session(1), HOUR);
         assert_eq!(cache.get("k").map(|(d, _)| d), Some(session(2)));
-        cache.replace("k", concurrent, &session(1), HOUR);
+        cache.replace("k", concurrent, session(1), HOUR);
         assert!(cache.get("k").is_none());
         let t = cache.ticket("k");
         cache.put("k", t, &session(2), HOUR);
@@ -336,14 +342,14 @@ mod tests {
         cache.invalidate(b"k");
         let t = cache.ticket("k");
         cache.put("k", t, &session(2), HOUR);
-        cache.replace("k", before_write, &session(3), HOUR);
+        cache.replace("k", before_write, session(3), HOUR);
         assert!(cache.get("k").is_none());
         // With tracking off nothing is kept, and nothing old survives.
         let t = tracking(&cache, "k");
         cache.put("k", t, &session(3), HOUR);
         cache.disconnected();
         let off = cache.ticket("k");
-        cache.replace("k", off, &session(4), HOUR);
+        cache.replace("k", off, session(4), HOUR);
         assert_eq!(cache.len(), 0);
     }
 

@@ -31,6 +31,11 @@
 //! sessions); if anything else wrote in between, the script merges as above.
 //! Either way the result is the same.
 //!
+//! On a standalone server, the loads and saves of requests running at the
+//! same moment go out together, one pipeline per write to the socket, so
+//! each still takes one round trip but Redis and this process are woken
+//! once per batch instead of once per command.
+//!
 //! # Local cache
 //!
 //! [`with_local_cache`](RedisStore::with_local_cache) keeps sessions read
@@ -57,8 +62,11 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value as RValue};
 
+mod batch;
 mod cache;
 mod merge;
+
+use batch::{Batcher, reply};
 
 const MERGE: &str = include_str!("merge.lua");
 
@@ -69,6 +77,9 @@ pub struct RedisStore {
     /// The standalone server's client, for the local cache's own connection.
     client: Option<redis::Client>,
     local: Option<Arc<Local>>,
+    /// Batches the hot path's commands on a standalone server (a cluster
+    /// routes each command by its key: no batching there).
+    batch: Option<Arc<Batcher<ConnectionManager>>>,
     prefix: String,
     user_key: String,
     script: redis::Script,
@@ -80,6 +91,7 @@ pub struct RedisStore {
 struct Local {
     cache: Arc<cache::LocalCache>,
     tracked: ConnectionManager,
+    batch: Arc<Batcher<ConnectionManager>>,
 }
 
 #[derive(Clone)]
@@ -130,6 +142,11 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// A reply as a `T`; error replies and replies of another type fail.
+fn typed<T: redis::FromRedisValue>(value: RValue) -> Result<T, Error> {
+    reply(value).and_then(|v| Ok(redis::from_redis_value(v)?)).map_err(backend)
+}
+
 fn backend(e: redis::RedisError) -> Error {
     let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Backend };
     Error::new(kind, "Redis session store failed").with_source(e)
@@ -152,10 +169,15 @@ impl RedisStore {
     }
 
     fn with(conn: Conn) -> RedisStore {
+        let batch = match &conn {
+            Conn::Single(c) => Some(Batcher::new(c.clone())),
+            Conn::Cluster(_) => None,
+        };
         RedisStore {
             conn,
             client: None,
             local: None,
+            batch,
             prefix: "session:".into(),
             user_key: "_user_id".into(),
             script: redis::Script::new(MERGE),
@@ -191,7 +213,7 @@ impl RedisStore {
             Ok::<(), std::convert::Infallible>(())
         });
         let tracked = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
-        let local = Local { cache, tracked };
+        let local = Local { cache, batch: Batcher::new(tracked.clone()), tracked };
         // Fail now, with the reason, rather than run without a working cache.
         local.enable_tracking(local.cache.ticket("")).await.map_err(|e| {
             Error::new(ErrorKind::Config, "the Redis local cache needs CLIENT TRACKING (Redis 6 or newer)")
@@ -217,7 +239,11 @@ impl RedisStore {
     }
 
     fn key(&self, id: &SessionId) -> String {
-        format!("{}{}", self.prefix, id.as_str())
+        // Every request builds one: concatenated, not through `format!`.
+        let mut key = String::with_capacity(self.prefix.len() + id.as_str().len());
+        key.push_str(&self.prefix);
+        key.push_str(id.as_str());
+        key
     }
 
     /// The set of a user's session ids. `:` cannot occur in an id, so this
@@ -229,7 +255,7 @@ impl RedisStore {
     async fn load_raw(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let key = self.key(id);
         let Some(local) = &self.local else {
-            return Ok(self.fetch(&mut self.conn.clone(), &key, now).await?.map(|(record, _)| record));
+            return Ok(self.fetch(false, &key, now).await?.map(|(record, _)| record));
         };
         if let Some((data, left)) = local.cache.get(&key) {
             return Ok(Some(Record { data, created_at: now, expires_at: now + left.as_secs().max(1) }));
@@ -247,7 +273,7 @@ impl RedisStore {
                 Err(e) => tracing::debug!(error = %e, "cannot turn Redis client tracking back on; reading uncached"),
             }
         }
-        let found = self.fetch(&mut local.tracked.clone(), &key, now).await?;
+        let found = self.fetch(true, &key, now).await?;
         if let Some((record, ttl)) = &found {
             local.cache.put(&key, ticket, &record.data, *ttl);
         }
@@ -262,15 +288,35 @@ impl RedisStore {
         }
     }
 
+    /// Sends `cmds` in one round trip, batched with other requests' commands
+    /// where the connection allows: on the tracked connection (`tracked`,
+    /// with the local cache) or the main one.
+    async fn send(&self, tracked: bool, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<RValue>> {
+        let batch = match (&self.local, tracked) {
+            (Some(local), true) => Some(&local.batch),
+            _ => self.batch.as_ref(),
+        };
+        if let Some(batch) = batch {
+            return batch.send(cmds).await;
+        }
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
     /// The session under `key` and its TTL, read in one round trip.
-    async fn fetch(
-        &self,
-        conn: &mut impl ConnectionLike,
-        key: &str,
-        now: u64,
-    ) -> Result<Option<(Record, std::time::Duration)>, Error> {
-        let (raw, pttl): (Option<Vec<u8>>, i64) =
-            redis::pipe().get(key).pttl(key).query_async(conn).await.map_err(backend)?;
+    async fn fetch(&self, tracked: bool, key: &str, now: u64) -> Result<Option<(Record, std::time::Duration)>, Error> {
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        let mut pttl = redis::cmd("PTTL");
+        pttl.arg(key);
+        let replies = self.send(tracked, vec![get, pttl]).await.map_err(backend)?;
+        let [raw, pttl] = <[RValue; 2]>::try_from(replies)
+            .map_err(|r| Error::new(ErrorKind::Backend, format!("Redis sent {} replies to GET and PTTL", r.len())))?;
+        let raw: Option<Vec<u8>> = typed(raw)?;
+        let pttl: i64 = typed(pttl)?;
         let Some(raw) = raw.filter(|r| !r.is_empty()) else {
             return Ok(None);
         };
@@ -377,10 +423,14 @@ impl RedisStore {
     /// does not know it (after a restart or `SCRIPT FLUSH`), which also
     /// loads it for the next calls. A refused `EVALSHA` wrote nothing, so
     /// sending the source is never a second write.
-    async fn run_merge(&self, conn: &mut impl ConnectionLike, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
-        match args.command("EVALSHA", self.script.get_hash()).query_async(conn).await {
+    async fn run_merge(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
+        let run = |cmd: Cmd| async move {
+            let replies = self.send(tracked, vec![cmd]).await?;
+            replies.into_iter().next().map_or_else(|| Err(std::io::Error::other("no reply").into()), reply)
+        };
+        match run(args.command("EVALSHA", self.script.get_hash())).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                args.command("EVAL", MERGE).query_async(conn).await
+                run(args.command("EVAL", MERGE)).await
             }
             result => result,
         }
@@ -441,7 +491,7 @@ impl Store for RedisStore {
             };
             let args = MergeArgs { key: &key, ttl, cleared, reject, expected, merged: merged_arg, changes: &changes };
             let Some(local) = &self.local else {
-                let result = self.run_merge(&mut self.conn.clone(), &args).await.map_err(backend)?;
+                let result = self.run_merge(false, &args).await.map_err(backend)?;
                 let (updated, stored) = self.updated(id, update, result, merged).await?;
                 if let Some((value, _)) = stored {
                     self.seen.remember(&key, &value);
@@ -453,7 +503,7 @@ impl Store for RedisStore {
             // replace the cached one: the next request on this session needs
             // no read. See `LocalCache::replace` for why that is safe.
             let ticket = local.cache.ticket(&key);
-            let result = match self.run_merge(&mut local.tracked.clone(), &args).await {
+            let result = match self.run_merge(true, &args).await {
                 Ok(result) => result,
                 Err(e) => {
                     // The write may have been applied: forget the old value.
@@ -467,7 +517,7 @@ impl Store for RedisStore {
                     Ok(data) => {
                         self.seen.remember(&key, value);
                         let ttl = std::time::Duration::from_millis(*pttl as u64);
-                        local.cache.replace(&key, ticket, &data, ttl);
+                        local.cache.replace(&key, ticket, data, ttl);
                     }
                     Err(_) => self.written(&key),
                 },

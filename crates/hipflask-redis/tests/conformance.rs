@@ -270,3 +270,53 @@ async fn a_save_still_works_after_the_server_forgets_the_script() {
         assert_eq!(known, [true], "sending the source loaded it for the next saves");
     }
 }
+
+/// Concurrent requests' commands travel together: each load and save must
+/// still get its own reply, and one session Redis cannot read (a key of
+/// another type) fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_replies_and_errors() {
+    let (Some(plain), Some(cached)) = (store().await, cached_store().await) else { return };
+    let mut other = other_process().await;
+    let now = 1_700_000_000;
+    for store in [plain, cached] {
+        let mut ids = Vec::new();
+        for n in 0..100 {
+            ids.push(session_with_visits(&store, n, now).await.0);
+        }
+        let broken = SessionId::generate();
+        let _: () = redis::cmd("RPUSH")
+            .arg(format!("session:{}", broken.as_str()))
+            .arg("not a session")
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        let store = Arc::new(store);
+        let mut tasks = Vec::new();
+        for (n, id) in ids.iter().cloned().enumerate() {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(n as i64));
+                let changes =
+                    hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(n as i64 * 2)))] };
+                let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+                assert_eq!(store.update(&id, &update, now).await.unwrap(), hipflask::Updated::Applied);
+            }));
+        }
+        let failing = {
+            let store = store.clone();
+            let broken = broken.clone();
+            tokio::spawn(async move { store.load(&broken, now).await })
+        };
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(failing.await.unwrap().is_err(), "a list under a session key is an error, for that request only");
+        for (n, id) in ids.iter().enumerate() {
+            let key = format!("session:{}", id.as_str());
+            let stored: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut other).await.unwrap();
+            let want = hipflask::to_msgpack(&[("visits".to_owned(), Value::Int(n as i64 * 2))].into()).unwrap();
+            assert_eq!(stored, want);
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Commands from concurrent requests sent to Redis together.
+//!
+//! redis-rs writes each command to the socket as soon as it is queued: on
+//! tokio's scheduler the connection's task runs right after the request task
+//! that woke it, so every save and every uncached load was a `writev` of its
+//! own, and the kernel's work for those writes (and for waking Redis) was an
+//! eighth of the server's CPU per request on the benchmark. Here the first
+//! request to queue a command starts a flush that runs once the tasks
+//! already ready have run, and every command queued by then goes out as one
+//! pipeline: one write, one wake-up of Redis, replies read in one go.
+//!
+//! Only the order of replies is relied on (Redis answers a connection's
+//! commands in order), so each request gets exactly its own replies, and a
+//! server error answers only the command that caused it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, RedisError, RedisResult, Value as RValue};
+use tokio::sync::oneshot;
+
+/// The queue of one connection.
+pub(crate) struct Batcher<C> {
+    conn: C,
+    queue: Mutex<Vec<Queued>>,
+}
+
+/// One request's commands and where their replies go.
+struct Queued {
+    cmds: Vec<Cmd>,
+    reply: oneshot::Sender<RedisResult<Vec<RValue>>>,
+}
+
+impl<C> Batcher<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(conn: C) -> Arc<Batcher<C>> {
+        Arc::new(Batcher { conn, queue: Mutex::new(Vec::new()) })
+    }
+
+    /// Sends `cmds` with whatever else is queued and returns their replies,
+    /// in order; a reply may be `Value::ServerError` (see [`reply`]).
+    pub(crate) async fn send(self: &Arc<Self>, cmds: Vec<Cmd>) -> RedisResult<Vec<RValue>> {
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.push(Queued { cmds, reply: tx });
+            queue.len() == 1
+        };
+        if first {
+            // A task of its own, so that a request that gives up (a timeout)
+            // cannot strand the commands queued behind its own.
+            let batcher = self.clone();
+            tokio::spawn(async move {
+                // Yielding puts the flush after the tasks that are ready now:
+                // their commands join this one.
+                tokio::task::yield_now().await;
+                batcher.flush().await;
+            });
+        }
+        rx.await.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::other("the Redis batch was dropped"))))
+    }
+
+    async fn flush(&self) {
+        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut conn = self.conn.clone();
+        if let [one] = &batch[..]
+            && let [cmd] = &one.cmds[..]
+        {
+            let result = conn.req_packed_command(cmd).await.map(|v| vec![v]);
+            let _ = batch.into_iter().next().map(|q| q.reply.send(result));
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut counts = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for queued in batch {
+            counts.push(queued.cmds.len());
+            replies.push(queued.reply);
+            for cmd in queued.cmds {
+                pipe.add_command(cmd);
+            }
+        }
+        let total = counts.iter().sum();
+        match conn.req_packed_commands(&pipe, 0, total).await {
+            Ok(values) if values.len() == total => {
+                let mut values = values.into_iter();
+                for (count, reply) in counts.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(values.by_ref().take(count).collect()));
+                }
+            }
+            Ok(values) => {
+                let e = RedisError::from(std::io::Error::other(format!(
+                    "Redis answered a pipeline of {total} commands with {} replies",
+                    values.len()
+                )));
+                replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
+            }
+            Err(e) => replies.into_iter().for_each(|r| drop(r.send(Err(e.clone())))),
+        }
+    }
+}
+
+/// A reply as a result: Redis' error replies become errors.
+pub(crate) fn reply(value: RValue) -> RedisResult<RValue> {
+    match value {
+        RValue::ServerError(e) => Err(e.into()),
+        value => Ok(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{Pipeline, RedisFuture};
+
+    /// Answers each command with its first argument, and records how many
+    /// commands each write to the "socket" carried.
+    #[derive(Clone, Default)]
+    struct Echo {
+        writes: Arc<Mutex<Vec<usize>>>,
+        broken: bool,
+    }
+
+    fn first_arg(cmd: &Cmd) -> RValue {
+        match cmd.args_iter().nth(1) {
+            Some(redis::Arg::Simple(bytes)) => RValue::BulkString(bytes.to_vec()),
+            _ => RValue::Nil,
+        }
+    }
+
+    impl ConnectionLike for Echo {
+        fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, RValue> {
+            self.writes.lock().unwrap().push(1);
+            let answer = if self.broken { Err(std::io::Error::other("down").into()) } else { Ok(first_arg(cmd)) };
+            Box::pin(async move { answer })
+        }
+
+        fn req_packed_commands<'a>(
+            &'a mut self,
+            pipe: &'a Pipeline,
+            _: usize,
+            n: usize,
+        ) -> RedisFuture<'a, Vec<RValue>> {
+            self.writes.lock().unwrap().push(n);
+            let answer = if self.broken {
+                Err(std::io::Error::other("down").into())
+            } else {
+                Ok(pipe.cmd_iter().map(first_arg).collect())
+            };
+            Box::pin(async move { answer })
+        }
+
+        fn get_db(&self) -> i64 {
+            0
+        }
+    }
+
+    fn get(key: &str) -> Cmd {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        cmd
+    }
+
+    fn text(v: &RValue) -> String {
+        match v {
+            RValue::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    // One worker, as a server pinned to one core runs: a task a request
+    // task spawns or wakes runs right after it there (tokio's LIFO slot).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn concurrent_requests_share_one_write_and_each_gets_its_own_replies() {
+        let conn = Echo::default();
+        let batcher = Batcher::new(conn.clone());
+        let b = batcher.clone();
+        // Spawned from a task on the worker, so all are queued before any runs.
+        let results = tokio::spawn(async move {
+            let tasks: Vec<_> = (0..40)
+                .map(|i| {
+                    let b = b.clone();
+                    tokio::spawn(async move {
+                        // Every fifth request sends two commands, as a load does.
+                        let cmds = if i % 5 == 0 {
+                            vec![get(&format!("{i}a")), get(&format!("{i}b"))]
+                        } else {
+                            vec![get(&i.to_string())]
+                        };
+                        b.send(cmds).await
+                    })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.unwrap().unwrap());
+            }
+            results
+        })
+        .await
+        .unwrap();
+        for (i, replies) in results.iter().enumerate() {
+            let replies: Vec<String> = replies.iter().map(text).collect();
+            let want = if i % 5 == 0 { vec![format!("{i}a"), format!("{i}b")] } else { vec![i.to_string()] };
+            assert_eq!(replies, want);
+        }
+        assert_eq!(*conn.writes.lock().unwrap(), [48], "all 48 commands in one pipeline");
+        // Alone, a command goes out as itself.
+        assert_eq!(text(&batcher.send(vec![get("solo")]).await.unwrap()[0]), "solo");
+        assert_eq!(*conn.writes.lock().unwrap(), [48, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_request_in_it() {
+        let batcher = Batcher::new(Echo { broken: true, ..Echo::default() });
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.send(vec![get(&i.to_string())]).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().is_err());
+        }
+    }
+}
