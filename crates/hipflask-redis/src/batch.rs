@@ -51,12 +51,14 @@ where
         if first {
             // A task of its own, so that a request that gives up (a timeout)
             // cannot strand the commands queued behind its own.
-            let batcher = self.clone();
+            let mut pending = Pending(Some(self.clone()));
             tokio::spawn(async move {
                 // Yielding puts the flush after the tasks that are ready now:
                 // their commands join this one.
                 tokio::task::yield_now().await;
-                batcher.flush().await;
+                if let Some(batcher) = pending.0.take() {
+                    batcher.flush().await;
+                }
             });
         }
         rx.await.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::other("the Redis batch was dropped"))))
@@ -98,6 +100,24 @@ where
                 replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
             }
             Err(e) => replies.into_iter().for_each(|r| drop(r.send(Err(e.clone())))),
+        }
+    }
+}
+
+/// A flush not yet started. Dropped unstarted (its runtime shut down
+/// first), it fails the queued commands instead of leaving them queued: a
+/// queue that is not empty gets no new flush, so every later command on
+/// this connection would wait forever.
+struct Pending<C>(Option<Arc<Batcher<C>>>);
+
+impl<C> Drop for Pending<C> {
+    fn drop(&mut self) {
+        if let Some(batcher) = self.0.take() {
+            let queued = std::mem::take(&mut *batcher.queue.lock().unwrap_or_else(PoisonError::into_inner));
+            for q in queued {
+                let _ =
+                    q.reply.send(Err(RedisError::from(std::io::Error::other("the runtime stopped before the send"))));
+            }
         }
     }
 }
@@ -210,6 +230,31 @@ mod tests {
         // Alone, a command goes out as itself.
         assert_eq!(text(&batcher.send(vec![get("solo")]).await.unwrap()[0]), "solo");
         assert_eq!(*conn.writes.lock().unwrap(), [48, 1]);
+    }
+
+    #[test]
+    fn a_runtime_stopped_before_the_flush_leaves_nothing_queued() {
+        let conn = Echo::default();
+        let batcher = Batcher::new(conn.clone());
+        let first = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut lost = Box::pin(async { batcher.send(vec![get("lost")]).await });
+        first.block_on(async {
+            // Polled once: queued, and its flush spawned but not yet run.
+            std::future::poll_fn(|cx| {
+                assert!(lost.as_mut().poll(cx).is_pending());
+                std::task::Poll::Ready(())
+            })
+            .await;
+        });
+        drop(first);
+        assert!(conn.writes.lock().unwrap().is_empty(), "nothing was sent");
+        drop(lost);
+        let second = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let answer = second.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), batcher.send(vec![get("next")])).await
+        });
+        let replies = answer.expect("a later send is flushed, not stuck behind the lost one").unwrap();
+        assert_eq!(text(&replies[0]), "next");
     }
 
     #[tokio::test]
