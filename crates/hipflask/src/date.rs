@@ -66,20 +66,8 @@ pub(crate) fn civil(unix: i64) -> Civil {
 pub(crate) fn write_http_date(out: &mut String, unix: i64) {
     let c = civil(unix);
     if !(0..=9999).contains(&c.year) {
-        // Only a lifetime of millennia gets here: the general formatter.
-        use std::fmt::Write as _;
-        // Writing to a String cannot fail.
-        let _ = write!(
-            out,
-            "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-            DAY_NAMES[c.weekday],
-            c.day,
-            MONTH_NAMES[c.month as usize - 1],
-            c.year,
-            c.hour,
-            c.minute,
-            c.second
-        );
+        // Only a lifetime of millennia gets here.
+        write_http_date_fmt(out, &c);
         return;
     }
     // Every permanent cookie carries one of these: written digit by digit,
@@ -104,6 +92,23 @@ pub(crate) fn write_http_date(out: &mut String, unix: i64) {
     buf[25..].copy_from_slice(b" GMT");
     // All ASCII by construction.
     out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
+}
+
+/// [`write_http_date`] through the general formatter, for any year.
+fn write_http_date_fmt(out: &mut String, c: &Civil) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAY_NAMES[c.weekday],
+        c.day,
+        MONTH_NAMES[c.month as usize - 1],
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
+    );
 }
 
 pub(crate) fn http_date(unix: i64) -> String {
@@ -245,17 +250,9 @@ mod tests {
     #[test]
     fn http_date_is_what_the_general_formatter_writes() {
         let reference = |t: i64| {
-            let c = civil(t);
-            format!(
-                "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-                DAY_NAMES[c.weekday],
-                c.day,
-                MONTH_NAMES[c.month as usize - 1],
-                c.year,
-                c.hour,
-                c.minute,
-                c.second
-            )
+            let mut s = String::new();
+            write_http_date_fmt(&mut s, &civil(t));
+            s
         };
         // Every day boundary and odd second over the whole range, plus years
         // past 9999 and before year 0 (the fallback path).
