@@ -61,17 +61,20 @@ where
                 }
             });
         }
-        rx.await.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::other("the Redis batch was dropped"))))
+        rx.await.unwrap_or_else(|_| Err(failure("the Redis batch was dropped")))
     }
 
     async fn flush(&self) {
         let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
         let mut conn = self.conn.clone();
+        // Alone, a command goes out as itself, without a pipeline around it.
         if let [one] = &batch[..]
             && let [cmd] = &one.cmds[..]
         {
             let result = conn.req_packed_command(cmd).await.map(|v| vec![v]);
-            let _ = batch.into_iter().next().map(|q| q.reply.send(result));
+            if let Some(queued) = batch.into_iter().next() {
+                let _ = queued.reply.send(result);
+            }
             return;
         }
         let mut pipe = redis::pipe();
@@ -93,10 +96,7 @@ where
                 }
             }
             Ok(values) => {
-                let e = RedisError::from(std::io::Error::other(format!(
-                    "Redis answered a pipeline of {total} commands with {} replies",
-                    values.len()
-                )));
+                let e = failure(format!("Redis answered a pipeline of {total} commands with {} replies", values.len()));
                 replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
             }
             Err(e) => replies.into_iter().for_each(|r| drop(r.send(Err(e.clone())))),
@@ -115,11 +115,15 @@ impl<C> Drop for Pending<C> {
         if let Some(batcher) = self.0.take() {
             let queued = std::mem::take(&mut *batcher.queue.lock().unwrap_or_else(PoisonError::into_inner));
             for q in queued {
-                let _ =
-                    q.reply.send(Err(RedisError::from(std::io::Error::other("the runtime stopped before the send"))));
+                let _ = q.reply.send(Err(failure("the runtime stopped before the send")));
             }
         }
     }
+}
+
+/// An error of this layer (not Redis' own), with what happened.
+pub(crate) fn failure(what: impl Into<String>) -> RedisError {
+    RedisError::from(std::io::Error::other(what.into()))
 }
 
 /// A reply as a result: Redis' error replies become errors.

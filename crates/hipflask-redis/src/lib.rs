@@ -426,7 +426,7 @@ impl RedisStore {
     async fn run_merge(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
         let run = |cmd: Cmd| async move {
             let replies = self.send(tracked, vec![cmd]).await?;
-            replies.into_iter().next().map_or_else(|| Err(std::io::Error::other("no reply").into()), reply)
+            replies.into_iter().next().map_or_else(|| Err(batch::failure("Redis sent no reply to the script")), reply)
         };
         match run(args.command("EVALSHA", self.script.get_hash())).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {

@@ -68,7 +68,7 @@ struct Inner {
 ///
 /// One list for both facts: a request usually changes a key or two, and a
 /// set of changed keys beside a map of stored values cost four allocations
-/// per key where this costs one.
+/// for the first changed key where this costs two (the list and the key).
 struct Note {
     key: String,
     /// Changed since the last save: part of `changes()`.
