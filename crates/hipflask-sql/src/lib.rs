@@ -64,6 +64,12 @@ struct Dialect {
     /// catalog: the `IF NOT EXISTS` statements lock the table even when they
     /// skip, so they run only when something is missing.
     installed: &'static str,
+    /// Taken around the migration, held by the connection running it:
+    /// PostgreSQL fails all but one of concurrent `CREATE TABLE IF NOT
+    /// EXISTS` (a duplicate in its catalog), so instances starting together
+    /// on a new database take turns, and the later ones find it installed.
+    migrate_lock: &'static str,
+    migrate_unlock: &'static str,
     migrate: &'static [&'static str],
     load: &'static str,
     lock: &'static str,
@@ -82,6 +88,9 @@ const POSTGRES: Dialect = Dialect {
     installed: "SELECT to_regclass('hipflask_sessions') IS NOT NULL
         AND to_regclass('hipflask_sessions_expires') IS NOT NULL
         AND to_regclass('hipflask_sessions_user') IS NOT NULL",
+    // Any fixed key: it only has to be the same for every instance.
+    migrate_lock: "SELECT pg_advisory_lock(4847126539210375)",
+    migrate_unlock: "SELECT pg_advisory_unlock(4847126539210375)",
     migrate: &[
         "CREATE TABLE IF NOT EXISTS hipflask_sessions (
             id TEXT PRIMARY KEY, data TEXT NOT NULL, created_at BIGINT NOT NULL,
@@ -108,6 +117,9 @@ const MYSQL: Dialect = Dialect {
     installed: "SELECT COUNT(DISTINCT index_name) = 3 FROM information_schema.statistics
         WHERE table_schema = DATABASE() AND table_name = 'hipflask_sessions'
         AND index_name IN ('PRIMARY', 'hipflask_sessions_expires', 'hipflask_sessions_user')",
+    // Past the timeout the migration runs anyway; its statements are idempotent.
+    migrate_lock: "SELECT GET_LOCK('hipflask_sessions_migrate', 60)",
+    migrate_unlock: "SELECT RELEASE_LOCK('hipflask_sessions_migrate')",
     migrate: &["CREATE TABLE IF NOT EXISTS hipflask_sessions (
             id VARCHAR(191) NOT NULL PRIMARY KEY, data LONGTEXT NOT NULL, created_at BIGINT NOT NULL,
             expires_at BIGINT NOT NULL, user_id VARCHAR(191),
@@ -185,17 +197,30 @@ macro_rules! sql_store {
             /// writes then wait behind it, so starting one more instance
             /// stalled every instance's saves.
             pub async fn migrate(&self) -> Result<(), Error> {
-                let installed: bool = sqlx::query_scalar($dialect.installed)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(backend)?;
-                if installed {
+                let mut conn = self.pool.acquire().await.map_err(backend)?;
+                if Self::installed(&mut conn).await? {
                     return Ok(());
                 }
-                for sql in $dialect.migrate {
-                    sqlx::query(sql).execute(&self.pool).await.map_err(backend)?;
+                sqlx::query($dialect.migrate_lock).execute(&mut *conn).await.map_err(backend)?;
+                let migrated = async {
+                    // Another instance may have installed it while this one waited.
+                    if !Self::installed(&mut conn).await? {
+                        for sql in $dialect.migrate {
+                            sqlx::query(sql).execute(&mut *conn).await.map_err(backend)?;
+                        }
+                    }
+                    Ok(())
                 }
-                Ok(())
+                .await;
+                if sqlx::query($dialect.migrate_unlock).execute(&mut *conn).await.is_err() {
+                    // It may still hold the lock: closed, not pooled, so the lock goes with it.
+                    drop(conn.detach());
+                }
+                migrated
+            }
+
+            async fn installed(conn: &mut sqlx::pool::PoolConnection<$db>) -> Result<bool, Error> {
+                sqlx::query_scalar($dialect.installed).fetch_one(&mut **conn).await.map_err(backend)
             }
 
             /// `SESSION_KEY_PREFIX`: stored ids become `prefix + id`, as

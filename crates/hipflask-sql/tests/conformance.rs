@@ -95,10 +95,29 @@ async fn connect_does_not_wait_for_open_write_transactions() {
     }
 }
 
+/// Instances starting together on a new database.
+const INSTANCES: usize = 8;
+
+/// Calls `connect` for `INSTANCES` instances at once; each must succeed.
+async fn start_together<S, F>(connect: impl Fn() -> F) -> S
+where
+    S: Send + 'static,
+    F: std::future::Future<Output = Result<S, hipflask::Error>> + Send + 'static,
+{
+    let starting: Vec<_> = (0..INSTANCES).map(|_| tokio::spawn(connect())).collect();
+    let mut last = None;
+    for instance in starting {
+        last = Some(instance.await.unwrap().unwrap());
+    }
+    last.unwrap()
+}
+
 /// On an empty database, `connect` creates the table and its indexes, and
-/// the store works (every other test runs on a database that has them).
+/// the store works (every other test runs on a database that has them), also
+/// when several instances start at once: PostgreSQL fails all but one of
+/// concurrent `CREATE TABLE IF NOT EXISTS` unless they take turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_installs_the_schema_on_an_empty_database() {
+async fn connect_installs_the_schema_on_an_empty_database_even_from_instances_starting_together() {
     use sqlx::Connection as _;
     let name = format!("hipflask_fresh_{}", std::process::id());
     let on = |url: &str| format!("{}/{name}", &url[..url.rfind('/').unwrap()]);
@@ -108,7 +127,12 @@ async fn connect_installs_the_schema_on_an_empty_database() {
     if let Some(url) = url("POSTGRES_URL") {
         let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-        let store = PostgresStore::connect(&on(&url)).await.unwrap();
+        let fresh = on(&url);
+        let store = start_together(|| {
+            let url = fresh.clone();
+            async move { PostgresStore::connect(&url).await }
+        })
+        .await;
         store.create(&id, record.clone()).await.unwrap();
         assert!(store.load(&id, now).await.unwrap().is_some());
         drop(store);
@@ -117,7 +141,12 @@ async fn connect_installs_the_schema_on_an_empty_database() {
     if let Some(url) = url("MYSQL_URL") {
         let mut admin = sqlx::MySqlConnection::connect(&url).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-        let store = MySqlStore::connect(&on(&url)).await.unwrap();
+        let fresh = on(&url);
+        let store = start_together(|| {
+            let url = fresh.clone();
+            async move { MySqlStore::connect(&url).await }
+        })
+        .await;
         store.create(&id, record).await.unwrap();
         assert!(store.load(&id, now).await.unwrap().is_some());
         drop(store);
