@@ -12,10 +12,11 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
 use hipflask::Value;
-use hipflask_tower::{Session, SessionLayer};
+use hipflask_tower::{Session, SessionLayer, SessionService};
 use minijinja::Environment;
 use minijinja::value::{Enumerator, Kwargs, Object, Value as JValue, from_args};
 use serde::Deserialize;
+use tower::Layer as _;
 
 /// Deletes expired sessions every `every`, for stores without native expiry;
 /// logs and carries on when the store fails.
@@ -169,8 +170,15 @@ struct AppState {
 
 type Shared = State<Arc<AppState>>;
 
+/// The demo: its router inside the session layer.
+///
+/// The layer wraps the whole router instead of being added with
+/// `Router::layer`, which wraps every route on its own: there each request
+/// paid for a clone of the boxed route service and one more boxed future.
+pub type DemoApp = SessionService<Router>;
+
 /// The demo's router, with the session layer installed.
-pub fn app(config: DemoConfig) -> Router {
+pub fn app(config: DemoConfig) -> DemoApp {
     let mut templates = Environment::new();
     for (name, source) in [
         ("base.html", include_str!("templates/base.html")),
@@ -192,7 +200,7 @@ pub fn app(config: DemoConfig) -> Router {
         .route("/api/session/{key}", put(api_put).delete(api_delete))
         .layer(DefaultBodyLimit::max(MAX_API_BODY));
 
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .route("/login", post(login))
         .route("/logout", post(logout))
@@ -213,8 +221,8 @@ pub fn app(config: DemoConfig) -> Router {
         .route("/bench/seed", get(bench_seed))
         .route("/metrics", get(metrics_page))
         .merge(api)
-        .with_state(state)
-        .layer(SessionLayer::new(config.session))
+        .with_state(state);
+    SessionLayer::new(config.session).layer(routes)
 }
 
 /// `session` inside templates, as in Flask: `session.get('user')`,

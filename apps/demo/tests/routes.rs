@@ -1,7 +1,6 @@
 //! Every demo route in-process, with a cookie-keeping client.
 
-use axum::Router;
-use hipflask_demo::{DemoConfig, app};
+use hipflask_demo::{DemoApp, DemoConfig, app};
 use http::{Method, StatusCode};
 
 mod common;
@@ -13,7 +12,7 @@ fn frozen() -> u64 {
     FROZEN
 }
 
-fn demo() -> Router {
+fn demo() -> DemoApp {
     let session = hipflask::Config::builder().secret_key("secret").clock(frozen).build().unwrap();
     app(DemoConfig::cookie(session))
 }

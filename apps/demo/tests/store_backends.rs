@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use hipflask::{MemoryStore, Store};
-use hipflask_demo::{DemoConfig, app};
+use hipflask_demo::{DemoApp, DemoConfig, app};
 use hipflask_sqlite::SqliteStore;
 use http::{Method, StatusCode};
 
@@ -16,7 +16,7 @@ fn frozen() -> u64 {
     1_700_000_000
 }
 
-fn demo(store: Arc<dyn Store>) -> axum::Router {
+fn demo(store: Arc<dyn Store>) -> DemoApp {
     let session = hipflask::Config::builder().secret_key("secret").clock(frozen).store(store.clone()).build().unwrap();
     app(DemoConfig { session, store: Some(store), metrics: None })
 }

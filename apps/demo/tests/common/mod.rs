@@ -3,8 +3,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use axum::Router;
 use axum::body::Body;
+use hipflask_demo::DemoApp;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -26,12 +26,12 @@ impl Answer {
 
 /// A browser in miniature: keeps the session cookie between requests.
 pub(crate) struct Client {
-    pub(crate) app: Router,
+    pub(crate) app: DemoApp,
     pub(crate) cookie: Option<String>,
 }
 
 impl Client {
-    pub(crate) fn new(app: Router) -> Client {
+    pub(crate) fn new(app: DemoApp) -> Client {
         Client { app, cookie: None }
     }
 
