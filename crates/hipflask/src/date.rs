@@ -62,8 +62,25 @@ pub(crate) fn civil(unix: i64) -> Civil {
     }
 }
 
+thread_local! {
+    /// The last date this thread wrote and its text: a server writes the
+    /// same `Expires` for every permanent cookie within a second.
+    static LAST_HTTP_DATE: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+}
+
 /// Werkzeug's `http_date`: `Tue, 02 Jan 2024 03:04:05 GMT`, year padded to 4 digits.
 pub(crate) fn write_http_date(out: &mut String, unix: i64) {
+    LAST_HTTP_DATE.with_borrow_mut(|(last, text)| {
+        if *last != unix {
+            text.clear();
+            write_http_date_uncached(text, unix);
+            *last = unix;
+        }
+        out.push_str(text);
+    });
+}
+
+fn write_http_date_uncached(out: &mut String, unix: i64) {
     let c = civil(unix);
     if !(0..=9999).contains(&c.year) {
         // Only a lifetime of millennia gets here.
