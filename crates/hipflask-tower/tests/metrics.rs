@@ -10,6 +10,9 @@ use hipflask_tower::{Session, SessionLayer};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower::ServiceExt;
 
+mod faulty;
+use faulty::Faulty;
+
 async fn write(session: Session) -> &'static str {
     session.insert("a", 1).unwrap();
     "ok"
@@ -136,4 +139,45 @@ fn a_recorder_installed_after_the_layer_is_built_gets_the_metrics() {
     assert_eq!(count(&counters, "hipflask_sessions_loaded_total", ""), 2);
     assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
     assert!(histograms.contains(&"hipflask_store_seconds{op=save}".to_owned()), "{histograms:?}");
+}
+
+/// The samples of `hipflask_store_seconds`, by op (a snapshot takes them).
+fn store_seconds(snapshotter: &Snapshotter) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let op = key.key().labels().find(|l| l.key() == "op").map(|l| l.value().to_owned());
+        if let (true, Some(op), DebugValue::Histogram(s)) = (key.key().name() == "hipflask_store_seconds", op, value) {
+            samples.extend(s.into_iter().map(|v| (op.clone(), f64::from(v))));
+        }
+    }
+    samples
+}
+
+/// A store that answers at once is recorded as taking no time (without
+/// reading the clock); one that has to wait is timed.
+#[test]
+fn store_seconds_are_zero_for_an_answer_at_once_and_the_wait_otherwise() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let app = memory_app();
+        let id = send(&app, "/write", None).unwrap();
+        send(&app, "/write", Some(&id));
+    });
+    let at_once = store_seconds(&snapshotter);
+    assert!(at_once.iter().any(|(op, _)| op == "load") && at_once.iter().any(|(op, _)| op == "save"), "{at_once:?}");
+    assert!(at_once.iter().all(|(_, s)| *s == 0.0), "{at_once:?}");
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let slow = Faulty::new(std::time::Duration::from_millis(30), |_| false);
+        let app = app(Config::builder().secret_key("secret").store(Arc::new(slow)).build().unwrap());
+        let id = send(&app, "/write", None).unwrap();
+        send(&app, "/write", Some(&id));
+    });
+    // The first request has no cookie: its load never reaches the store.
+    let waited = store_seconds(&snapshotter);
+    let slow = |op: &str| waited.iter().filter(|(o, s)| o == op && *s >= 0.03).count();
+    assert_eq!((slow("load"), slow("save")), (1, 2), "{waited:?}");
 }
