@@ -106,6 +106,27 @@ def write(results, docs):
                 ratios.append(f"{ratio:.2f}x{spread}{mark}")
             lines.append(f"| {row['label']} | {ratios[0]} | {ratios[1]} |")
 
+    counted = results.get("instructions") or {}
+    if counted.get("axum-bare"):
+        base = counted["axum-bare"]
+        labels = {n: r["label"] for n, r in main.items()}
+        lines += [
+            "",
+            "## Instructions per request (callgrind)",
+            "",
+            "CPU time on a shared machine moves with its neighbours; instruction counts do not. Each server",
+            "below ran under `valgrind --tool=callgrind`, four keep-alive connections sending 1,000 requests",
+            "per route over 100 seeded sessions after a warm-up. User-space instructions of the server process",
+            "only: the kernel's TCP work (most of a request's CPU time, and the same for every server) and the",
+            "store's own processes are not in it. Ratios are to bare axum.",
+            "",
+            "| server | /bench/none | /bench/read | /bench/write |",
+            "|---|---|---|---|",
+        ]
+        for name, row in counted.items():
+            cells = [f"{row[r] / 1000:.1f}k ({row[r] / base[r]:.2f}x)" for r in ("none", "read", "write")]
+            lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+
     flask_rows = [(n, r) for n, r in main.items() if r["group"] == "hipflask"]
     if flask_rows and any(p in main for p in ("flask-cookie", SERVER_SIDE_FLASK)):
         lines += [

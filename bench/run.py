@@ -5,6 +5,10 @@ to CPU 0 and wrk to CPU 1 (with the benchmark's own Redis). For each server and 
 records requests/s, latency p50/p99 and the CPU time per request spent by the server process
 tree (and by the store's processes, when there is one), read from /proc before and after the
 run. Results go to bench/results/latest.json, docs/BENCHMARKS.md and docs/benchmarks.png.
+
+CPU time on a shared machine drifts with its neighbours, so the same servers are also counted
+under callgrind: user-space instructions per request, the same on every run of the same
+binaries (kernel and store processes excluded).
 """
 
 import argparse
@@ -437,7 +441,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the main table (median kept)")
     ap.add_argument("--sessions", type=int, default=1000, help="seeded cookies rotated by wrk")
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: main,growth,sizes")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: main,instructions,growth,sizes")
     ap.add_argument("--growth", default="1000,100000,1000000", help="live-session counts for the growth runs")
     ap.add_argument("--sizes", default="100,500,1000,2000,3500", help="session sizes in bytes for the size curve")
     ap.add_argument("--target", type=Path, required=True, help="cargo target directory holding the release binaries")
@@ -453,10 +457,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="hipflask-bench-")
     redis_proc, redis_url = start_redis(tmp)
     args.redis_pid = redis_proc.pid
-    results = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "sessions": args.sessions, "main": {}, "growth": {}, "sizes": {}}
+    results = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "sessions": args.sessions, "main": {}, "instructions": {}, "growth": {}, "sizes": {}}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
-        for part in ("main", "growth", "sizes"):
+        for part in ("main", "instructions", "growth", "sizes"):
             results[part] = previous.get(part, {}) if (part in skip or only) else {}
     try:
         if "main" not in skip:
@@ -464,6 +468,11 @@ def main():
             chosen = [s for s in servers(args, tmp, redis_url) if not only or s.name in only]
             main_table(chosen, args, tmp, redis_url, results["main"])
         by_name = {s.name: s for s in servers(args, tmp, redis_url)}
+        if "instructions" not in skip:
+            print("== instructions (callgrind)", flush=True)
+            for s in servers(args, tmp, redis_url):
+                if s.group != "flask" and (not only or s.name in only):
+                    instructions(s, args, tmp, results["instructions"])
         if "growth" not in skip:
             print("== growth", flush=True)
             for name in ("memory", "sqlite", "redis"):
@@ -486,6 +495,45 @@ def main():
 
     if args.out == DEFAULT_OUT:
         report.write(results, ROOT / "docs")
+
+
+def instructions(server, args, tmp, out, requests=1000):
+    """User-space instructions per request under callgrind, by route: repeatable where CPU
+    time is not. The server runs under valgrind; counters are zeroed after a warm-up and
+    dumped after `requests` requests over four keep-alive connections rotating 100 sessions."""
+    dumps = Path(tmp) / f"callgrind-{server.name}"
+    dumps.mkdir(exist_ok=True)
+    counted = Server(server.name, server.label, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dumps}/cg.%p", *server.argv],
+                     {k: v for k, v in server.env.items() if os.environ.get(k) != v}, group=server.group)
+    counted.start()
+    try:
+        cookies = counted.seed(100)
+        conns = [http.client.HTTPConnection("127.0.0.1", counted.port, timeout=60) for _ in range(4)]
+
+        def run(path, n):
+            for i in range(n):
+                conn = conns[i % len(conns)]
+                conn.request("GET", path, headers={"Cookie": cookies[i % len(cookies)]})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"{server.name} {path}: {resp.status}")
+
+        out[server.name] = {}
+        for route in ROUTES:
+            run(f"/bench/{route}", 200)
+            subprocess.run(["callgrind_control", "-z", str(counted.proc.pid)], check=True, capture_output=True)
+            run(f"/bench/{route}", requests)
+            before = set(dumps.iterdir())
+            subprocess.run(["callgrind_control", "-d", str(counted.proc.pid)], check=True, capture_output=True)
+            dump = max(set(dumps.iterdir()) - before, key=lambda f: f.stat().st_mtime)
+            total = next(int(l.split()[1]) for l in dump.read_text().splitlines() if l.startswith(("summary:", "totals:")))
+            out[server.name][route] = total / requests
+            print(f"  {server.name:22} {route:5} {total / requests:8.0f} instructions/request", flush=True)
+        for c in conns:
+            c.close()
+    finally:
+        counted.stop()
 
 
 def machine():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTP benchmarks: hipflask's demo on every backend against axum, tower-sessions, actix-session
-# and Flask, side by side. Installs wrk when absent, builds the release demo and the peers
+# and Flask, side by side. Installs wrk and valgrind when absent, builds the release demo and the peers
 # (bench/ is a workspace of its own, so CI never compiles the peers), makes a venv with Flask,
 # Flask-Session (Redis, files, SQLAlchemy), gunicorn and matplotlib, then runs bench/run.py, which writes
 # docs/BENCHMARKS.md and docs/benchmarks.png. Arguments go to run.py (--seconds, --only, --skip).
@@ -8,8 +8,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq wrk
+if ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq wrk valgrind
 fi
 target="$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 cargo build -q --release -p hipflask-demo --manifest-path "$root/Cargo.toml"
