@@ -34,7 +34,8 @@
 //! On a standalone server, the loads and saves of requests running at the
 //! same moment go out together, one pipeline per write to the socket, so
 //! each still takes one round trip but Redis and this process are woken
-//! once per batch instead of once per command.
+//! once per batch instead of once per command. A request that finds no
+//! other waiting for Redis is sent at once.
 //!
 //! # Local cache
 //!
