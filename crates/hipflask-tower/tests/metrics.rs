@@ -42,6 +42,18 @@ fn send(app: &Router, path: &str, cookie: Option<&str>) -> Option<String> {
     Some(set["session=".len()..set.find(';').unwrap()].to_owned())
 }
 
+/// A new session written, then written again, under a recorder of its own.
+fn two_writes(app: impl FnOnce() -> Router) -> Snapshotter {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let app = app();
+        let id = send(&app, "/write", None).unwrap();
+        send(&app, "/write", Some(&id));
+    });
+    snapshotter
+}
+
 /// (name, labels) -> counter value, and names of histograms with samples.
 fn read_metrics(snapshotter: &Snapshotter) -> (Vec<(String, String, u64)>, Vec<String>) {
     let mut counters = Vec::new();
@@ -82,13 +94,7 @@ fn cookie_sessions_report_loads_saves_and_rejections() {
 
 #[test]
 fn server_side_sessions_report_creation_saves_and_store_latency() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let app = memory_app();
-        let id = send(&app, "/write", None).unwrap();
-        send(&app, "/write", Some(&id));
-    });
+    let snapshotter = two_writes(memory_app);
     let (counters, histograms) = read_metrics(&snapshotter);
     assert_eq!(count(&counters, "hipflask_sessions_created_total", ""), 1);
     assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
@@ -157,24 +163,14 @@ fn store_seconds(snapshotter: &Snapshotter) -> Vec<(String, f64)> {
 /// reading the clock); one that has to wait is timed.
 #[test]
 fn store_seconds_are_zero_for_an_answer_at_once_and_the_wait_otherwise() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let app = memory_app();
-        let id = send(&app, "/write", None).unwrap();
-        send(&app, "/write", Some(&id));
-    });
+    let snapshotter = two_writes(memory_app);
     let at_once = store_seconds(&snapshotter);
     assert!(at_once.iter().any(|(op, _)| op == "load") && at_once.iter().any(|(op, _)| op == "save"), "{at_once:?}");
     assert!(at_once.iter().all(|(_, s)| *s == 0.0), "{at_once:?}");
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
+    let snapshotter = two_writes(|| {
         let slow = Faulty::new(std::time::Duration::from_millis(30), |_| false);
-        let app = app(Config::builder().secret_key("secret").store(Arc::new(slow)).build().unwrap());
-        let id = send(&app, "/write", None).unwrap();
-        send(&app, "/write", Some(&id));
+        app(Config::builder().secret_key("secret").store(Arc::new(slow)).build().unwrap())
     });
     // The first request has no cookie: its load never reaches the store.
     let waited = store_seconds(&snapshotter);
