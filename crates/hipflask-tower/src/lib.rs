@@ -32,9 +32,8 @@
 //! `Router::layer` wraps each route in the layer on its own, and each
 //! request then also pays for a clone of the boxed route and one more boxed
 //! future. Wrapping the whole router once saves that (about a thousand
-//! instructions and five allocations per request on the benchmark, a tenth
-//! of a session write's own cost); the session is then also there for the
-//! router's fallback:
+//! instructions and five allocations per request on the benchmark); the
+//! session is then also there for the router's fallback:
 //!
 //! ```
 //! use axum::{Router, ServiceExt, extract::Request, routing::get};
