@@ -98,10 +98,11 @@ async fn connect_does_not_wait_for_open_write_transactions() {
 /// Instances starting together on a new database.
 const INSTANCES: usize = 8;
 
-/// Calls `connect` for `INSTANCES` instances at once; each must succeed.
-async fn start_together<S, F>(connect: impl Fn() -> F) -> S
+/// Calls `connect` for `INSTANCES` instances at once; each must succeed, and
+/// the store must then keep a session.
+async fn start_together_and_use<S, F>(connect: impl Fn() -> F)
 where
-    S: Send + 'static,
+    S: Store,
     F: std::future::Future<Output = Result<S, hipflask::Error>> + Send + 'static,
 {
     let starting: Vec<_> = (0..INSTANCES).map(|_| tokio::spawn(connect())).collect();
@@ -109,7 +110,10 @@ where
     for instance in starting {
         last = Some(instance.await.unwrap().unwrap());
     }
-    last.unwrap()
+    let store = last.unwrap();
+    let (id, now) = (SessionId::generate(), hipflask_conformance::NOW);
+    store.create(&id, Record { data: Dict::new(), created_at: now, expires_at: now + 60 }).await.unwrap();
+    assert!(store.load(&id, now).await.unwrap().is_some());
 }
 
 /// On an empty database, `connect` creates the table and its indexes, and
@@ -121,35 +125,26 @@ async fn connect_installs_the_schema_on_an_empty_database_even_from_instances_st
     use sqlx::Connection as _;
     let name = format!("hipflask_fresh_{}", std::process::id());
     let on = |url: &str| format!("{}/{name}", &url[..url.rfind('/').unwrap()]);
-    let id = SessionId::generate();
-    let now = hipflask_conformance::NOW;
-    let record = Record { data: Dict::new(), created_at: now, expires_at: now + 60 };
     if let Some(url) = url("POSTGRES_URL") {
         let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
         let fresh = on(&url);
-        let store = start_together(|| {
+        start_together_and_use(|| {
             let url = fresh.clone();
             async move { PostgresStore::connect(&url).await }
         })
         .await;
-        store.create(&id, record.clone()).await.unwrap();
-        assert!(store.load(&id, now).await.unwrap().is_some());
-        drop(store);
         sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
     }
     if let Some(url) = url("MYSQL_URL") {
         let mut admin = sqlx::MySqlConnection::connect(&url).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
         let fresh = on(&url);
-        let store = start_together(|| {
+        start_together_and_use(|| {
             let url = fresh.clone();
             async move { MySqlStore::connect(&url).await }
         })
         .await;
-        store.create(&id, record).await.unwrap();
-        assert!(store.load(&id, now).await.unwrap().is_some());
-        drop(store);
         sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
     }
 }
