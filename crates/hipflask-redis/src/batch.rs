@@ -48,12 +48,14 @@ where
         Arc::new(Batcher { conn, queue: Mutex::new(Vec::new()), in_flight: AtomicUsize::new(0) })
     }
 
-    /// Sends `cmds` with whatever else is queued and returns their replies,
-    /// in order; a reply may be `Value::ServerError` (see [`reply`]).
+    /// Sends `cmds` (at once when no other request is in flight, else with
+    /// whatever else is queued) and returns their replies, in order; a reply
+    /// may be `Value::ServerError` (see [`reply`]).
     pub(crate) async fn send(self: &Arc<Self>, cmds: Vec<Cmd>) -> RedisResult<Vec<RValue>> {
         let (_flight, others) = Flight::enter(&self.in_flight);
         if others == 0 {
-            // Alone, so nothing is queued either (queued requests are in flight).
+            // Alone: nothing to batch with. (Commands left queued by a request
+            // that gave up still go out with the flush already spawned for them.)
             return execute(&mut self.conn.clone(), cmds).await;
         }
         let (tx, rx) = oneshot::channel();
