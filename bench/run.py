@@ -447,6 +447,7 @@ def main():
     ap.add_argument("--target", type=Path, required=True, help="cargo target directory holding the release binaries")
     ap.add_argument("--before", type=Path, help="an older hipflask-demo binary to measure beside this one")
     ap.add_argument("--venv", type=Path, required=True, help="venv with flask, flask-session, gunicorn, redis")
+    ap.add_argument("--callgrind-dir", type=Path, help="keep each callgrind dump here as SERVER-ROUTE.out, for callgrind_annotate")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file; docs are written only for the default")
     args = ap.parse_args()
     args.growth = [int(x) for x in args.growth.split(",") if x]
@@ -529,6 +530,9 @@ def instructions(server, args, tmp, out, requests=1000):
             dump = max(set(dumps.iterdir()) - before, key=lambda f: f.stat().st_mtime)
             total = next(int(l.split()[1]) for l in dump.read_text().splitlines() if l.startswith(("summary:", "totals:")))
             out[server.name][route] = total / requests
+            if args.callgrind_dir:
+                args.callgrind_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(dump, args.callgrind_dir / f"{server.name}-{route}.out")
             print(f"  {server.name:22} {route:5} {total / requests:8.0f} instructions/request", flush=True)
         for c in conns:
             c.close()
