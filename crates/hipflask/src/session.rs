@@ -93,6 +93,37 @@ impl Inner {
         }
     }
 
+    /// Sets `key` to `value`, noting the change as [`will_change`] does.
+    /// The key moves into whichever of the note and the map needs a copy, and
+    /// the stored value being replaced becomes the note's original: overwriting
+    /// a key (the usual write) copies neither.
+    ///
+    /// [`will_change`]: Inner::will_change
+    fn set(&mut self, key: String, value: Value) {
+        let unnoted = match self.notes.binary_search_by(|n| n.key.as_str().cmp(&key)) {
+            Ok(i) => {
+                self.notes[i].touched = true;
+                None
+            }
+            Err(i) => Some(i),
+        };
+        let (key, original) = match self.data.get_mut(&key) {
+            Some(slot) => (key, Some(std::mem::replace(slot, value))),
+            None => {
+                let noted = unnoted.map(|_| key.clone());
+                self.data.insert(key, value);
+                match noted {
+                    Some(key) => (key, None),
+                    None => return,
+                }
+            }
+        };
+        if let Some(i) = unnoted {
+            let original = self.keep_originals.then_some(original);
+            self.notes.insert(i, Note { key, touched: true, original });
+        }
+    }
+
     fn touched(&self) -> impl Iterator<Item = &Note> {
         self.notes.iter().filter(|n| n.touched)
     }
@@ -214,10 +245,8 @@ impl Session {
 
     /// Stores a [`Value`] under `key`; infallible.
     pub fn insert_value(&self, key: impl Into<String>, value: Value) {
-        let key = key.into();
         let mut inner = self.touch();
-        inner.will_change(&key);
-        inner.data.insert(key, value);
+        inner.set(key.into(), value);
         inner.modified = true;
     }
 
@@ -623,6 +652,22 @@ mod tests {
         assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2), ("c", 3)])));
         assert_eq!(s.remove_as::<i64>("d").unwrap(), Some(4));
         assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)])));
+    }
+
+    /// Setting a stored key and a new one: both are changes with their final
+    /// values, both are readable, and only the stored one has an original.
+    #[test]
+    fn set_keys_are_changes_whether_they_were_stored_or_new() {
+        for keep in [true, false] {
+            let s = Session::server(ints(&[("a", 1)]), SessionId::generate(), Some((0, 100)), keep);
+            s.insert_value("a", Value::Int(2));
+            s.insert_value("n", Value::Int(3));
+            s.insert_value("n", Value::Int(4));
+            let changes = s.changes();
+            assert_eq!(changes.keys, vec![("a".into(), Some(Value::Int(2))), ("n".into(), Some(Value::Int(4)))]);
+            assert_eq!((s.get::<i64>("a"), s.get::<i64>("n")), (Some(2), Some(4)));
+            assert_eq!(s.loaded_values(), keep.then(|| ints(&[("a", 1)])));
+        }
     }
 
     #[test]
