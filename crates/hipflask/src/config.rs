@@ -746,40 +746,47 @@ impl Config {
     }
 
     /// A `Set-Cookie` value with Werkzeug's attribute order.
+    ///
+    /// Joined from its parts in one allocation of exactly its length: the
+    /// header value then takes the buffer over as it is, where a buffer with
+    /// room to spare cost it one more allocation for every response.
     fn write_cookie(&self, value: &str, expires: Option<i64>, delete: bool, flask_session: bool) -> String {
         let c = &self.0;
         let bare = flask_session && delete;
         let partitioned = c.partitioned && !flask_session;
-        let mut h = String::with_capacity(value.len() + 96);
-        h.push_str(&c.cookie_name);
-        h.push('=');
-        h.push_str(value);
-        if let Some(d) = &c.domain {
-            h.push_str("; Domain=");
-            h.push_str(d);
+        let when = |on: bool, text: &'static str| if on { text } else { "" };
+        let (domain_attr, domain) = c.domain.as_deref().map_or(("", ""), |d| ("; Domain=", d));
+        let (samesite_attr, samesite) = c.samesite.filter(|_| !bare).map_or(("", ""), |s| ("; SameSite=", s.as_str()));
+        let join = |expires_attr: &str, date: &str| {
+            let parts = [
+                c.cookie_name.as_str(),
+                "=",
+                value,
+                domain_attr,
+                domain,
+                expires_attr,
+                date,
+                when(!bare && (c.secure || partitioned), "; Secure"),
+                when(!bare && c.httponly, "; HttpOnly"),
+                "; Path=",
+                c.path.as_str(),
+                samesite_attr,
+                samesite,
+                when(partitioned, "; Partitioned"),
+            ];
+            // Not `concat`: its generic copy of fourteen mostly empty parts
+            // cost as much as the allocation it saves.
+            let mut h = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for part in parts.into_iter().filter(|p| !p.is_empty()) {
+                h.push_str(part);
+            }
+            h
+        };
+        match expires {
+            _ if delete => join("; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0", ""),
+            Some(t) => crate::date::with_http_date(t, |date| join("; Expires=", date)),
+            None => join("", ""),
         }
-        if delete {
-            h.push_str("; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0");
-        } else if let Some(t) = expires {
-            h.push_str("; Expires=");
-            crate::date::write_http_date(&mut h, t);
-        }
-        if !bare && (c.secure || partitioned) {
-            h.push_str("; Secure");
-        }
-        if !bare && c.httponly {
-            h.push_str("; HttpOnly");
-        }
-        h.push_str("; Path=");
-        h.push_str(&c.path);
-        if let Some(s) = c.samesite.filter(|_| !bare) {
-            h.push_str("; SameSite=");
-            h.push_str(s.as_str());
-        }
-        if partitioned {
-            h.push_str("; Partitioned");
-        }
-        h
     }
 }
 
@@ -827,6 +834,33 @@ mod tests {
     fn bad_cookie_attributes_fail_at_build() {
         assert!(Config::builder().secret_key("k").cookie_name("a b").build().is_err());
         assert!(Config::builder().secret_key("k").cookie_domain(Some("a;b")).build().is_err());
+    }
+
+    /// The header value takes the cookie's buffer over without copying or
+    /// allocating only when the buffer has no spare room.
+    #[test]
+    fn set_cookie_values_are_built_to_their_exact_length() {
+        for bits in 0..32u32 {
+            let on = |bit: u32| bits & (1 << bit) != 0;
+            let config = Config::builder()
+                .secret_key("k")
+                .cookie_domain(on(0).then_some("example.com"))
+                .cookie_secure(on(1))
+                .cookie_httponly(on(2))
+                .cookie_samesite(on(3).then_some(SameSite::Strict))
+                .cookie_partitioned(on(4))
+                .build()
+                .unwrap();
+            for (expires, delete, flask_session) in
+                [(None, false, false), (Some(1_700_000_000), false, false), (None, true, true), (None, true, false)]
+            {
+                let h = config.write_cookie("v.a.l", expires, delete, flask_session);
+                assert_eq!(h.len(), h.capacity(), "{h}");
+                assert!(h.starts_with("session=v.a.l"), "{h}");
+                assert_eq!(h.contains("; Domain=example.com"), on(0), "{h}");
+                assert_eq!(h.contains("Expires=Tue, 14 Nov 2023 22:13:20 GMT"), expires.is_some(), "{h}");
+            }
+        }
     }
 
     #[test]

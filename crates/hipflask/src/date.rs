@@ -70,14 +70,20 @@ thread_local! {
 
 /// Werkzeug's `http_date`: `Tue, 02 Jan 2024 03:04:05 GMT`, year padded to 4 digits.
 pub(crate) fn write_http_date(out: &mut String, unix: i64) {
+    with_http_date(unix, |text| out.push_str(text));
+}
+
+/// Runs `f` on [`write_http_date`]'s text for `unix` without copying it out,
+/// so a caller can size its buffer before writing anything.
+pub(crate) fn with_http_date<R>(unix: i64, f: impl FnOnce(&str) -> R) -> R {
     LAST_HTTP_DATE.with_borrow_mut(|(last, text)| {
         if *last != unix {
             text.clear();
             write_http_date_uncached(text, unix);
             *last = unix;
         }
-        out.push_str(text);
-    });
+        f(text)
+    })
 }
 
 fn write_http_date_uncached(out: &mut String, unix: i64) {
