@@ -34,12 +34,12 @@
 //! such a read is refused, never merged.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hipflask::Dict;
+use hipflask::{Dict, IdKeyHasher};
 use redis::{PushInfo, PushKind, Value as RValue};
 
 const SHARDS: usize = 16;
@@ -54,7 +54,7 @@ pub(crate) const MAX_AGE: Duration = Duration::from_secs(30);
 
 pub(crate) struct LocalCache {
     shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
+    hasher: IdKeyHasher,
     per_shard: usize,
     /// `epoch << 1 | tracking`: one word, so turning tracking on can be made
     /// conditional on no disconnection having happened (compare-and-swap).
@@ -62,14 +62,14 @@ pub(crate) struct LocalCache {
 }
 
 struct Shard {
-    entries: HashMap<Vec<u8>, Entry>,
+    entries: HashMap<Vec<u8>, Entry, IdKeyHasher>,
     /// Changes so far of the keys hashed to each stripe.
     seqs: Vec<u64>,
 }
 
 impl Default for Shard {
     fn default() -> Shard {
-        Shard { entries: HashMap::new(), seqs: vec![0; STRIPES] }
+        Shard { entries: HashMap::default(), seqs: vec![0; STRIPES] }
     }
 }
 
@@ -108,7 +108,7 @@ impl LocalCache {
     pub(crate) fn new(capacity: usize) -> LocalCache {
         LocalCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: IdKeyHasher::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             state: AtomicU64::new(0),
         }

@@ -98,7 +98,7 @@ pub use error::{Error, ErrorKind};
 pub use key::SecretKey;
 pub use memory::MemoryStore;
 pub use msgpack::{from_msgpack, from_stored_session, to_msgpack, value_to_msgpack};
-pub use seen::LastSeen;
+pub use seen::{IdKeyHasher, LastSeen, TailHasher};
 pub use ser::to_value;
 pub use session::{FLASHES_KEY, Flash, PERMANENT_KEY, Session};
 pub use sid::{SESSION_ID_LEN, SID_SALT, SessionId, SidSigner};

@@ -1,7 +1,7 @@
 //! The stored bytes a store last saw per session, for compare-and-set saves.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 const SHARDS: usize = 16;
@@ -14,10 +14,82 @@ const MAX_VALUE_LEN: usize = 64 * 1024;
 /// Bytes held per session of capacity (at least 16 MiB in all).
 const BYTES_PER_SESSION: usize = 1024;
 
+/// Hashes a store's keys by their last eight bytes and their length: keys
+/// end in a session id, 256 random bits whose last eight characters (48
+/// bits) already spread a table evenly, so hashing the whole key (prefix
+/// included) with SipHash bought nothing and cost a few hundred
+/// instructions per lookup. Keyed per instance, so buckets stay
+/// unpredictable; keys still compare in full on a hit.
+///
+/// ```
+/// use std::collections::HashMap;
+/// let mut cache: HashMap<Vec<u8>, u32, hipflask::IdKeyHasher> = HashMap::default();
+/// cache.insert(b"session:AbCdEfGhIjKl".to_vec(), 1);
+/// assert_eq!(cache.get(&b"session:AbCdEfGhIjKl"[..]), Some(&1));
+/// ```
+#[derive(Clone, Debug)]
+pub struct IdKeyHasher {
+    seed: u64,
+}
+
+impl Default for IdKeyHasher {
+    fn default() -> IdKeyHasher {
+        IdKeyHasher { seed: RandomState::new().hash_one(0x5eed_u64) | 1 }
+    }
+}
+
+impl BuildHasher for IdKeyHasher {
+    type Hasher = TailHasher;
+
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher { state: self.seed }
+    }
+}
+
+/// The hasher of [`IdKeyHasher`].
+#[derive(Debug)]
+pub struct TailHasher {
+    state: u64,
+}
+
+/// One multiply whose high half is folded into the low half, so every input
+/// bit reaches the low bits a table indexes by.
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut tail = [0u8; 8];
+        let n = bytes.len().min(8);
+        tail[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+        self.state = fold_mul(self.state ^ u64::from_le_bytes(tail), 0x9E37_79B9_7F4A_7C15 ^ bytes.len() as u64);
+    }
+
+    /// `str` and slices hash a length or a terminator as well as their bytes;
+    /// those mix in without replacing the bytes written before.
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.state = fold_mul(self.state ^ i, 0xD6E8_FEB8_6659_FD93);
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
 /// Stored bytes by session key, and their total length.
 #[derive(Default)]
 struct Shard {
-    values: HashMap<Box<str>, Box<[u8]>>,
+    values: HashMap<Box<str>, Box<[u8]>, IdKeyHasher>,
     bytes: usize,
 }
 
@@ -46,7 +118,7 @@ impl Shard {
 /// ```
 pub struct LastSeen {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: IdKeyHasher,
     per_shard: usize,
     bytes_per_shard: usize,
 }
@@ -72,7 +144,7 @@ impl LastSeen {
         let bytes = capacity.saturating_mul(BYTES_PER_SESSION).max(16 << 20);
         LastSeen {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: IdKeyHasher::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             bytes_per_shard: bytes / SHARDS,
         }
@@ -118,6 +190,29 @@ impl LastSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids spread over a table by their last characters alone, and a key's
+    /// hash is the same whichever form (`str`, `Box<str>`) it is hashed in.
+    #[test]
+    fn id_keys_spread_evenly_and_hash_alike_in_every_form() {
+        let hasher = IdKeyHasher::default();
+        let mut buckets = [0usize; 64];
+        for _ in 0..64_000 {
+            let key = format!("session:{}", crate::SessionId::generate().as_str());
+            let h = hasher.hash_one(key.as_str());
+            assert_eq!(h, hasher.hash_one(Box::<str>::from(key.as_str())));
+            buckets[h as usize % 64] += 1;
+        }
+        // 1,000 expected per bucket; a hash blind to the id lands all in one.
+        assert!(buckets.iter().all(|n| (800..1200).contains(n)), "{buckets:?}");
+        assert_ne!(hasher.hash_one("a:xyz"), hasher.hash_one("b:xyz"), "the length or the prefix byte counts");
+        assert_ne!(hasher.hash_one("xyz"), hasher.hash_one("1xyz"), "the length counts");
+        assert_ne!(
+            IdKeyHasher::default().hash_one("same"),
+            IdKeyHasher::default().hash_one("same"),
+            "each instance has its own key"
+        );
+    }
 
     #[test]
     fn values_are_taken_once_replaced_forgotten_and_bounded() {
