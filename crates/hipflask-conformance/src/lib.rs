@@ -347,6 +347,8 @@ pub async fn user_index_lists_and_logs_out_everywhere(store: Arc<dyn Store>) {
     let anon = fresh(&store, Dict::new()).await;
     // Logging in on an existing session adds it to the index.
     store.update(&anon, &update(set("_user_id", alice.as_str())), NOW).await.unwrap();
+    // A write that leaves the user alone leaves the session in the index.
+    store.update(&a1, &update(set("cart", "tea")), NOW).await.unwrap();
     let mut mine = store.sessions_of_user(&alice, NOW).await.unwrap();
     mine.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     let mut want = vec![a1.clone(), a2.clone(), anon.clone()];

@@ -204,17 +204,22 @@ impl Store for SqliteStore {
             let Some(mut record) = load_row(&tx, &id, now)? else {
                 return Ok(Updated::Gone);
             };
+            let user_before = user_of(&record.data, &user_key);
             apply_changes(&mut record.data, &update.changes, update.loaded.as_ref())?;
-            tx.prepare_cached("UPDATE hipflask_sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE id = ?1")
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        id,
-                        hipflask::to_tagged_json(&record.data),
-                        update.expires_at as i64,
-                        user_of(&record.data, &user_key)
-                    ])
-                })
-                .map_err(backend)?;
+            let data = hipflask::to_tagged_json(&record.data);
+            let user = user_of(&record.data, &user_key);
+            // SQLite does not compare old and new values: an UPDATE rewrites
+            // the entries of every index on a column it sets. The user column
+            // is set only when the user changed, sparing the user index on
+            // almost every save.
+            if user == user_before {
+                tx.prepare_cached("UPDATE hipflask_sessions SET data = ?2, expires_at = ?3 WHERE id = ?1")
+                    .and_then(|mut stmt| stmt.execute(params![id, data, update.expires_at as i64]))
+            } else {
+                tx.prepare_cached("UPDATE hipflask_sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE id = ?1")
+                    .and_then(|mut stmt| stmt.execute(params![id, data, update.expires_at as i64, user]))
+            }
+            .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(Updated::Applied)
         })
