@@ -476,13 +476,16 @@ fn apply(outcome: SaveOutcome, headers: &mut HeaderMap) -> Result<(), StatusCode
 /// Adds `Cookie` to `Vary` as Werkzeug's header set does: once, keeping
 /// what is there (`Accept-Encoding` becomes `Accept-Encoding, Cookie`).
 fn add_vary_cookie(headers: &mut HeaderMap) {
-    let existing: Vec<&HeaderValue> = headers.get_all(VARY).iter().collect();
-    if existing.is_empty() {
-        headers.insert(VARY, HeaderValue::from_static("Cookie"));
-        return;
-    }
+    // One lookup through the entry: a lookup then an insert hashed the name twice.
+    let mut existing = match headers.entry(VARY) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(HeaderValue::from_static("Cookie"));
+            return;
+        }
+        http::header::Entry::Occupied(values) => values,
+    };
     let mut merged = Vec::new();
-    for value in &existing {
+    for value in existing.iter() {
         for token in value.as_bytes().split(|b| *b == b',') {
             let token = token.trim_ascii();
             if token.eq_ignore_ascii_case(b"cookie") {
@@ -496,8 +499,37 @@ fn add_vary_cookie(headers: &mut HeaderMap) {
             }
         }
     }
-    merged.extend_from_slice(b", Cookie");
+    if !merged.is_empty() {
+        merged.extend_from_slice(b", ");
+    }
+    merged.extend_from_slice(b"Cookie");
     if let Ok(v) = HeaderValue::from_bytes(&merged) {
-        headers.insert(VARY, v);
+        existing.insert(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vary_after(existing: &[&'static str]) -> Vec<String> {
+        let mut headers = HeaderMap::new();
+        for value in existing {
+            headers.append(VARY, HeaderValue::from_static(value));
+        }
+        add_vary_cookie(&mut headers);
+        headers.get_all(VARY).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    }
+
+    /// Werkzeug's header set: added once, case-insensitively, after what is
+    /// there, all in one header; an empty `Vary` is an empty set.
+    #[test]
+    fn cookie_joins_vary_once() {
+        assert_eq!(vary_after(&[]), ["Cookie"]);
+        assert_eq!(vary_after(&["Accept-Encoding"]), ["Accept-Encoding, Cookie"]);
+        assert_eq!(vary_after(&["Accept-Encoding", "Origin"]), ["Accept-Encoding, Origin, Cookie"]);
+        assert_eq!(vary_after(&["accept-encoding, COOKIE"]), ["accept-encoding, COOKIE"]);
+        assert_eq!(vary_after(&[""]), ["Cookie"]);
+        assert_eq!(vary_after(&[" , Origin ,"]), ["Origin, Cookie"]);
     }
 }
