@@ -13,6 +13,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 use crate::json;
 use crate::key::{KeyRing, SecretKey};
+use crate::seen::IdKeyHasher;
 use crate::value::Dict;
 
 /// The salt Flask's `SecureCookieSessionInterface` binds into every cookie MAC.
@@ -135,8 +136,11 @@ struct VerifiedCookies {
     shards: [Mutex<Shard>; CACHE_SHARDS],
 }
 
-/// Cookie text -> (session, the cookie's timestamp).
-type Shard = HashMap<Box<str>, (Dict, u64)>;
+/// Cookie text -> (session, the cookie's timestamp). Hashed by the cookie's
+/// last bytes, its signature, instead of SipHash over the whole cookie. Only
+/// verified cookies are ever stored, and the hasher is keyed, so no client
+/// can choose where entries land.
+type Shard = HashMap<Box<str>, (Dict, u64), IdKeyHasher>;
 
 const CACHE_SHARDS: usize = 8;
 const CACHE_SHARD_LEN: usize = 512;

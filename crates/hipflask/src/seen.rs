@@ -14,12 +14,13 @@ const MAX_VALUE_LEN: usize = 64 * 1024;
 /// Bytes held per session of capacity (at least 16 MiB in all).
 const BYTES_PER_SESSION: usize = 1024;
 
-/// Hashes a store's keys by their last eight bytes and their length: keys
-/// end in a session id, 256 random bits whose last eight characters (48
-/// bits) already spread a table evenly, so hashing the whole key (prefix
-/// included) with SipHash bought nothing and cost a few hundred
-/// instructions per lookup. Keyed per instance, so buckets stay
-/// unpredictable; keys still compare in full on a hit.
+/// Hashes keys by their last eight bytes and their length, for keys that end
+/// in random bytes: a store's keys end in a session id (256 random bits, of
+/// which the last eight characters carry 48), a signed cookie in its
+/// signature. Those bytes already spread a table evenly, so hashing the whole
+/// key with SipHash bought nothing and cost a few hundred instructions per
+/// lookup. Keyed per instance, so buckets stay unpredictable; keys still
+/// compare in full on a hit.
 ///
 /// ```
 /// use std::collections::HashMap;
