@@ -41,12 +41,14 @@
 //!
 //! [`with_local_cache`](RedisStore::with_local_cache) keeps sessions read
 //! from Redis in this process and answers later reads without a round trip,
-//! kept correct by Redis' client-side caching (`CLIENT TRACKING`): Redis
-//! tells this process whenever any client changes a session it holds. A
-//! change made by another process is seen after that message's delay (well
-//! under a millisecond on a local network) and every cached session is read
-//! again after at most 30 seconds. Off by default; standalone Redis 6 or
-//! newer only.
+//! kept correct by Redis' client-side caching (`CLIENT TRACKING` in
+//! broadcast mode): Redis tells this process whenever any client changes a
+//! session under the store's key prefix. A change made by another process
+//! is seen after that message's delay (well under a millisecond on a local
+//! network) and every cached session is read again after at most 30
+//! seconds. Each process running the cache hears of every session write
+//! made by the others, one small message per write. Off by default;
+//! standalone Redis 6 or newer only.
 //!
 //! # Limits
 //!
@@ -91,6 +93,9 @@ pub struct RedisStore {
 /// on: Redis tracks the keys read there and pushes invalidations on it.
 struct Local {
     cache: Arc<cache::LocalCache>,
+    /// The key prefix Redis tells this process about (`BCAST PREFIX`):
+    /// only keys under it may be cached.
+    prefix: String,
     tracked: ConnectionManager,
     batch: Arc<Batcher<ConnectionManager>>,
 }
@@ -189,7 +194,8 @@ impl RedisStore {
     /// Keeps up to about `capacity` sessions in this process and answers
     /// reads of them without a round trip; see the crate docs ("Local
     /// cache") for how it stays correct. Opens one more connection, in RESP3,
-    /// with `CLIENT TRACKING ON`; fails on Redis Cluster and on servers
+    /// with `CLIENT TRACKING ON BCAST` for the key prefix set so far (set it
+    /// first); fails on Redis Cluster and on servers
     /// without client-side caching (before Redis 6).
     ///
     /// ```no_run
@@ -214,7 +220,7 @@ impl RedisStore {
             Ok::<(), std::convert::Infallible>(())
         });
         let tracked = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
-        let local = Local { cache, batch: Batcher::new(tracked.clone()), tracked };
+        let local = Local { cache, prefix: self.prefix.clone(), batch: Batcher::new(tracked.clone()), tracked };
         // Fail now, with the reason, rather than run without a working cache.
         local.enable_tracking(local.cache.ticket("")).await.map_err(|e| {
             Error::new(ErrorKind::Config, "the Redis local cache needs CLIENT TRACKING (Redis 6 or newer)")
@@ -227,8 +233,14 @@ impl RedisStore {
         Ok(self)
     }
 
-    /// `SESSION_KEY_PREFIX` (default `session:`, as Flask-Session).
+    /// `SESSION_KEY_PREFIX` (default `session:`, as Flask-Session). Set it
+    /// before [`with_local_cache`](RedisStore::with_local_cache): the cache
+    /// hears of changes to keys under the prefix it started with, and serves
+    /// nothing from other keys.
     pub fn with_key_prefix(mut self, prefix: &str) -> RedisStore {
+        if self.local.as_ref().is_some_and(|l| !prefix.starts_with(&l.prefix)) {
+            tracing::warn!(prefix, "key prefix set after with_local_cache: the local cache is not used");
+        }
         self.prefix = prefix.into();
         self
     }
@@ -253,9 +265,15 @@ impl RedisStore {
         format!("{}user:{user}", self.prefix)
     }
 
+    /// The local cache, if it may hold `key`: Redis tells it of changes to
+    /// keys under its prefix only.
+    fn local_for(&self, key: &str) -> Option<&Local> {
+        self.local.as_deref().filter(|l| key.starts_with(&l.prefix))
+    }
+
     async fn load_raw(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let key = self.key(id);
-        let Some(local) = &self.local else {
+        let Some(local) = self.local_for(&key) else {
             return Ok(self.fetch(false, &key, now).await?.map(|(record, _)| record));
         };
         if let Some((data, left)) = local.cache.get(&key) {
@@ -350,29 +368,24 @@ impl RedisStore {
     }
 
     /// Reads the merge script's answer: the outcome, and for an applied
-    /// write the stored value (`merged` when the script stored that) with
-    /// its TTL in milliseconds.
+    /// write the stored value (`merged` when the script stored that).
     async fn updated(
         &self,
         id: &SessionId,
         update: &Update,
         result: RValue,
         merged: Option<Vec<u8>>,
-    ) -> Result<(Updated, Option<(Vec<u8>, i64)>), Error> {
+    ) -> Result<(Updated, Option<Vec<u8>>), Error> {
         let stored = match result {
             RValue::Int(0) => return Ok((Updated::Gone, None)),
             RValue::Int(-1) => {
                 return Err(Error::new(ErrorKind::Conflict, "a changed session key was changed by another request"));
             }
+            RValue::Int(2) => merged,
             RValue::Array(parts) => {
                 let mut parts = parts.into_iter();
                 match (parts.next(), parts.next(), parts.next()) {
-                    (Some(RValue::Int(1)), Some(RValue::BulkString(value)), Some(RValue::Int(pttl))) if pttl > 0 => {
-                        Some((value, pttl))
-                    }
-                    (Some(RValue::Int(2)), Some(RValue::Int(pttl)), None) if pttl > 0 => {
-                        merged.map(|value| (value, pttl))
-                    }
+                    (Some(RValue::Int(1)), Some(RValue::BulkString(value)), None) => Some(value),
                     _ => None,
                 }
             }
@@ -439,11 +452,22 @@ impl RedisStore {
 }
 
 impl Local {
-    /// Sends `CLIENT TRACKING ON` on the tracked connection, then marks the
+    /// Turns broadcast tracking on for the tracked connection, then marks the
     /// cache as tracking unless a disconnection came in between.
     async fn enable_tracking(&self, ticket: cache::Ticket) -> Result<Option<cache::Ticket>, redis::RedisError> {
         let mut conn = self.tracked.clone();
-        let () = redis::cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP").query_async(&mut conn).await?;
+        // Broadcast mode: Redis tells this connection of every change to a
+        // key under the prefix, read here or not, and keeps no per-key table
+        // for it. A write here then needs no read after it to keep hearing of
+        // the key (a fifth of the save script's cost to Redis), and Redis
+        // spends no memory per cached session. The price: every process
+        // hears of every session written elsewhere, one push per write.
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("TRACKING").arg("ON").arg("BCAST");
+        if !self.prefix.is_empty() {
+            cmd.arg("PREFIX").arg(&self.prefix);
+        }
+        let () = cmd.arg("NOLOOP").query_async(&mut conn).await?;
         Ok(self.cache.tracking_enabled(ticket))
     }
 }
@@ -491,10 +515,10 @@ impl Store for RedisStore {
                 _ => (&[][..], &[][..]),
             };
             let args = MergeArgs { key: &key, ttl, cleared, reject, expected, merged: merged_arg, changes: &changes };
-            let Some(local) = &self.local else {
+            let Some(local) = self.local_for(&key) else {
                 let result = self.run_merge(false, &args).await.map_err(backend)?;
                 let (updated, stored) = self.updated(id, update, result, merged).await?;
-                if let Some((value, _)) = stored {
+                if let Some(value) = stored {
                     self.seen.remember(&key, &value);
                 }
                 return Ok(updated);
@@ -504,6 +528,7 @@ impl Store for RedisStore {
             // replace the cached one: the next request on this session needs
             // no read. See `LocalCache::replace` for why that is safe.
             let ticket = local.cache.ticket(&key);
+            let sent = std::time::Instant::now();
             let result = match self.run_merge(true, &args).await {
                 Ok(result) => result,
                 Err(e) => {
@@ -514,10 +539,11 @@ impl Store for RedisStore {
             };
             let outcome = self.updated(id, update, result, merged).await;
             match &outcome {
-                Ok((Updated::Applied, Some((value, pttl)))) => match hipflask::from_stored_session(value) {
+                Ok((Updated::Applied, Some(value))) => match hipflask::from_stored_session(value) {
                     Ok(data) => {
                         self.seen.remember(&key, value);
-                        let ttl = std::time::Duration::from_millis(*pttl as u64);
+                        // Counted from before the script ran: never past Redis' own expiry.
+                        let ttl = std::time::Duration::from_secs(ttl).saturating_sub(sent.elapsed());
                         local.cache.replace(&key, ticket, data, ttl);
                     }
                     Err(_) => self.written(&key),

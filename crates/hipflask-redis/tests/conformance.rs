@@ -320,3 +320,22 @@ async fn concurrent_requests_get_their_own_replies_and_errors() {
         }
     }
 }
+
+/// Redis tells the cache of changes under the prefix it started with only: a
+/// store moved to another prefix afterwards must read Redis every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_set_after_the_cache_is_read_uncached() {
+    let Some(store) = cached_store().await else { return };
+    let store = store.with_key_prefix("otherapp:");
+    let mut other = other_process().await;
+    let now = 1_700_000_000;
+    let id = SessionId::generate();
+    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
+    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    let key = format!("otherapp:{}", id.as_str());
+    for n in 2..20 {
+        assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(i64::from(n) - 1));
+        flask_sets_visits(&mut other, &key, n).await;
+        assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(i64::from(n)), "no stale read");
+    }
+}
