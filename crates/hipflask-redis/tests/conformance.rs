@@ -339,3 +339,20 @@ async fn a_prefix_set_after_the_cache_is_read_uncached() {
         assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(i64::from(n)), "no stale read");
     }
 }
+
+/// With no key prefix the cache hears of every key's changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_empty_prefix_the_cache_still_hears_of_changes() {
+    let Some(store) = store().await else { return };
+    let store = store.with_key_prefix("").with_local_cache(100).await.expect("client tracking");
+    let mut other = other_process().await;
+    let now = 1_700_000_000;
+    let id = SessionId::generate();
+    let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
+    store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+    assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
+    assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1), "now served from the cache");
+    flask_sets_visits(&mut other, id.as_str(), 9).await;
+    assert!(eventually(&store, &id, now, |r| visits(r) == Some(9)).await, "another process's write is seen");
+    let _: () = redis::cmd("DEL").arg(id.as_str()).query_async(&mut other).await.unwrap();
+}
