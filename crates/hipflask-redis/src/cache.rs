@@ -3,10 +3,10 @@
 //! Sessions are read far more often than written, and a read that needs no
 //! round trip costs a few hundred nanoseconds instead of tens of
 //! microseconds. The cache stays correct through Redis' server-assisted
-//! client-side caching: one connection (RESP3) has `CLIENT TRACKING ON
-//! BCAST PREFIX <the store's prefix>`, and Redis pushes an invalidation on
-//! it whenever any client changes, deletes or expires a key under the
-//! prefix. The rules that keep a stale session from ever being kept:
+//! client-side caching: every key is read on one connection with
+//! `CLIENT TRACKING ON` (RESP3), and Redis pushes an invalidation on that
+//! connection whenever any client changes, deletes or expires a key read
+//! there. The rules that keep a stale session from ever being kept:
 //!
 //! - Nothing is cached, or served, unless tracking is known to be on for the
 //!   current connection. A disconnection (which loses the invalidations sent
@@ -16,10 +16,9 @@
 //!   that count and the epoch have not moved since. Checked under the shard's
 //!   lock, which every change of the count also takes.
 //! - This process's writes go through the tracked connection with NOLOOP
-//!   (Redis does not echo them); broadcast tracking goes on for the key
-//!   without a read after the write. The value the script stored replaces
-//!   the cached one, and moves the count, so an older answer still in flight
-//!   is dropped.
+//!   (Redis does not echo them) and the merge script reads the key back, so
+//!   Redis keeps tracking it; the value the script stored replaces the cached
+//!   one, and moves the count, so an older answer still in flight is dropped.
 //!   Creates and deletes (on the main connection) drop the key locally once
 //!   Redis has applied them, so a visitor's next request never reads the
 //!   old session even before Redis' push arrives.
@@ -192,9 +191,9 @@ impl LocalCache {
 
     /// After this process wrote `key` on the tracked connection: keeps the
     /// value the write stored, or drops the old one. The tracked connection
-    /// has NOLOOP, so Redis sends no invalidation for this write, and its
-    /// broadcast tracking covers every key under the prefix: any later
-    /// change by anyone is pushed. A push (or disconnection) since
+    /// has NOLOOP, so Redis sends no invalidation for this write, and the
+    /// script read the key after writing it, so Redis tracks it again: any
+    /// later change by anyone is pushed. A push (or disconnection) since
     /// `ticket` may concern a change after this write, so then nothing is
     /// kept; either way the old value is gone.
     ///

@@ -41,14 +41,12 @@
 //!
 //! [`with_local_cache`](RedisStore::with_local_cache) keeps sessions read
 //! from Redis in this process and answers later reads without a round trip,
-//! kept correct by Redis' client-side caching (`CLIENT TRACKING` in
-//! broadcast mode): Redis tells this process whenever any client changes a
-//! session under the store's key prefix. A change made by another process
-//! is seen after that message's delay (well under a millisecond on a local
-//! network) and every cached session is read again after at most 30
-//! seconds. Each process running the cache hears of every session write
-//! made by the others, one small message per write. Off by default;
-//! standalone Redis 6 or newer only.
+//! kept correct by Redis' client-side caching (`CLIENT TRACKING`): Redis
+//! tells this process whenever any client changes a session it holds. A
+//! change made by another process is seen after that message's delay (well
+//! under a millisecond on a local network) and every cached session is read
+//! again after at most 30 seconds. Off by default; standalone Redis 6 or
+//! newer only.
 //!
 //! # Limits
 //!
@@ -93,9 +91,6 @@ pub struct RedisStore {
 /// on: Redis tracks the keys read there and pushes invalidations on it.
 struct Local {
     cache: Arc<cache::LocalCache>,
-    /// The key prefix Redis tells this process about (`BCAST PREFIX`):
-    /// only keys under it may be cached.
-    prefix: String,
     tracked: ConnectionManager,
     batch: Arc<Batcher<ConnectionManager>>,
 }
@@ -194,8 +189,7 @@ impl RedisStore {
     /// Keeps up to about `capacity` sessions in this process and answers
     /// reads of them without a round trip; see the crate docs ("Local
     /// cache") for how it stays correct. Opens one more connection, in RESP3,
-    /// with `CLIENT TRACKING ON BCAST` for the key prefix set so far (set it
-    /// first); fails on Redis Cluster and on servers
+    /// with `CLIENT TRACKING ON`; fails on Redis Cluster and on servers
     /// without client-side caching (before Redis 6).
     ///
     /// ```no_run
@@ -220,7 +214,7 @@ impl RedisStore {
             Ok::<(), std::convert::Infallible>(())
         });
         let tracked = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
-        let local = Local { cache, prefix: self.prefix.clone(), batch: Batcher::new(tracked.clone()), tracked };
+        let local = Local { cache, batch: Batcher::new(tracked.clone()), tracked };
         // Fail now, with the reason, rather than run without a working cache.
         local.enable_tracking(local.cache.ticket("")).await.map_err(|e| {
             Error::new(ErrorKind::Config, "the Redis local cache needs CLIENT TRACKING (Redis 6 or newer)")
@@ -233,14 +227,8 @@ impl RedisStore {
         Ok(self)
     }
 
-    /// `SESSION_KEY_PREFIX` (default `session:`, as Flask-Session). Set it
-    /// before [`with_local_cache`](RedisStore::with_local_cache): the cache
-    /// hears of changes to keys under the prefix it started with, and serves
-    /// nothing from other keys.
+    /// `SESSION_KEY_PREFIX` (default `session:`, as Flask-Session).
     pub fn with_key_prefix(mut self, prefix: &str) -> RedisStore {
-        if self.local.as_ref().is_some_and(|l| !prefix.starts_with(&l.prefix)) {
-            tracing::warn!(prefix, "key prefix set after with_local_cache: the local cache is not used");
-        }
         self.prefix = prefix.into();
         self
     }
@@ -265,15 +253,9 @@ impl RedisStore {
         format!("{}user:{user}", self.prefix)
     }
 
-    /// The local cache, if it may hold `key`: Redis tells it of changes to
-    /// keys under its prefix only.
-    fn local_for(&self, key: &str) -> Option<&Local> {
-        self.local.as_deref().filter(|l| key.starts_with(&l.prefix))
-    }
-
     async fn load_raw(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let key = self.key(id);
-        let Some(local) = self.local_for(&key) else {
+        let Some(local) = &self.local else {
             return Ok(self.fetch(false, &key, now).await?.map(|(record, _)| record));
         };
         if let Some((data, left)) = local.cache.get(&key) {
@@ -405,6 +387,8 @@ struct MergeArgs<'a> {
     ttl: u64,
     cleared: bool,
     reject: bool,
+    /// Read the key after writing it, to keep client tracking on it.
+    read_back: bool,
     expected: &'a [u8],
     merged: &'a [u8],
     changes: &'a [merge::Change],
@@ -419,7 +403,7 @@ impl MergeArgs<'_> {
         let flag = |on: bool| if on { "1" } else { "0" };
         let mut cmd = redis::cmd(verb);
         cmd.arg(script).arg(1).arg(self.key).arg(self.ttl).arg(flag(self.cleared)).arg(flag(self.reject));
-        cmd.arg(self.expected).arg(self.merged);
+        cmd.arg(self.expected).arg(self.merged).arg(flag(self.read_back));
         for change in self.changes {
             cmd.arg(&change.key);
             match &change.value {
@@ -452,22 +436,15 @@ impl RedisStore {
 }
 
 impl Local {
-    /// Turns broadcast tracking on for the tracked connection, then marks the
+    /// Sends `CLIENT TRACKING ON` on the tracked connection, then marks the
     /// cache as tracking unless a disconnection came in between.
     async fn enable_tracking(&self, ticket: cache::Ticket) -> Result<Option<cache::Ticket>, redis::RedisError> {
         let mut conn = self.tracked.clone();
-        // Broadcast mode: Redis tells this connection of every change to a
-        // key under the prefix, read here or not, and keeps no per-key table
-        // for it. A write here then needs no read after it to keep hearing of
-        // the key (a fifth of the save script's cost to Redis), and Redis
-        // spends no memory per cached session. The price: every process
-        // hears of every session written elsewhere, one push per write.
-        let mut cmd = redis::cmd("CLIENT");
-        cmd.arg("TRACKING").arg("ON").arg("BCAST");
-        if !self.prefix.is_empty() {
-            cmd.arg("PREFIX").arg(&self.prefix);
-        }
-        let () = cmd.arg("NOLOOP").query_async(&mut conn).await?;
+        // Per key, not broadcast (`BCAST`, which needs no read after a write
+        // to keep hearing of a key): Redis 7 sends a broadcast client the
+        // invalidations of writes its own scripts made, NOLOOP or not, so
+        // every save emptied the cache entry it had just filled.
+        let () = redis::cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP").query_async(&mut conn).await?;
         Ok(self.cache.tracking_enabled(ticket))
     }
 }
@@ -514,8 +491,20 @@ impl Store for RedisStore {
                 (Some(expected), Some(merged)) => (&expected[..], &merged[..]),
                 _ => (&[][..], &[][..]),
             };
-            let args = MergeArgs { key: &key, ttl, cleared, reject, expected, merged: merged_arg, changes: &changes };
-            let Some(local) = self.local_for(&key) else {
+            // Through the tracked connection (with the local cache) the key is
+            // read after the write, so that Redis goes on tracking it.
+            let read_back = self.local.is_some();
+            let args = MergeArgs {
+                key: &key,
+                ttl,
+                cleared,
+                reject,
+                read_back,
+                expected,
+                merged: merged_arg,
+                changes: &changes,
+            };
+            let Some(local) = &self.local else {
                 let result = self.run_merge(false, &args).await.map_err(backend)?;
                 let (updated, stored) = self.updated(id, update, result, merged).await?;
                 if let Some(value) = stored {
@@ -648,4 +637,37 @@ fn glob_escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hipflask::Value;
+
+    /// What this process saved through the cache is served from the cache
+    /// afterwards: Redis must not answer the save with an invalidation of
+    /// the very key (as it does for a broadcast-tracking client).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_own_write_stays_in_the_local_cache() {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: set REDIS_URL");
+            return;
+        };
+        let store = RedisStore::connect(&url).await.unwrap().with_local_cache(100).await.unwrap();
+        let now = 1_700_000_000;
+        let id = SessionId::generate();
+        let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
+        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(2)))] };
+        let update = Update { changes, expires_at: now + 60, loaded: None };
+        assert_eq!(store.update(&id, &update, now).await.unwrap(), Updated::Applied);
+        // A push about the write would arrive well within this.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let local = store.local.as_ref().unwrap();
+        let cached = local.cache.get(&store.key(&id)).map(|(data, _)| data);
+        assert_eq!(cached.and_then(|d| d.get("visits").and_then(Value::as_i64)), Some(2));
+        assert!(store.delete(&id).await.unwrap());
+    }
 }

@@ -261,7 +261,7 @@ mod tests {
         let mut inv = script.key(key);
         let (expected, merged) = fast.unwrap_or((b"", b""));
         inv.arg(60).arg(if *cleared { "1" } else { "0" }).arg(if *reject { "1" } else { "0" });
-        inv.arg(expected).arg(merged);
+        inv.arg(expected).arg(merged).arg("0");
         for c in changes {
             inv.arg(&c.key).arg(if c.value.is_some() { "s" } else { "d" });
             inv.arg(c.value.as_deref().unwrap_or(b"")).arg(&c.loaded);
