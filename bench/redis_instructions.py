@@ -17,9 +17,8 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 
-from run import free_port
+from run import Server, free_port
 
 CONNECTIONS = 8
 SESSIONS = 200
@@ -31,28 +30,6 @@ def total_instructions(dump):
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
     raise RuntimeError(f"{dump}: no totals line")
-
-
-def wait_up(url):
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
-def seed(port):
-    cookies = []
-    for _ in range(SESSIONS):
-        conn = http.client.HTTPConnection("127.0.0.1", port)
-        conn.request("GET", "/bench/seed")
-        resp = conn.getresponse()
-        resp.read()
-        cookies.append(resp.headers.get_all("Set-Cookie")[0].split(";", 1)[0])
-        conn.close()
-    return cookies
 
 
 def writes(port, cookies, first, n):
@@ -69,21 +46,20 @@ def writes(port, cookies, first, n):
 def count(binary, cache, n, tmp):
     """Redis instructions per write for one demo binary; cache is the local cache's size (0: none)."""
     dumps = tempfile.mkdtemp(dir=tmp)
-    redis_port, http_port = free_port(), free_port()
+    redis_port = free_port()
     redis = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dumps}/cg.%p", "redis-server",
          "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "SECRET_KEY": "bench-secret", "RUST_LOG": "error", "SESSION_CONFLICTS": "reject",
+    env = {"SECRET_KEY": "bench-secret", "RUST_LOG": "error", "SESSION_CONFLICTS": "reject",
            "SESSION_TYPE": "redis", "SESSION_REDIS": f"redis://127.0.0.1:{redis_port}",
            "SESSION_REDIS_LOCAL_CACHE": str(cache)}
-    demo = None
+    demo = Server("demo", "demo", [binary, "--bind", "127.0.0.1:{port}"], env)
     try:
         time.sleep(3)  # valgrind's start
-        demo = subprocess.Popen([binary, "--bind", f"127.0.0.1:{http_port}"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_up(f"http://127.0.0.1:{http_port}/bench/none")
-        cookies = seed(http_port)
+        demo.start()
+        http_port = demo.port
+        cookies = demo.seed(SESSIONS)
         writes(http_port, cookies, 0, SESSIONS)  # loads the script, fills the caches
         subprocess.run(["callgrind_control", "-z", str(redis.pid)], check=True, capture_output=True)
         per = n // CONNECTIONS
@@ -96,9 +72,7 @@ def count(binary, cache, n, tmp):
         dump = max(glob.glob(f"{dumps}/cg.*"), key=os.path.getmtime)
         return total_instructions(dump) / (per * CONNECTIONS)
     finally:
-        if demo:
-            demo.terminate()
-            demo.wait()
+        demo.stop()
         redis.terminate()
         redis.wait()
 
