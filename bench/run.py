@@ -300,6 +300,8 @@ def servers(args, tmp, redis_url):
             Server("redis-cached-before", "hipflask before, Redis + local cache", old,
                    {**server_side, "SESSION_TYPE": "redis", "SESSION_REDIS": redis_url, "SESSION_KEY_PREFIX": prefix + "b:",
                     "SESSION_REDIS_LOCAL_CACHE": "200000"}, redis_store),
+            Server("sqlite-before", "hipflask before, SQLite", old,
+                   {**server_side, "SESSION_TYPE": "sqlite", "SESSION_DATABASE_URL": f"sqlite://{tmp}/sessions-before.db"}),
         ]
     return before + [
         Server("axum-bare", "axum, no session layer", [*peer, "axum-bare", "127.0.0.1:{port}"], group="peer"),
@@ -375,11 +377,17 @@ def main_table(all_servers, args, tmp, redis_url, results):
             server.stop()
 
 
-def growth(server, args, tmp, results):
-    """Per-request cost as the number of live sessions grows (1k -> 100k -> 1M)."""
+def growth(server, bare, args, tmp, results):
+    """Per-request cost as the number of live sessions grows (1k -> 100k -> 1M).
+
+    The points are minutes apart, and this machine's speed drifts by a fifth over minutes:
+    each run is paired with one of bare axum (`bare`, already started) moments later, and
+    the change from point to point is taken on the median of those ratios, as the main
+    table's are."""
     server.start()
     try:
         script = lua_script(server.seed(1000), tmp)
+        bare_script = lua_script(bare.seed(1000), tmp)
         bulk = lua_script([], tmp)
         points = []
         rate = None
@@ -393,10 +401,16 @@ def growth(server, args, tmp, results):
             live = int(server.metric("hipflask_sessions_created_total"))
             point = {"sessions": live, "rss": rss_bytes(server.proc.pid)}
             for route in ("read", "write"):
-                # One run moves by a fifth on this machine: the median of three.
-                point[route] = median_run([measure(server, route, args.seconds, script) for _ in range(3)])
+                # One run moves by a fifth on this machine: the median of three, each
+                # beside a run of bare axum.
+                runs, ratios = [], []
+                for _ in range(3):
+                    runs.append(measure(server, route, args.seconds, script))
+                    ratios.append(runs[-1]["cpu_us"] / max(measure(bare, route, args.seconds, bare_script)["cpu_us"], 1e-9))
+                point[route] = {**median_run(runs), "vs_bare": sorted(ratios)[1], "rounds_vs_bare": ratios}
             points.append(point)
-            print(f"  {server.name:13} {live:>8} sessions: read {point['read']['cpu_us']:.1f} us, write {point['write']['cpu_us']:.1f} us, "
+            print(f"  {server.name:13} {live:>8} sessions: read {point['read']['cpu_us']:.1f} us ({point['read']['vs_bare']:.2f}x bare), "
+                  f"write {point['write']['cpu_us']:.1f} us ({point['write']['vs_bare']:.2f}x bare), "
                   f"RSS {point['rss'] / 2**20:.0f} MiB", flush=True)
         results[server.name] = points
     finally:
@@ -476,9 +490,14 @@ def main():
                     instructions(s, args, tmp, results["instructions"])
         if "growth" not in skip:
             print("== growth", flush=True)
-            for name in ("memory", "sqlite", "redis"):
-                if not only or name in only:
-                    growth(by_name[name], args, tmp, results["growth"])
+            bare = by_name["axum-bare"]
+            bare.start()
+            try:
+                for name in ("memory", "sqlite", "redis"):
+                    if not only or name in only:
+                        growth(by_name[name], bare, args, tmp, results["growth"])
+            finally:
+                bare.stop()
         if "sizes" not in skip:
             print("== size curve", flush=True)
             by_name = {s.name: s for s in servers(args, tmp, redis_url)}
