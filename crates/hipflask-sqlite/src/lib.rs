@@ -1,10 +1,12 @@
 //! SQLite store for hipflask's server-side sessions: the embedded default.
 //!
 //! One file, WAL journal, a page cache of up to 64 MiB, schema created and
-//! migrated on open. Each update is a `BEGIN IMMEDIATE` transaction that
-//! reads the stored session, applies the request's per-key changes and
-//! writes it back, so concurrent requests lose nothing, even from several
-//! processes sharing the file.
+//! migrated on open. An update applies the request's per-key changes to the
+//! session as stored, so concurrent requests lose nothing, even from
+//! several processes sharing the file: when the store knows the row it last
+//! read or wrote, one `UPDATE` guarded by that row's exact data (a
+//! compare-and-set); when the guard fails or the row is not known, a
+//! `BEGIN IMMEDIATE` transaction that reads the row, merges and writes.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), hipflask::Error> {
@@ -29,7 +31,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hipflask::{
-    Error, ErrorKind, Record, SessionId, Store, StoreFuture, StoreThread, Update, Updated, apply_changes,
+    Error, ErrorKind, LastSeen, Record, SessionId, Store, StoreFuture, StoreThread, Update, Updated, apply_changes,
     sql_like_prefix, user_of,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -53,6 +55,9 @@ pub struct SqliteStore {
     conn: StoreThread<Connection>,
     user_key: Arc<str>,
     prefix: Arc<str>,
+    /// Per stored id, the rowid and data of the row as this store last read
+    /// or wrote it (`remember`), for the compare-and-set update.
+    seen: Arc<LastSeen>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -87,6 +92,7 @@ impl SqliteStore {
             conn: StoreThread::start("hipflask-sqlite", conn)?,
             user_key: "_user_id".into(),
             prefix: "".into(),
+            seen: Arc::new(LastSeen::default()),
         };
         store.conn.call(migrate).await?;
         Ok(store)
@@ -185,20 +191,91 @@ fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
     }
 }
 
-fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<Record>, Error> {
+/// The live session stored under `id`, its data as stored, and its rowid.
+fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<(Record, String, i64)>, Error> {
     // Cached statements: preparing SQL costs more than running it on a hot page.
     let row = conn
-        .prepare_cached("SELECT data, created_at, expires_at FROM hipflask_sessions WHERE id = ?1 AND expires_at > ?2")
+        .prepare_cached(
+            "SELECT data, created_at, expires_at, rowid FROM hipflask_sessions WHERE id = ?1 AND expires_at > ?2",
+        )
         .and_then(|mut stmt| {
             stmt.query_row(params![id, now as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
             })
             .optional()
         })
         .map_err(backend)?;
-    Ok(row.and_then(|(text, created, expires)| {
-        parse_row(id, &text).map(|data| Record { data, created_at: created as u64, expires_at: expires as u64 })
+    Ok(row.and_then(|(text, created, expires, rowid)| {
+        let data = parse_row(id, &text)?;
+        Some((Record { data, created_at: created as u64, expires_at: expires as u64 }, text, rowid))
     }))
+}
+
+/// Remembers a row as this store read or wrote it: its rowid, then its data.
+fn remember(seen: &LastSeen, id: &str, rowid: i64, text: &str) {
+    let mut bytes = Vec::with_capacity(8 + text.len());
+    bytes.extend_from_slice(&rowid.to_le_bytes());
+    bytes.extend_from_slice(text.as_bytes());
+    seen.remember(id, &bytes);
+}
+
+/// The rowid and data `remember` kept.
+fn remembered(bytes: &[u8]) -> Option<(i64, &str)> {
+    let (rowid, text) = bytes.split_first_chunk::<8>()?;
+    Some((i64::from_le_bytes(*rowid), std::str::from_utf8(text).ok()?))
+}
+
+/// What the stored data `expected` becomes with `update` applied, and
+/// whether that changes the user; `None` when it does not parse or the
+/// conflict check fails against it, for the transaction to decide against
+/// the row itself.
+fn swapped(expected: &str, update: &Update, user_key: &str) -> Option<(String, Option<Option<String>>)> {
+    let mut data = hipflask::parse_tagged_json(expected).ok()?;
+    let user_before = user_of(&data, user_key);
+    apply_changes(&mut data, &update.changes, update.loaded.as_ref()).ok()?;
+    let user = user_of(&data, user_key);
+    Some((hipflask::to_tagged_json(&data), (user != user_before).then_some(user)))
+}
+
+/// Writes `text` over the row, and the user column only when `user` says it
+/// changed: SQLite does not compare old and new values, so an UPDATE
+/// rewrites the entries of every index on a column it sets, and setting the
+/// user column on every save rewrote the user index entry each time.
+/// `guard`: only if the row still holds exactly this data and is live at
+/// `now` (the compare-and-set). Returns whether the row was written.
+fn write_row(
+    conn: &Connection,
+    rowid: i64,
+    text: &str,
+    expires_at: u64,
+    user: Option<Option<String>>,
+    guard: Option<(&str, &str, u64)>,
+) -> Result<bool, Error> {
+    // The row is found by rowid, not by id: a search of the id index walks
+    // random text keys, and at a million sessions those walks were most of
+    // what a write had grown by since a thousand.
+    let n = match (user, guard) {
+        (None, None) => conn
+            .prepare_cached("UPDATE hipflask_sessions SET data = ?2, expires_at = ?3 WHERE rowid = ?1")
+            .and_then(|mut stmt| stmt.execute(params![rowid, text, expires_at as i64])),
+        (Some(user), None) => conn
+            .prepare_cached("UPDATE hipflask_sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE rowid = ?1")
+            .and_then(|mut stmt| stmt.execute(params![rowid, text, expires_at as i64, user])),
+        (None, Some((id, expected, now))) => conn
+            .prepare_cached(
+                "UPDATE hipflask_sessions SET data = ?2, expires_at = ?3
+                 WHERE rowid = ?1 AND id = ?4 AND data = ?5 AND expires_at > ?6",
+            )
+            .and_then(|mut stmt| stmt.execute(params![rowid, text, expires_at as i64, id, expected, now as i64])),
+        (Some(user), Some((id, expected, now))) => conn
+            .prepare_cached(
+                "UPDATE hipflask_sessions SET data = ?2, expires_at = ?3, user_id = ?7
+                 WHERE rowid = ?1 AND id = ?4 AND data = ?5 AND expires_at > ?6",
+            )
+            .and_then(|mut stmt| stmt.execute(params![rowid, text, expires_at as i64, id, expected, now as i64, user])),
+    }
+    .map_err(backend)?;
+    Ok(n == 1)
 }
 
 /// The ids among stored keys that carry `prefix`.
@@ -209,12 +286,20 @@ fn ids(rows: Result<Vec<String>, rusqlite::Error>, prefix: &str) -> Result<Vec<S
 impl Store for SqliteStore {
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
         let id = self.key(id);
-        self.conn.call(move |conn| load_row(conn, &id, now))
+        let seen = self.seen.clone();
+        self.conn.call(move |conn| {
+            let Some((record, text, rowid)) = load_row(conn, &id, now)? else {
+                return Ok(None);
+            };
+            remember(&seen, &id, rowid, &text);
+            Ok(Some(record))
+        })
     }
 
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
         let id = self.key(id);
         let user = user_of(&record.data, &self.user_key);
+        let seen = self.seen.clone();
         self.conn.call(move |conn| {
             let data = hipflask::to_tagged_json(&record.data);
             let inserted = conn
@@ -229,6 +314,7 @@ impl Store for SqliteStore {
             if inserted == 0 {
                 return Err(Error::new(ErrorKind::Conflict, "session id already in use"));
             }
+            remember(&seen, &id, conn.last_insert_rowid(), &data);
             Ok(())
         })
     }
@@ -237,37 +323,41 @@ impl Store for SqliteStore {
         let id = self.key(id);
         let update = update.clone();
         let user_key = self.user_key.clone();
+        let seen = self.seen.clone();
         self.conn.call(move |conn| {
+            // The row as this store last saw it, usually moments ago: merged
+            // here and written in one statement if it is still exactly that.
+            // A single statement is atomic, so no transaction; and it finds
+            // the row by rowid, sparing a walk of the id index.
+            if let Some(bytes) = seen.take(&id)
+                && let Some((rowid, expected)) = remembered(&bytes)
+                && let Some((text, user)) = swapped(expected, &update, &user_key)
+                && write_row(conn, rowid, &text, update.expires_at, user, Some((&id, expected, now)))?
+            {
+                remember(&seen, &id, rowid, &text);
+                return Ok(Updated::Applied);
+            }
             let tx = Immediate::begin(conn)?;
-            let Some(mut record) = load_row(conn, &id, now)? else {
+            let Some((mut record, _, rowid)) = load_row(conn, &id, now)? else {
                 return Ok(Updated::Gone);
             };
             let user_before = user_of(&record.data, &user_key);
             apply_changes(&mut record.data, &update.changes, update.loaded.as_ref())?;
-            let data = hipflask::to_tagged_json(&record.data);
             let user = user_of(&record.data, &user_key);
-            // SQLite does not compare old and new values: an UPDATE rewrites
-            // the entries of every index on a column it sets. The user column
-            // is set only when the user changed, sparing the user index on
-            // almost every save.
-            if user == user_before {
-                conn.prepare_cached("UPDATE hipflask_sessions SET data = ?2, expires_at = ?3 WHERE id = ?1")
-                    .and_then(|mut stmt| stmt.execute(params![id, data, update.expires_at as i64]))
-            } else {
-                conn.prepare_cached(
-                    "UPDATE hipflask_sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE id = ?1",
-                )
-                .and_then(|mut stmt| stmt.execute(params![id, data, update.expires_at as i64, user]))
-            }
-            .map_err(backend)?;
+            let data = hipflask::to_tagged_json(&record.data);
+            // The rowid just read is stable within the transaction.
+            write_row(conn, rowid, &data, update.expires_at, (user != user_before).then_some(user), None)?;
             tx.commit()?;
+            remember(&seen, &id, rowid, &data);
             Ok(Updated::Applied)
         })
     }
 
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
         let id = self.key(id);
+        let seen = self.seen.clone();
         self.conn.call(move |conn| {
+            seen.forget(&id);
             let n = conn
                 .prepare_cached("DELETE FROM hipflask_sessions WHERE id = ?1")
                 .and_then(|mut stmt| stmt.execute(params![id]))

@@ -70,3 +70,13 @@ async fn a_key_prefix_separates_apps_sharing_one_table() {
         conn.query_row("SELECT id FROM hipflask_sessions WHERE id LIKE 'session:%' LIMIT 1", [], |r| r.get(0)).unwrap();
     assert!(stored.starts_with("session:"), "stored as prefix + id, as Flask-Session does");
 }
+
+/// Two processes on one file: a save from the one that read the row before
+/// the other changed it merges into the row as stored, never over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_from_a_stale_instance_is_merged_not_swapped_in() {
+    let path = temp_db("stale");
+    let a = SqliteStore::open(&path).await.unwrap();
+    let b = SqliteStore::open(&path).await.unwrap();
+    hipflask_conformance::a_save_from_a_stale_instance_is_merged_not_swapped_in(Arc::new(a), Arc::new(b)).await;
+}
