@@ -309,10 +309,11 @@ impl RedisStore {
 
     /// The session under `key` and its TTL, read in one round trip.
     async fn fetch(&self, tracked: bool, key: &str, now: u64) -> Result<Option<(Record, std::time::Duration)>, Error> {
-        let mut get = redis::cmd("GET");
-        get.arg(key);
-        let mut pttl = redis::cmd("PTTL");
-        pttl.arg(key);
+        // Sized up front, as in `MergeArgs::command`.
+        let mut get = Cmd::with_capacity(2, 3 + key.len());
+        get.arg("GET").arg(key);
+        let mut pttl = Cmd::with_capacity(2, 4 + key.len());
+        pttl.arg("PTTL").arg(key);
         let replies = self.send(tracked, vec![get, pttl]).await.map_err(backend)?;
         let [raw, pttl] = <[RValue; 2]>::try_from(replies)
             .map_err(|r| Error::new(ErrorKind::Backend, format!("Redis sent {} replies to GET and PTTL", r.len())))?;
@@ -401,7 +402,14 @@ impl MergeArgs<'_> {
     /// per save.
     fn command(&self, verb: &str, script: &str) -> Cmd {
         let flag = |on: bool| if on { "1" } else { "0" };
-        let mut cmd = redis::cmd(verb);
+        // Sized up front: grown argument by argument, the command's two
+        // buffers were reallocated several times per command. The slack
+        // covers the TTL's digits, the key count and the flags.
+        let changes: usize =
+            self.changes.iter().map(|c| c.key.len() + 1 + c.value.as_ref().map_or(0, Vec::len) + c.loaded.len()).sum();
+        let data = verb.len() + script.len() + self.key.len() + self.expected.len() + self.merged.len() + changes + 32;
+        let mut cmd = Cmd::with_capacity(10 + 4 * self.changes.len(), data);
+        cmd.arg(verb);
         cmd.arg(script).arg(1).arg(self.key).arg(self.ttl).arg(flag(self.cleared)).arg(flag(self.reject));
         cmd.arg(self.expected).arg(self.merged).arg(flag(self.read_back));
         for change in self.changes {
