@@ -225,16 +225,17 @@ fn remembered(bytes: &[u8]) -> Option<(i64, &str)> {
     Some((i64::from_le_bytes(*rowid), std::str::from_utf8(text).ok()?))
 }
 
-/// What the stored data `expected` becomes with `update` applied, and
-/// whether that changes the user; `None` when it does not parse or the
-/// conflict check fails against it, for the transaction to decide against
-/// the row itself.
-fn swapped(expected: &str, update: &Update, user_key: &str) -> Option<(String, Option<Option<String>>)> {
-    let mut data = hipflask::parse_tagged_json(expected).ok()?;
+/// `data` with `update` applied, as stored text, and the new user if the
+/// update changed it (for `write_row`). Fails on a conflict.
+fn merged(
+    mut data: hipflask::Dict,
+    update: &Update,
+    user_key: &str,
+) -> Result<(String, Option<Option<String>>), Error> {
     let user_before = user_of(&data, user_key);
-    apply_changes(&mut data, &update.changes, update.loaded.as_ref()).ok()?;
+    apply_changes(&mut data, &update.changes, update.loaded.as_ref())?;
     let user = user_of(&data, user_key);
-    Some((hipflask::to_tagged_json(&data), (user != user_before).then_some(user)))
+    Ok((hipflask::to_tagged_json(&data), (user != user_before).then_some(user)))
 }
 
 /// Writes `text` over the row, and the user column only when `user` says it
@@ -331,24 +332,24 @@ impl Store for SqliteStore {
             // the row by rowid, sparing a walk of the id index.
             if let Some(bytes) = seen.take(&id)
                 && let Some((rowid, expected)) = remembered(&bytes)
-                && let Some((text, user)) = swapped(expected, &update, &user_key)
+                // Unparsable, or a conflict against what was seen: the
+                // transaction decides against the row itself.
+                && let Ok(data) = hipflask::parse_tagged_json(expected)
+                && let Ok((text, user)) = merged(data, &update, &user_key)
                 && write_row(conn, rowid, &text, update.expires_at, user, Some((&id, expected, now)))?
             {
                 remember(&seen, &id, rowid, &text);
                 return Ok(Updated::Applied);
             }
             let tx = Immediate::begin(conn)?;
-            let Some((mut record, _, rowid)) = load_row(conn, &id, now)? else {
+            let Some((record, _, rowid)) = load_row(conn, &id, now)? else {
                 return Ok(Updated::Gone);
             };
-            let user_before = user_of(&record.data, &user_key);
-            apply_changes(&mut record.data, &update.changes, update.loaded.as_ref())?;
-            let user = user_of(&record.data, &user_key);
-            let data = hipflask::to_tagged_json(&record.data);
+            let (text, user) = merged(record.data, &update, &user_key)?;
             // The rowid just read is stable within the transaction.
-            write_row(conn, rowid, &data, update.expires_at, (user != user_before).then_some(user), None)?;
+            write_row(conn, rowid, &text, update.expires_at, user, None)?;
             tx.commit()?;
-            remember(&seen, &id, rowid, &data);
+            remember(&seen, &id, rowid, &text);
             Ok(Updated::Applied)
         })
     }
