@@ -257,16 +257,21 @@ mod tests {
         fast: Option<(&[u8], &[u8])>,
     ) -> (redis::Value, Option<Vec<u8>>) {
         let () = redis::cmd("SET").arg(key).arg(stored).arg("EX").arg(60).query_async(conn).await.unwrap();
-        let script = redis::Script::new(crate::MERGE);
-        let mut inv = script.key(key);
         let (expected, merged) = fast.unwrap_or((b"", b""));
-        inv.arg(60).arg(if *cleared { "1" } else { "0" }).arg(if *reject { "1" } else { "0" });
-        inv.arg(expected).arg(merged).arg("0");
-        for c in changes {
-            inv.arg(&c.key).arg(if c.value.is_some() { "s" } else { "d" });
-            inv.arg(c.value.as_deref().unwrap_or(b"")).arg(&c.loaded);
-        }
-        let answer: redis::Value = inv.invoke_async(conn).await.unwrap();
+        // The store's own command, so that its encoding is tested too.
+        let args = crate::MergeArgs {
+            key,
+            ttl: 60,
+            cleared: *cleared,
+            reject: *reject,
+            read_back: false,
+            expected,
+            merged,
+            changes,
+        };
+        // An error reply as its text, for the cases that expect one.
+        let answer = args.command("EVAL", crate::MERGE).query_async(conn).await;
+        let answer = answer.unwrap_or_else(|e| redis::Value::SimpleString(e.to_string()));
         let now: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await.unwrap();
         (answer, now)
     }
@@ -280,22 +285,28 @@ mod tests {
         for _ in 0..600 {
             let case = case(&mut rng);
             let here = merge(&case.0, case.1, case.2, &case.3);
-            let (answer, stored) = script(&mut conn, &key, &case, None).await;
-            match here {
-                Some(bytes) => {
-                    assert!(matches!(answer, redis::Value::Array(_)), "{answer:?} for {case:?}");
-                    assert_eq!(stored.as_deref(), Some(&bytes[..]), "for {case:?}");
-                    merged += 1;
-                }
-                None => {
-                    assert_eq!(answer, redis::Value::Int(-1), "for {case:?}");
-                    assert_eq!(stored.as_deref(), Some(&case.0[..]), "nothing written on a conflict");
-                    refused += 1;
+            // With nothing known, and with wrong bytes believed stored (the
+            // script stores the caller's merge, sees the mismatch and takes
+            // it back): the same outcome either way.
+            let stale = [&case.0[..], b"\xc0"].concat();
+            for fast in [None, Some((&stale[..], &b"\xa5wrong"[..]))] {
+                let (answer, stored) = script(&mut conn, &key, &case, fast).await;
+                match &here {
+                    Some(bytes) => {
+                        assert!(matches!(answer, redis::Value::Array(_)), "{answer:?} for {case:?}");
+                        assert_eq!(stored.as_deref(), Some(&bytes[..]), "for {case:?}");
+                        merged += 1;
+                    }
+                    None => {
+                        assert_eq!(answer, redis::Value::Int(-1), "for {case:?}");
+                        assert_eq!(stored.as_deref(), Some(&case.0[..]), "nothing written on a conflict");
+                        refused += 1;
+                    }
                 }
             }
         }
         // Both outcomes were exercised, each many times.
-        assert!(merged > 100 && refused > 100, "{merged} merged, {refused} refused");
+        assert!(merged > 200 && refused > 200, "{merged} merged, {refused} refused");
         let () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
     }
 
@@ -317,6 +328,28 @@ mod tests {
         let want = redis::Value::Array(vec![redis::Value::Int(1), redis::Value::BulkString(merged.clone().unwrap())]);
         assert_eq!(answer, want, "merged by the script, which answers with what it stored");
         assert_eq!(now, merged, "another value is stored: merged by the script");
+        // Stored bytes the script cannot read are left as they were.
+        let bad = (b"\x01not a map".to_vec(), false, false, case.3);
+        let (answer, now) = script(&mut conn, &key, &bad, Some((&stored, &marker))).await;
+        let refused = matches!(&answer, redis::Value::SimpleString(e) if e.contains("not a msgpack map"));
+        assert!(refused, "{answer:?}");
+        assert_eq!(now.as_deref(), Some(&bad.0[..]), "an unreadable value is not replaced");
+        // A session gone in between stays gone.
+        let () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+        let gone = crate::MergeArgs {
+            key: &key,
+            ttl: 60,
+            cleared: false,
+            reject: false,
+            read_back: false,
+            expected: &stored,
+            merged: &marker,
+            changes: &bad.3,
+        };
+        let answer: redis::Value = gone.command("EVAL", crate::MERGE).query_async(&mut conn).await.unwrap();
+        assert_eq!(answer, redis::Value::Int(0), "a missing session is reported gone");
+        let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
+        assert!(!exists, "and not created by the save");
         let () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
     }
 
