@@ -33,7 +33,11 @@
 //! request then also pays for a clone of the boxed route and one more boxed
 //! future. Wrapping the whole router once saves that (about a thousand
 //! instructions and five allocations per request on the benchmark); the
-//! session is then also there for the router's fallback:
+//! session is then also there for the router's fallback. Finish the router
+//! with `with_state` (`with_state(())` without state) before wrapping it:
+//! that turns each route into its final service once, which `axum::serve`
+//! does by itself for a bare router but not for one inside a layer, where a
+//! route otherwise rebuilds its service from the handler on every request.
 //!
 //! ```
 //! use axum::{Router, ServiceExt, extract::Request, routing::get};
@@ -42,7 +46,7 @@
 //!
 //! # async fn index(_: Session) {}
 //! let config = hipflask::Config::builder().secret_key("change me").build()?;
-//! let router: Router = Router::new().route("/", get(index));
+//! let router: Router = Router::new().route("/", get(index)).with_state(());
 //! let app = SessionLayer::new(config).layer(router);
 //! // For axum::serve(listener, make_service):
 //! let make_service = ServiceExt::<Request>::into_make_service(app);
