@@ -668,11 +668,11 @@ impl Config {
             return Session::new();
         }
         let result = match std::str::from_utf8(value) {
-            Ok(text) => self.0.codec.decode(text, self.now()),
+            Ok(text) => self.0.codec.decode_shared(text, self.now()),
             Err(_) => Err(CookieError::BadSignature),
         };
         match result {
-            Ok(data) => Session::from_dict(data),
+            Ok(data) => Session::from_shared(data),
             Err(e) => {
                 metrics::counter!("hipflask_cookies_rejected_total", "reason" => e.reason()).increment(1);
                 tracing::warn!(reason = e.reason(), error = %e, "rejected session cookie; starting an empty session");
@@ -793,6 +793,40 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read of a cookie the codec verified before shares the cached entries
+    /// (no copy); a change copies them first. Each way of changing a session
+    /// is made on a session read from the same cached cookie, and the next
+    /// read of that cookie must still see what it holds.
+    #[test]
+    fn changes_to_a_session_from_a_cached_cookie_never_reach_the_cache() {
+        let config = Config::builder().secret_key("k").build().unwrap();
+        let seed = Session::new();
+        seed.insert("user", "alice").unwrap();
+        seed.insert("cart", vec![1, 2]).unwrap();
+        seed.flash("hello", "message");
+        let header = config.save(&seed).unwrap().set_cookie.unwrap();
+        let value = header.split(';').next().unwrap().split_once('=').unwrap().1.as_bytes().to_vec();
+        let original = config.open_value(&value).to_dict();
+        assert_eq!(original.len(), 3, "{original:?}");
+        type Change = (&'static str, fn(&Session));
+        let changes: [Change; 8] = [
+            ("insert", |s| s.insert("user", "mallory").unwrap()),
+            ("insert_value", |s| s.insert_value("new", Value::Int(1))),
+            ("remove", |s| drop(s.remove("user"))),
+            ("remove_as", |s| drop(s.remove_as::<String>("user").unwrap())),
+            ("clear", Session::clear),
+            ("with_value_mut", |s| assert_eq!(s.with_value_mut("cart", |v| *v = Value::Int(0)), Some(()))),
+            ("flash", |s| s.flash("again", "message")),
+            ("get_flashed_messages", |s| drop(s.get_flashed_messages(&[]))),
+        ];
+        for (name, change) in changes {
+            let session = config.open_value(&value);
+            change(&session);
+            assert_ne!(session.to_dict(), original, "{name} changed nothing");
+            assert_eq!(config.open_value(&value).to_dict(), original, "{name} reached the cache");
+        }
+    }
 
     #[test]
     fn env_loader_reads_flask_names_and_names_bad_variables() {

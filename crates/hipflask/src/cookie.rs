@@ -140,7 +140,7 @@ struct VerifiedCookies {
 /// last bytes, its signature, instead of SipHash over the whole cookie. Only
 /// verified cookies are ever stored, and the hasher is keyed, so no client
 /// can choose where entries land.
-type Shard = HashMap<Box<str>, (Dict, u64), IdKeyHasher>;
+type Shard = HashMap<Box<str>, (Arc<Dict>, u64), IdKeyHasher>;
 
 const CACHE_SHARDS: usize = 8;
 const CACHE_SHARD_LEN: usize = 512;
@@ -154,11 +154,11 @@ impl VerifiedCookies {
         self.shards[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, cookie: &str) -> Option<(Dict, u64)> {
+    fn get(&self, cookie: &str) -> Option<(Arc<Dict>, u64)> {
         self.shard(cookie).get(cookie).cloned()
     }
 
-    fn put(&self, cookie: &str, data: &Dict, ts: u64) {
+    fn put(&self, cookie: &str, data: &Arc<Dict>, ts: u64) {
         if cookie.len() > CACHED_COOKIE_MAX_LEN {
             return;
         }
@@ -166,7 +166,7 @@ impl VerifiedCookies {
         if shard.len() >= CACHE_SHARD_LEN {
             shard.clear();
         }
-        shard.insert(cookie.into(), (data.clone(), ts));
+        shard.insert(cookie.into(), (Arc::clone(data), ts));
     }
 
     fn forget(&self, cookie: &str) {
@@ -225,6 +225,12 @@ impl CookieCodec {
     /// signature, then age, then payload. A JSON `null` payload is an empty
     /// session, as in Flask.
     pub fn decode(&self, cookie: &str, now: u64) -> Result<Dict, CookieError> {
+        self.decode_shared(cookie, now).map(Arc::unwrap_or_clone)
+    }
+
+    /// [`decode`](CookieCodec::decode), sharing the entries with the cache
+    /// of verified cookies instead of copying them out.
+    pub(crate) fn decode_shared(&self, cookie: &str, now: u64) -> Result<Arc<Dict>, CookieError> {
         if let Some((data, ts)) = self.verified.get(cookie) {
             return match self.check_age(ts, now) {
                 Ok(()) => Ok(data),
@@ -245,7 +251,7 @@ impl CookieCodec {
         let (payload, ts) = signed.rsplit_once('.').ok_or(CookieError::MissingTimestamp)?;
         let ts = decode_timestamp(ts).ok_or(CookieError::MalformedTimestamp)?;
         self.check_age(ts, now)?;
-        let data = decode_payload(payload)?;
+        let data = Arc::new(decode_payload(payload)?);
         self.verified.put(cookie, &data, ts);
         Ok(data)
     }

@@ -47,7 +47,7 @@ pub const FLASHES_KEY: &str = "_flashes";
 pub struct Session(Arc<Mutex<Inner>>);
 
 struct Inner {
-    data: Dict,
+    data: Data,
     modified: bool,
     accessed: bool,
     new: bool,
@@ -62,6 +62,47 @@ struct Inner {
     cleared: bool,
     /// Server-side state; `None` for cookie sessions.
     server: Option<Server>,
+}
+
+/// The session's entries: its own, or shared with the cookie codec's cache
+/// of verified cookies until the first change. A read of a cached cookie
+/// then copies nothing; the copy happens at the first write, which was going
+/// to copy anyway.
+enum Data {
+    Owned(Dict),
+    Shared(Arc<Dict>),
+}
+
+impl Data {
+    /// The entries for changing: a shared map is copied first.
+    fn to_mut(&mut self) -> &mut Dict {
+        if let Data::Shared(shared) = self {
+            *self = Data::Owned(Dict::clone(shared));
+        }
+        match self {
+            Data::Owned(dict) => dict,
+            // Made owned just above.
+            Data::Shared(_) => unreachable!("shared data was just copied"),
+        }
+    }
+
+    fn into_dict(self) -> Dict {
+        match self {
+            Data::Owned(dict) => dict,
+            Data::Shared(shared) => Arc::unwrap_or_clone(shared),
+        }
+    }
+}
+
+impl std::ops::Deref for Data {
+    type Target = Dict;
+
+    fn deref(&self) -> &Dict {
+        match self {
+            Data::Owned(dict) => dict,
+            Data::Shared(shared) => shared,
+        }
+    }
 }
 
 /// One key a request changed (or, after `clear`, that it dropped).
@@ -107,11 +148,11 @@ impl Inner {
             }
             Err(i) => Some(i),
         };
-        let (key, original) = match self.data.get_mut(&key) {
+        let (key, original) = match self.data.to_mut().get_mut(&key) {
             Some(slot) => (key, Some(std::mem::replace(slot, value))),
             None => {
                 let noted = unnoted.map(|_| key.clone());
-                self.data.insert(key, value);
+                self.data.to_mut().insert(key, value);
                 match noted {
                     Some(key) => (key, None),
                     None => return,
@@ -195,10 +236,16 @@ impl Session {
     }
 
     fn with_state(data: Dict, new: bool) -> Session {
-        Session::build(data, new, None, false)
+        Session::build(Data::Owned(data), new, None, false)
     }
 
-    fn build(data: Dict, new: bool, server: Option<Server>, keep_originals: bool) -> Session {
+    /// A cookie session read from the codec's cache: shares the cached
+    /// entries until its first change.
+    pub(crate) fn from_shared(data: Arc<Dict>) -> Session {
+        Session::build(Data::Shared(data), false, None, false)
+    }
+
+    fn build(data: Data, new: bool, server: Option<Server>, keep_originals: bool) -> Session {
         Session(Arc::new(Mutex::new(Inner {
             data,
             modified: false,
@@ -215,7 +262,7 @@ impl Session {
     /// A server-side session: loaded (`stored` = its times) or new.
     pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
         let server = Server { id, stored, regenerate: false, destroy: false, read_only: false };
-        Session::build(data, stored.is_none(), Some(server), keep_loaded)
+        Session::build(Data::Owned(data), stored.is_none(), Some(server), keep_loaded)
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -280,11 +327,12 @@ impl Session {
     /// the change must be saved.
     pub fn with_value_mut<R>(&self, key: &str, f: impl FnOnce(&mut Value) -> R) -> Option<R> {
         let mut inner = self.touch();
-        if inner.data.contains_key(key) {
-            // Saved only if the session is marked modified, as in Flask.
-            inner.will_change(key);
+        if !inner.data.contains_key(key) {
+            return None;
         }
-        inner.data.get_mut(key).map(f)
+        // Saved only if the session is marked modified, as in Flask.
+        inner.will_change(key);
+        inner.data.to_mut().get_mut(key).map(f)
     }
 
     /// `session.setdefault(key, default)`: the value under `key`, inserting
@@ -296,7 +344,7 @@ impl Session {
         }
         let v = default.into();
         inner.will_change(key);
-        inner.data.insert(key.to_owned(), v.clone());
+        inner.data.to_mut().insert(key.to_owned(), v.clone());
         inner.modified = true;
         v
     }
@@ -310,7 +358,7 @@ impl Session {
         }
         inner.will_change(key);
         inner.modified = true;
-        inner.data.remove(key)
+        inner.data.to_mut().remove(key)
     }
 
     /// Removes `key` and returns its value as `T`. When the value is not a
@@ -322,7 +370,7 @@ impl Session {
         };
         let typed = convert(key, value)?;
         inner.will_change(key);
-        inner.data.remove(key);
+        inner.data.to_mut().remove(key);
         inner.modified = true;
         Ok(Some(typed))
     }
@@ -344,7 +392,7 @@ impl Session {
 
     /// A copy of the whole session.
     pub fn to_dict(&self) -> Dict {
-        self.touch().data.clone()
+        Dict::clone(&self.touch().data)
     }
 
     /// The number of keys (`_permanent` and `_flashes` included, as in Flask).
@@ -362,7 +410,7 @@ impl Session {
     pub fn clear(&self) {
         let mut inner = self.touch();
         let inner = &mut *inner;
-        let data = std::mem::take(&mut inner.data);
+        let data = std::mem::replace(&mut inner.data, Data::Owned(Dict::new())).into_dict();
         inner.untouch_all();
         if inner.keep_originals {
             // Every key present now is noted with its value; a key touched
@@ -454,10 +502,10 @@ impl Session {
         let entry = Value::Tuple(vec![Value::Str(category.to_owned()), message.into()]);
         let mut inner = self.touch();
         inner.will_change(FLASHES_KEY);
-        match inner.data.get_mut(FLASHES_KEY) {
+        match inner.data.to_mut().get_mut(FLASHES_KEY) {
             Some(Value::List(list)) => list.push(entry),
             _ => {
-                inner.data.insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
+                inner.data.to_mut().insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
             }
         }
         inner.modified = true;
@@ -472,11 +520,15 @@ impl Session {
     pub fn get_flashed_messages(&self, categories: &[&str]) -> Vec<Flash> {
         let mut inner = self.touch();
         if inner.flashes.is_none() {
-            if inner.data.contains_key(FLASHES_KEY) {
+            // Looked up first: a session shared with the cookie cache is
+            // copied only when there is something to take out.
+            let taken = if inner.data.contains_key(FLASHES_KEY) {
                 inner.will_change(FLASHES_KEY);
                 inner.modified = true;
-            }
-            let taken = inner.data.remove(FLASHES_KEY);
+                inner.data.to_mut().remove(FLASHES_KEY)
+            } else {
+                None
+            };
             inner.flashes = Some(taken.as_ref().map(parse_flashes).unwrap_or_default());
         }
         let all = inner.flashes.as_deref().unwrap_or_default();
