@@ -240,10 +240,12 @@ impl RedisStore {
     }
 
     fn key(&self, id: &SessionId) -> String {
-        // Every request builds one: concatenated, not through `format!`.
-        let mut key = String::with_capacity(self.prefix.len() + id.as_str().len());
+        // Every request builds one: concatenated, not through `format!`, and
+        // with one `as_str`, which checks the id's bytes each time.
+        let id = id.as_str();
+        let mut key = String::with_capacity(self.prefix.len() + id.len());
         key.push_str(&self.prefix);
-        key.push_str(id.as_str());
+        key.push_str(id);
         key
     }
 
