@@ -326,7 +326,7 @@ impl RedisStore {
         };
         match hipflask::from_stored_session(&raw) {
             Ok(data) => {
-                self.seen.remember(key, &raw);
+                self.seen.remember_vec(key, raw);
                 // A key without TTL (set by hand) is treated as living one more hour.
                 let ttl_ms = if pttl > 0 { pttl as u64 } else { 3_600_000 };
                 let record = Record { data, created_at: now, expires_at: now + ttl_ms.div_ceil(1000) };
@@ -518,7 +518,7 @@ impl Store for RedisStore {
                 let result = self.run_merge(false, &args).await.map_err(backend)?;
                 let (updated, stored) = self.updated(id, update, result, merged).await?;
                 if let Some(value) = stored {
-                    self.seen.remember(&key, &value);
+                    self.seen.remember_vec(&key, value);
                 }
                 return Ok(updated);
             };
@@ -537,19 +537,24 @@ impl Store for RedisStore {
                 }
             };
             let outcome = self.updated(id, update, result, merged).await;
-            match &outcome {
-                Ok((Updated::Applied, Some(value))) => match hipflask::from_stored_session(value) {
-                    Ok(data) => {
-                        self.seen.remember(&key, value);
-                        // Counted from before the script ran: never past Redis' own expiry.
-                        let ttl = std::time::Duration::from_secs(ttl).saturating_sub(sent.elapsed());
-                        local.cache.replace(&key, ticket, data, ttl);
+            match outcome {
+                Ok((updated @ Updated::Applied, Some(value))) => {
+                    match hipflask::from_stored_session(&value) {
+                        Ok(data) => {
+                            self.seen.remember_vec(&key, value);
+                            // Counted from before the script ran: never past Redis' own expiry.
+                            let ttl = std::time::Duration::from_secs(ttl).saturating_sub(sent.elapsed());
+                            local.cache.replace(&key, ticket, data, ttl);
+                        }
+                        Err(_) => self.written(&key),
                     }
-                    Err(_) => self.written(&key),
-                },
-                _ => self.written(&key),
+                    Ok(updated)
+                }
+                outcome => {
+                    self.written(&key);
+                    outcome.map(|(updated, _)| updated)
+                }
             }
-            outcome.map(|(updated, _)| updated)
         })
     }
 

@@ -28,15 +28,16 @@ pub(crate) struct Change {
 
 /// Encodes a request's changes for the script and for [`merge`].
 pub(crate) fn encode(changes: &Changes, loaded: Option<&Dict>) -> Result<Vec<Change>, Error> {
+    // Buffers sized for the usual small value: grown from empty, each one was
+    // reallocated on the way, a few hundred instructions per save.
+    const SMALL: usize = 16;
     changes
         .keys
         .iter()
         .map(|(key, value)| {
-            let mut key_bytes = Vec::with_capacity(key.len() + 2);
-            value_to_msgpack(&hipflask::Value::from(key.as_str()), &mut key_bytes)?;
             let value = match value {
                 Some(v) => {
-                    let mut bytes = Vec::new();
+                    let mut bytes = Vec::with_capacity(SMALL);
                     value_to_msgpack(v, &mut bytes)?;
                     Some(bytes)
                 }
@@ -44,15 +45,38 @@ pub(crate) fn encode(changes: &Changes, loaded: Option<&Dict>) -> Result<Vec<Cha
             };
             let loaded = match loaded.and_then(|l| l.get(key)) {
                 Some(v) => {
-                    let mut bytes = vec![b'p'];
+                    let mut bytes = Vec::with_capacity(1 + SMALL);
+                    bytes.push(b'p');
                     value_to_msgpack(v, &mut bytes)?;
                     bytes
                 }
                 None => b"a".to_vec(),
             };
-            Ok(Change { key: key_bytes, value, loaded })
+            Ok(Change { key: msgpack_str(key), value, loaded })
         })
         .collect()
+}
+
+/// `key` as a msgpack string, as `value_to_msgpack` writes one, without
+/// first copying it into a `Value`.
+fn msgpack_str(key: &str) -> Vec<u8> {
+    let len = key.len();
+    let mut out = Vec::with_capacity(len + 5);
+    match len {
+        0..=31 => out.push(0xa0 | len as u8),
+        32..=0xff => out.extend_from_slice(&[0xd9, len as u8]),
+        0x100..=0xffff => {
+            out.push(0xda);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        // A key is part of a cookie-sized or store-sized session: never 4 GiB.
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(key.as_bytes());
+    out
 }
 
 /// The stored map `stored` with `changes` applied, as the script would store
@@ -102,7 +126,14 @@ pub(crate) fn merge(stored: &[u8], cleared: bool, reject: bool, changes: &[Chang
     }
     let kept = entries.iter().filter(|(_, v)| v.is_some()).count();
     let size: usize = entries.iter().filter_map(|(k, v)| v.map(|v| k.len() + v.len())).sum();
-    let mut out = Vec::with_capacity(size + 5);
+    // Exactly sized: the caller keeps this vector itself as the bytes last
+    // seen, which costs no copy when its length is its capacity.
+    let header = match kept {
+        0..=15 => 1,
+        16..=0xffff => 3,
+        _ => 5,
+    };
+    let mut out = Vec::with_capacity(size + header);
     if kept <= 15 {
         out.push(0x80 + kept as u8);
     } else if let Ok(n) = u16::try_from(kept) {
@@ -351,6 +382,16 @@ mod tests {
         let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
         assert!(!exists, "and not created by the save");
         let () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    }
+
+    #[test]
+    fn keys_are_encoded_as_value_to_msgpack_encodes_strings() {
+        for len in [0, 1, 31, 32, 255, 256, 65_535, 65_536] {
+            let key = "k".repeat(len);
+            let mut want = Vec::new();
+            value_to_msgpack(&hipflask::Value::from(key.as_str()), &mut want).unwrap();
+            assert_eq!(msgpack_str(&key), want, "a key of {len} bytes");
+        }
     }
 
     #[test]

@@ -87,19 +87,13 @@ impl Hasher for TailHasher {
     }
 }
 
-/// Stored bytes by session key, and their total length.
+/// Stored bytes by session key, and their total length. A key whose bytes
+/// were taken keeps its entry (`None`) until the save that took them
+/// remembers what it stored: the key's text is not allocated again.
 #[derive(Default)]
 struct Shard {
-    values: HashMap<Box<str>, Box<[u8]>, IdKeyHasher>,
+    values: HashMap<Box<str>, Option<Box<[u8]>>, IdKeyHasher>,
     bytes: usize,
-}
-
-impl Shard {
-    fn remove(&mut self, key: &str) -> Option<Box<[u8]>> {
-        let value = self.values.remove(key)?;
-        self.bytes -= value.len();
-        Some(value)
-    }
 }
 
 /// What a store last saw stored under each recently used session key, so a
@@ -159,32 +153,61 @@ impl LastSeen {
 
     /// Notes that `value` was stored under `key` when last seen.
     pub fn remember(&self, key: &str, value: &[u8]) {
+        self.put(key, value);
+    }
+
+    /// [`remember`](LastSeen::remember), keeping `value` itself instead of a
+    /// copy (as it is when its length is its capacity).
+    pub fn remember_vec(&self, key: &str, value: Vec<u8>) {
+        self.put(key, value);
+    }
+
+    fn put<V: AsRef<[u8]> + Into<Box<[u8]>>>(&self, key: &str, value: V) {
+        let len = value.as_ref().len();
         let mut shard = self.shard(key);
-        if let Some(old) = shard.values.get(key)
-            && **old == *value
-        {
+        let shard = &mut *shard;
+        if let Some(slot) = shard.values.get_mut(key) {
+            if slot.as_deref() == Some(value.as_ref()) {
+                return;
+            }
+            if let Some(old) = slot.take() {
+                shard.bytes -= old.len();
+            }
+            if len > MAX_VALUE_LEN {
+                return;
+            }
+            if shard.bytes + len <= self.bytes_per_shard {
+                shard.bytes += len;
+                *slot = Some(value.into());
+                return;
+            }
+        }
+        if len > MAX_VALUE_LEN {
             return;
         }
-        shard.remove(key);
-        if value.len() > MAX_VALUE_LEN {
-            return;
-        }
-        if shard.values.len() >= self.per_shard || shard.bytes + value.len() > self.bytes_per_shard {
+        if shard.values.len() >= self.per_shard || shard.bytes + len > self.bytes_per_shard {
             *shard = Shard::default();
         }
-        shard.bytes += value.len();
-        shard.values.insert(key.into(), value.into());
+        shard.bytes += len;
+        shard.values.insert(key.into(), Some(value.into()));
     }
 
     /// The bytes last seen under `key`, forgotten: a save takes them, and
     /// remembers what it stored once the store has answered.
     pub fn take(&self, key: &str) -> Option<Box<[u8]>> {
-        self.shard(key).remove(key)
+        let mut shard = self.shard(key);
+        let shard = &mut *shard;
+        let value = shard.values.get_mut(key)?.take()?;
+        shard.bytes -= value.len();
+        Some(value)
     }
 
     /// Forgets `key` (its session was deleted).
     pub fn forget(&self, key: &str) {
-        self.shard(key).remove(key);
+        let mut shard = self.shard(key);
+        if let Some(Some(value)) = shard.values.remove(key) {
+            shard.bytes -= value.len();
+        }
     }
 }
 
@@ -232,6 +255,33 @@ mod tests {
         assert!(held <= 32, "{held} held");
     }
 
+    /// The byte count follows every path: taken, remembered again (as a copy
+    /// or as the vector itself), unchanged, replaced, forgotten while taken.
+    #[test]
+    fn the_bytes_held_are_counted_through_takes_and_returns() {
+        let seen = LastSeen::new(64);
+        let held = |seen: &LastSeen| -> (usize, usize) {
+            let counted =
+                seen.shards.iter().map(|s| s.lock().unwrap().values.values().flatten().map(|v| v.len()).sum::<usize>());
+            (seen.shards.iter().map(|s| s.lock().unwrap().bytes).sum(), counted.sum())
+        };
+        seen.remember("a", b"1234");
+        seen.remember_vec("b", b"12".to_vec());
+        assert_eq!(held(&seen), (6, 6));
+        assert_eq!(seen.take("a").as_deref(), Some(&b"1234"[..]));
+        assert_eq!(held(&seen), (2, 2), "taken bytes are not held");
+        seen.remember_vec("a", b"123456".to_vec());
+        seen.remember("b", b"12");
+        assert_eq!(held(&seen), (8, 8), "an unchanged value is not counted twice");
+        seen.remember("b", b"123");
+        assert_eq!(held(&seen), (9, 9));
+        assert_eq!(seen.take("b").as_deref(), Some(&b"123"[..]));
+        seen.forget("b");
+        seen.forget("a");
+        assert_eq!(held(&seen), (0, 0));
+        assert_eq!((seen.take("a"), seen.take("b")), (None, None));
+    }
+
     #[test]
     fn big_sessions_are_not_kept_and_the_bytes_held_are_bounded() {
         let seen = LastSeen::new(100_000);
@@ -243,8 +293,11 @@ mod tests {
             seen.remember(&format!("key{i}"), &value);
         }
         let bytes: usize = seen.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
-        let counted: usize =
-            seen.shards.iter().map(|s| s.lock().unwrap().values.values().map(|v| v.len()).sum::<usize>()).sum();
+        let counted: usize = seen
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().values.values().flatten().map(|v| v.len()).sum::<usize>())
+            .sum();
         assert_eq!(bytes, counted);
         assert!(bytes <= 100_000 * BYTES_PER_SESSION, "{bytes} bytes held");
         assert!(seen.take("key9999").is_some(), "the latest is kept");
