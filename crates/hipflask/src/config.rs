@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cookie::{CookieCodec, CookieError};
+use crate::cookie::CookieCodec;
 use crate::error::{Error, ErrorKind};
 use crate::key::SecretKey;
 use crate::server::ServerSide;
@@ -667,11 +667,7 @@ impl Config {
         if value.is_empty() {
             return Session::new();
         }
-        let result = match std::str::from_utf8(value) {
-            Ok(text) => self.0.codec.decode_shared(text, self.now()),
-            Err(_) => Err(CookieError::BadSignature),
-        };
-        match result {
+        match self.0.codec.decode_bytes(value, self.now()) {
             Ok(data) => Session::from_shared(data),
             Err(e) => {
                 metrics::counter!("hipflask_cookies_rejected_total", "reason" => e.reason()).increment(1);

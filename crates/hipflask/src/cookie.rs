@@ -140,7 +140,7 @@ struct VerifiedCookies {
 /// last bytes, its signature, instead of SipHash over the whole cookie. Only
 /// verified cookies are ever stored, and the hasher is keyed, so no client
 /// can choose where entries land.
-type Shard = HashMap<Box<str>, (Arc<Dict>, u64), IdKeyHasher>;
+type Shard = HashMap<Box<[u8]>, (Arc<Dict>, u64), IdKeyHasher>;
 
 const CACHE_SHARDS: usize = 8;
 const CACHE_SHARD_LEN: usize = 512;
@@ -149,16 +149,16 @@ const CACHED_COOKIE_MAX_LEN: usize = 1024;
 impl VerifiedCookies {
     /// The shard for a cookie: its last character, part of the signature, is
     /// spread well enough and costs nothing to pick.
-    fn shard(&self, cookie: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let i = cookie.as_bytes().last().map_or(0, |b| usize::from(*b) % CACHE_SHARDS);
+    fn shard(&self, cookie: &[u8]) -> std::sync::MutexGuard<'_, Shard> {
+        let i = cookie.last().map_or(0, |b| usize::from(*b) % CACHE_SHARDS);
         self.shards[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, cookie: &str) -> Option<(Arc<Dict>, u64)> {
+    fn get(&self, cookie: &[u8]) -> Option<(Arc<Dict>, u64)> {
         self.shard(cookie).get(cookie).cloned()
     }
 
-    fn put(&self, cookie: &str, data: &Arc<Dict>, ts: u64) {
+    fn put(&self, cookie: &[u8], data: &Arc<Dict>, ts: u64) {
         if cookie.len() > CACHED_COOKIE_MAX_LEN {
             return;
         }
@@ -169,7 +169,7 @@ impl VerifiedCookies {
         shard.insert(cookie.into(), (Arc::clone(data), ts));
     }
 
-    fn forget(&self, cookie: &str) {
+    fn forget(&self, cookie: &[u8]) {
         self.shard(cookie).remove(cookie);
     }
 }
@@ -231,6 +231,13 @@ impl CookieCodec {
     /// [`decode`](CookieCodec::decode), sharing the entries with the cache
     /// of verified cookies instead of copying them out.
     pub(crate) fn decode_shared(&self, cookie: &str, now: u64) -> Result<Arc<Dict>, CookieError> {
+        self.decode_bytes(cookie.as_bytes(), now)
+    }
+
+    /// [`decode_shared`](CookieCodec::decode_shared) from the header's bytes:
+    /// a cookie verified before is found by its bytes, without checking
+    /// first that they are UTF-8 (they were, when it was verified).
+    pub(crate) fn decode_bytes(&self, cookie: &[u8], now: u64) -> Result<Arc<Dict>, CookieError> {
         if let Some((data, ts)) = self.verified.get(cookie) {
             return match self.check_age(ts, now) {
                 Ok(()) => Ok(data),
@@ -240,6 +247,7 @@ impl CookieCodec {
                 }
             };
         }
+        let cookie = std::str::from_utf8(cookie).map_err(|_| CookieError::BadSignature)?;
         if cookie.len() > MAX_COOKIE_VALUE_LEN {
             return Err(CookieError::TooLong { len: cookie.len() });
         }
@@ -252,7 +260,7 @@ impl CookieCodec {
         let ts = decode_timestamp(ts).ok_or(CookieError::MalformedTimestamp)?;
         self.check_age(ts, now)?;
         let data = Arc::new(decode_payload(payload)?);
-        self.verified.put(cookie, &data, ts);
+        self.verified.put(cookie.as_bytes(), &data, ts);
         Ok(data)
     }
 
@@ -639,14 +647,14 @@ mod tests {
         let mut session = Dict::new();
         session.insert("user".into(), crate::Value::from("alice"));
         let cookie = codec.encode(&session, 1000);
-        assert!(codec.verified.get(&cookie).is_none(), "encoding alone caches nothing");
+        assert!(codec.verified.get(cookie.as_bytes()).is_none(), "encoding alone caches nothing");
         assert_eq!(codec.decode(&cookie, 1000).unwrap(), session);
-        assert!(codec.verified.get(&cookie).is_some());
+        assert!(codec.verified.get(cookie.as_bytes()).is_some());
         // A hit is still subject to the age rules, in both directions.
         assert_eq!(codec.decode(&cookie, 1100).unwrap(), session);
         assert!(matches!(codec.decode(&cookie, 999), Err(CookieError::FutureTimestamp { ahead: 1 })));
         assert!(matches!(codec.decode(&cookie, 1101), Err(CookieError::Expired { age: 101, .. })));
-        assert!(codec.verified.get(&cookie).is_none(), "an expired cookie is forgotten");
+        assert!(codec.verified.get(cookie.as_bytes()).is_none(), "an expired cookie is forgotten");
         // Another key never sees this codec's cache; altered bytes never hit it.
         assert_eq!(codec.decode(&cookie, 1000).unwrap(), session);
         assert!(matches!(other.decode(&cookie, 1000), Err(CookieError::BadSignature)));
@@ -673,7 +681,7 @@ mod tests {
         let long = codec.encode(&[("pad".to_owned(), crate::Value::from(pad))].into(), 1000);
         assert!(long.len() > CACHED_COOKIE_MAX_LEN);
         codec.decode(&long, 1000).unwrap();
-        assert!(codec.verified.get(&long).is_none(), "long cookies are not kept");
+        assert!(codec.verified.get(long.as_bytes()).is_none(), "long cookies are not kept");
     }
 
     #[test]
