@@ -81,8 +81,8 @@ impl Data {
         }
         match self {
             Data::Owned(dict) => dict,
-            // Made owned just above.
-            Data::Shared(_) => unreachable!("shared data was just copied"),
+            // Made owned just above; `make_mut` keeps this arm panic-free.
+            Data::Shared(shared) => Arc::make_mut(shared),
         }
     }
 
