@@ -258,7 +258,7 @@ macro_rules! sql_store {
                     Ok(row.and_then(|r| {
                         let text = r.get::<String, _>(0);
                         let data = parse_row(&key, &text)?;
-                        self.seen.remember(&key, text.as_bytes());
+                        self.seen.remember_vec(&key, text.into_bytes());
                         Some(Record { data, created_at: r.get::<i64, _>(1) as u64, expires_at: r.get::<i64, _>(2) as u64 })
                     }))
                 })
@@ -285,7 +285,7 @@ macro_rules! sql_store {
                     if done.rows_affected() == 0 {
                         return Err(Error::new(ErrorKind::Conflict, "session id already in use"));
                     }
-                    self.seen.remember(&key, text.as_bytes());
+                    self.seen.remember_vec(&key, text.into_bytes());
                     Ok(())
                 })
             }
@@ -308,7 +308,7 @@ macro_rules! sql_store {
                             .await
                             .map_err(backend)?;
                         if done.rows_affected() == 1 {
-                            self.seen.remember(&key, text.as_bytes());
+                            self.seen.remember_vec(&key, text.into_bytes());
                             return Ok(Updated::Applied);
                         }
                     }
@@ -333,7 +333,7 @@ macro_rules! sql_store {
                         .await
                         .map_err(backend)?;
                     tx.commit().await.map_err(backend)?;
-                    self.seen.remember(&key, text.as_bytes());
+                    self.seen.remember_vec(&key, text.into_bytes());
                     Ok(Updated::Applied)
                 })
             }

@@ -216,7 +216,7 @@ fn remember(seen: &LastSeen, id: &str, rowid: i64, text: &str) {
     let mut bytes = Vec::with_capacity(8 + text.len());
     bytes.extend_from_slice(&rowid.to_le_bytes());
     bytes.extend_from_slice(text.as_bytes());
-    seen.remember(id, &bytes);
+    seen.remember_vec(id, bytes);
 }
 
 /// The rowid and data `remember` kept.
