@@ -225,17 +225,12 @@ impl CookieCodec {
     /// signature, then age, then payload. A JSON `null` payload is an empty
     /// session, as in Flask.
     pub fn decode(&self, cookie: &str, now: u64) -> Result<Dict, CookieError> {
-        self.decode_shared(cookie, now).map(Arc::unwrap_or_clone)
+        self.decode_bytes(cookie.as_bytes(), now).map(Arc::unwrap_or_clone)
     }
 
-    /// [`decode`](CookieCodec::decode), sharing the entries with the cache
-    /// of verified cookies instead of copying them out.
-    pub(crate) fn decode_shared(&self, cookie: &str, now: u64) -> Result<Arc<Dict>, CookieError> {
-        self.decode_bytes(cookie.as_bytes(), now)
-    }
-
-    /// [`decode_shared`](CookieCodec::decode_shared) from the header's bytes:
-    /// a cookie verified before is found by its bytes, without checking
+    /// [`decode`](CookieCodec::decode) from the header's bytes, sharing the
+    /// entries with the cache of verified cookies instead of copying them
+    /// out. A cookie verified before is found by its bytes, without checking
     /// first that they are UTF-8 (they were, when it was verified).
     pub(crate) fn decode_bytes(&self, cookie: &[u8], now: u64) -> Result<Arc<Dict>, CookieError> {
         if let Some((data, ts)) = self.verified.get(cookie) {

@@ -156,8 +156,8 @@ impl LastSeen {
         self.put(key, value);
     }
 
-    /// [`remember`](LastSeen::remember), keeping `value` itself instead of a
-    /// copy (as it is when its length is its capacity).
+    /// [`remember`](LastSeen::remember), keeping `value`'s own buffer instead
+    /// of a copy (shrunk to its length if it has spare capacity).
     pub fn remember_vec(&self, key: &str, value: Vec<u8>) {
         self.put(key, value);
     }
