@@ -148,6 +148,11 @@ fn typed<T: redis::FromRedisValue>(value: RValue) -> Result<T, Error> {
     reply(value).and_then(|v| Ok(redis::from_redis_value(v)?)).map_err(backend)
 }
 
+/// The merge script answered something it never sends.
+fn unexpected_reply() -> Error {
+    Error::new(ErrorKind::Backend, "Redis answered the session merge script with an unexpected reply")
+}
+
 fn backend(e: redis::RedisError) -> Error {
     let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Backend };
     Error::new(kind, "Redis session store failed").with_source(e)
@@ -371,10 +376,11 @@ impl RedisStore {
                 let mut parts = parts.into_iter();
                 match (parts.next(), parts.next(), parts.next()) {
                     (Some(RValue::Int(1)), Some(RValue::BulkString(value)), None) => Some(value),
-                    _ => None,
+                    _ => return Err(unexpected_reply()),
                 }
             }
-            _ => None,
+            // Whatever else came, nothing says the changes were stored.
+            _ => return Err(unexpected_reply()),
         };
         if let Some((_, Some(v))) = update.changes.keys.iter().find(|(k, _)| *k == self.user_key) {
             let data: Dict = [(self.user_key.clone(), v.clone())].into();
@@ -385,6 +391,7 @@ impl RedisStore {
 }
 
 /// The merge script's key and arguments (see `merge.lua`).
+#[derive(Clone, Copy)]
 struct MergeArgs<'a> {
     key: &'a str,
     ttl: u64,
@@ -392,6 +399,9 @@ struct MergeArgs<'a> {
     reject: bool,
     /// Read the key after writing it, to keep client tracking on it.
     read_back: bool,
+    /// Leave the changes out: the script stores `merged` over `expected`,
+    /// or answers 3 and the changes are sent in a second call.
+    omit_changes: bool,
     expected: &'a [u8],
     merged: &'a [u8],
     changes: &'a [merge::Change],
@@ -413,7 +423,16 @@ impl MergeArgs<'_> {
         let mut cmd = Cmd::with_capacity(10 + 4 * self.changes.len(), data);
         cmd.arg(verb);
         cmd.arg(script).arg(1).arg(self.key).arg(self.ttl).arg(flag(self.cleared)).arg(flag(self.reject));
-        cmd.arg(self.expected).arg(self.merged).arg(flag(self.read_back));
+        let flags = match (self.read_back, self.omit_changes) {
+            (false, false) => "",
+            (true, false) => "b",
+            (false, true) => "o",
+            (true, true) => "bo",
+        };
+        cmd.arg(self.expected).arg(self.merged).arg(flags);
+        if self.omit_changes {
+            return cmd;
+        }
         for change in self.changes {
             cmd.arg(&change.key);
             match &change.value {
@@ -427,11 +446,24 @@ impl MergeArgs<'_> {
 }
 
 impl RedisStore {
-    /// Runs the merge script by its hash, and by its source when the server
-    /// does not know it (after a restart or `SCRIPT FLUSH`), which also
-    /// loads it for the next calls. A refused `EVALSHA` wrote nothing, so
-    /// sending the source is never a second write.
+    /// Runs the merge script: once, and with the changes a second time when
+    /// they were left out and the stored bytes were not those expected.
     async fn run_merge(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
+        let result = self.run_script(tracked, args).await?;
+        if args.omit_changes && result == RValue::Int(3) {
+            // Stored bytes other than those expected (another process wrote):
+            // the script merges the changes into what is stored.
+            let full = MergeArgs { expected: &[], merged: &[], omit_changes: false, ..*args };
+            return self.run_script(tracked, &full).await;
+        }
+        Ok(result)
+    }
+
+    /// One call of the merge script, by its hash, and by its source when the
+    /// server does not know it (after a restart or `SCRIPT FLUSH`), which
+    /// also loads it for the next calls. A refused `EVALSHA` wrote nothing,
+    /// so sending the source is never a second write.
+    async fn run_script(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
         let run = |cmd: Cmd| async move {
             let replies = self.send(tracked, vec![cmd]).await?;
             replies.into_iter().next().map_or_else(|| Err(batch::failure("Redis sent no reply to the script")), reply)
@@ -510,6 +542,8 @@ impl Store for RedisStore {
                 cleared,
                 reject,
                 read_back,
+                // With a merge to store, the changes go only if it is refused.
+                omit_changes: !expected.is_empty(),
                 expected,
                 merged: merged_arg,
                 changes: &changes,

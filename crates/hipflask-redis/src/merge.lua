@@ -8,15 +8,23 @@
 -- ARGV[3]  "1" to refuse changes to keys changed since they were loaded
 -- ARGV[4]  the value the caller believes is stored, or empty
 -- ARGV[5]  the caller's own merge of the changes into ARGV[4]
--- ARGV[6]  "1" to read the key after writing it (see below)
+-- ARGV[6]  flags: "b" to read the key after writing it (see below), "o"
+--          when the changes are left out (see below)
 -- then per change, four arguments:
 --   the key as msgpack bytes, "s" (set) or "d" (delete),
 --   the new value as msgpack bytes (empty for delete),
 --   the value as loaded: "a" (absent) or "p" followed by its msgpack bytes
 -- Returns {1, the stored value} when merged here, 2 when the caller's merge
--- was stored, 0 when the session no longer exists, and -1 on a conflict
--- (the stored value unchanged). The stored value's TTL is ARGV[1], as the
--- caller knows.
+-- was stored, 3 when the changes were left out and are needed (nothing
+-- changed), 0 when the session no longer exists, and -1 on a conflict (the
+-- stored value unchanged). The stored value's TTL is ARGV[1], as the caller
+-- knows.
+--
+-- Redis makes a Lua string of every argument before the script starts,
+-- about a thousand of its instructions each, and the usual save (the
+-- caller's merge over the bytes it expects) needs none of the changes: a
+-- caller that sends its merge leaves them out, and sends them in a second
+-- call only when the stored bytes were not the expected ones.
 --
 -- A caller with client tracking on (it caches sessions) asks for a read
 -- after the write: the write ended Redis' tracking of the key for it, and
@@ -24,7 +32,7 @@
 -- not need it, and it was a fifth of the script's cost to Redis.
 
 local function written()
-  if ARGV[6] == '1' then
+  if string.find(ARGV[6], 'b', 1, true) then
     redis.call('PTTL', KEYS[1])
   end
 end
@@ -50,6 +58,9 @@ if ARGV[4] ~= '' then
   -- unreadable value below leaves the session's bytes as they were, and its
   -- expiry where this save asked for it.
   redis.call('SET', KEYS[1], cur, 'KEEPTTL')
+  if string.find(ARGV[6], 'o', 1, true) then
+    return 3
+  end
 else
   cur = redis.call('GET', KEYS[1])
   if not cur then

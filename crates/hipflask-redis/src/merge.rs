@@ -296,6 +296,7 @@ mod tests {
             cleared: *cleared,
             reject: *reject,
             read_back: false,
+            omit_changes: false,
             expected,
             merged,
             changes,
@@ -373,6 +374,7 @@ mod tests {
             cleared: false,
             reject: false,
             read_back: false,
+            omit_changes: false,
             expected: &stored,
             merged: &marker,
             changes: &bad.3,
@@ -381,6 +383,37 @@ mod tests {
         assert_eq!(answer, redis::Value::Int(0), "a missing session is reported gone");
         let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
         assert!(!exists, "and not created by the save");
+        let () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    }
+
+    /// With the changes left out, the script stores the caller's merge over
+    /// the expected bytes, and otherwise changes nothing and asks for them.
+    #[tokio::test]
+    async fn without_the_changes_the_script_stores_the_merge_or_asks_for_them() {
+        let Some(mut conn) = redis().await else { return };
+        let key = format!("hipflask-test:omit:{}", std::process::id());
+        let stored = map(&[(KEYS[0].to_vec(), vec![0x01])]);
+        let merged = map(&[(KEYS[0].to_vec(), vec![0x02])]);
+        let changes = [Change { key: KEYS[0].to_vec(), value: Some(vec![0x02]), loaded: b"p\x01".to_vec() }];
+        let other = map(&[(KEYS[0].to_vec(), vec![0x05])]);
+        for (now, want, after) in [(&stored, 2, &merged), (&other, 3, &other)] {
+            let () = redis::cmd("SET").arg(&key).arg(now).arg("EX").arg(60).query_async(&mut conn).await.unwrap();
+            let args = crate::MergeArgs {
+                key: &key,
+                ttl: 60,
+                cleared: false,
+                reject: true,
+                read_back: false,
+                omit_changes: true,
+                expected: &stored,
+                merged: &merged,
+                changes: &changes,
+            };
+            let answer: redis::Value = args.command("EVAL", crate::MERGE).query_async(&mut conn).await.unwrap();
+            assert_eq!(answer, redis::Value::Int(want));
+            let value: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+            assert_eq!(&value, after);
+        }
         let () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
     }
 
