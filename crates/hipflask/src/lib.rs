@@ -97,7 +97,7 @@ pub use de::from_value;
 pub use error::{Error, ErrorKind};
 pub use key::SecretKey;
 pub use memory::MemoryStore;
-pub use msgpack::{from_msgpack, from_stored_session, to_msgpack, value_to_msgpack};
+pub use msgpack::{from_msgpack, from_stored_session, str_to_msgpack, to_msgpack, value_to_msgpack};
 pub use seen::{IdKeyHasher, LastSeen, TailHasher};
 pub use ser::to_value;
 pub use session::{FLASHES_KEY, Flash, PERMANENT_KEY, Session};

@@ -39,6 +39,22 @@ pub fn value_to_msgpack(value: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
     write_value(value, out, 0)
 }
 
+/// Encodes a string as [`value_to_msgpack`] encodes `Value::Str` (a
+/// session key, for stores that merge key by key), without copying it into
+/// a `Value` first.
+///
+/// ```
+/// let (mut a, mut b) = (Vec::new(), Vec::new());
+/// hipflask::str_to_msgpack("visits", &mut a)?;
+/// hipflask::value_to_msgpack(&hipflask::Value::from("visits"), &mut b)?;
+/// assert_eq!(a, b);
+/// assert_eq!(a[0], 0xa6); // a string of six bytes
+/// # Ok::<(), hipflask::Error>(())
+/// ```
+pub fn str_to_msgpack(text: &str, out: &mut Vec<u8>) -> Result<(), Error> {
+    write_str(text, out)
+}
+
 fn write_len(
     out: &mut Vec<u8>,
     len: usize,
