@@ -260,6 +260,22 @@ mod tests {
         Some(client.get_multiplexed_async_connection().await.expect("REDIS_URL is reachable"))
     }
 
+    /// The script's arguments for a save to `key` that keeps nothing back:
+    /// 60 seconds to live, no clear, no conflict check, no read-back.
+    fn args<'a>(key: &'a str, expected: &'a [u8], merged: &'a [u8], changes: &'a [Change]) -> crate::MergeArgs<'a> {
+        crate::MergeArgs {
+            key,
+            ttl: 60,
+            cleared: false,
+            reject: false,
+            read_back: false,
+            omit_changes: false,
+            expected,
+            merged,
+            changes,
+        }
+    }
+
     /// Runs the script on `stored`; `fast` is the caller's (expected, merged) pair.
     async fn script(
         conn: &mut redis::aio::MultiplexedConnection,
@@ -270,17 +286,7 @@ mod tests {
         let () = redis::cmd("SET").arg(key).arg(stored).arg("EX").arg(60).query_async(conn).await.unwrap();
         let (expected, merged) = fast.unwrap_or((b"", b""));
         // The store's own command, so that its encoding is tested too.
-        let args = crate::MergeArgs {
-            key,
-            ttl: 60,
-            cleared: *cleared,
-            reject: *reject,
-            read_back: false,
-            omit_changes: false,
-            expected,
-            merged,
-            changes,
-        };
+        let args = crate::MergeArgs { cleared: *cleared, reject: *reject, ..args(key, expected, merged, changes) };
         // An error reply as its text, for the cases that expect one.
         let answer = args.command("EVAL", crate::MERGE).query_async(conn).await;
         let answer = answer.unwrap_or_else(|e| redis::Value::SimpleString(e.to_string()));
@@ -348,17 +354,7 @@ mod tests {
         assert_eq!(now.as_deref(), Some(&bad.0[..]), "an unreadable value is not replaced");
         // A session gone in between stays gone.
         let () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
-        let gone = crate::MergeArgs {
-            key: &key,
-            ttl: 60,
-            cleared: false,
-            reject: false,
-            read_back: false,
-            omit_changes: false,
-            expected: &stored,
-            merged: &marker,
-            changes: &bad.3,
-        };
+        let gone = args(&key, &stored, &marker, &bad.3);
         let answer: redis::Value = gone.command("EVAL", crate::MERGE).query_async(&mut conn).await.unwrap();
         assert_eq!(answer, redis::Value::Int(0), "a missing session is reported gone");
         let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
@@ -378,17 +374,7 @@ mod tests {
         let other = map(&[(KEYS[0].to_vec(), vec![0x05])]);
         for (now, want, after) in [(&stored, 2, &merged), (&other, 3, &other)] {
             let () = redis::cmd("SET").arg(&key).arg(now).arg("EX").arg(60).query_async(&mut conn).await.unwrap();
-            let args = crate::MergeArgs {
-                key: &key,
-                ttl: 60,
-                cleared: false,
-                reject: true,
-                read_back: false,
-                omit_changes: true,
-                expected: &stored,
-                merged: &merged,
-                changes: &changes,
-            };
+            let args = crate::MergeArgs { reject: true, omit_changes: true, ..args(&key, &stored, &merged, &changes) };
             let answer: redis::Value = args.command("EVAL", crate::MERGE).query_async(&mut conn).await.unwrap();
             assert_eq!(answer, redis::Value::Int(want));
             let value: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
