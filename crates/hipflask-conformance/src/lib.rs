@@ -77,6 +77,7 @@ pub async fn run_with(store: Arc<dyn Store>, caps: Capabilities) {
         logout_racing_writers_leaves_no_session,
         delete_reports_existence,
         user_index_lists_and_logs_out_everywhere,
+        answers_in_place_are_the_answers_of_the_futures,
     );
 }
 
@@ -270,6 +271,36 @@ pub async fn same_key_conflict_is_rejected_when_asked(store: Arc<dyn Store>) {
     let err = store.update(&id, &stale, NOW).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(load(&store, &id).await.unwrap()["a"], Value::Int(1), "nothing written");
+}
+
+/// Where a store answers in place (`load_now`, `update_now`), the answer is
+/// the one its future gives: the same data, the same outcome, the same error.
+pub async fn answers_in_place_are_the_answers_of_the_futures(store: Arc<dyn Store>) {
+    let name = "answers_in_place_are_the_answers_of_the_futures";
+    let id = fresh(&store, dict(&[("a", Value::Int(0)), ("b", Value::Int(0))])).await;
+    // Twice: a store with a local cache answers the second read from it.
+    for _ in 0..2 {
+        let awaited = store.load(&id, NOW).await.expect("load").expect("the session exists");
+        if let Some(now) = store.load_now(&id, NOW) {
+            let now = now.expect("load_now").expect("load_now finds the session");
+            assert_eq!(now.data, awaited.data, "{name}: data");
+            // A time to live read back from a store ticking in real time may
+            // have crossed a second boundary between the two reads.
+            assert!(now.expires_at.abs_diff(awaited.expires_at) <= 1, "{name}: expiry");
+        }
+    }
+    let unknown = SessionId::generate();
+    if let Some(now) = store.load_now(&unknown, NOW) {
+        assert_eq!(now.expect("load_now"), None, "{name}: unknown id");
+    }
+    let Some(applied) = store.update_now(&id, &update(set("a", 1)), NOW) else { return };
+    assert_eq!(applied.expect("update_now"), Updated::Applied, "{name}: update");
+    let stale = Update { changes: set("a", 2), expires_at: NOW + 3600, loaded: Some(dict(&[("a", Value::Int(0))])) };
+    let refused = store.update_now(&id, &stale, NOW).expect("answered in place once, always").unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict, "{name}: conflict");
+    let gone = store.update_now(&unknown, &update(set("a", 1)), NOW).expect("answered in place once, always");
+    assert_eq!(gone.expect("update_now"), Updated::Gone, "{name}: unknown id is gone");
+    assert_eq!(load(&store, &id).await, Some(dict(&[("a", Value::Int(1)), ("b", Value::Int(0))])), "{name}: written");
 }
 
 /// Creating an existing id fails instead of overwriting.

@@ -144,6 +144,14 @@ impl fmt::Debug for RedisStore {
 }
 
 /// A reply as a `T`; error replies and replies of another type fail.
+/// The session under `key` in the local cache, as a record. Like a record
+/// read from Redis it has no creation time (Flask-Session's format keeps
+/// none, hence no absolute timeout here): `now` stands in.
+fn cached(local: &Local, key: &str, now: u64) -> Option<Record> {
+    let (data, left) = local.cache.get(key)?;
+    Some(Record { data, created_at: now, expires_at: now + left.as_secs().max(1) })
+}
+
 fn typed<T: redis::FromRedisValue>(value: RValue) -> Result<T, Error> {
     reply(value).and_then(|v| Ok(redis::from_redis_value(v)?)).map_err(backend)
 }
@@ -265,8 +273,8 @@ impl RedisStore {
         let Some(local) = &self.local else {
             return Ok(self.fetch(false, &key, now).await?.map(|(record, _)| record));
         };
-        if let Some((data, left)) = local.cache.get(&key) {
-            return Ok(Some(Record { data, created_at: now, expires_at: now + left.as_secs().max(1) }));
+        if let Some(record) = cached(local, &key, now) {
+            return Ok(Some(record));
         }
         let mut ticket = local.cache.ticket(&key);
         if !ticket.tracking() {
@@ -494,6 +502,12 @@ impl Local {
 impl Store for RedisStore {
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
         Box::pin(self.load_raw(id, now))
+    }
+
+    /// A hit in the local cache needs no round trip: answered in place.
+    fn load_now(&self, id: &SessionId, now: u64) -> Option<Result<Option<Record>, Error>> {
+        let record = cached(self.local.as_ref()?, &self.key(id), now)?;
+        Some(Ok(Some(record)))
     }
 
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {

@@ -163,6 +163,28 @@ async fn own_writes_are_read_back_at_once_through_the_local_cache() {
     assert!(store.load(&id, now).await.unwrap().is_none(), "a delete here is seen here at once");
 }
 
+/// A read the local cache can answer needs no future: `load_now` gives it,
+/// and never a value older than this process's last write or delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_are_answered_in_place() {
+    let Some(plain) = store().await else { return };
+    let Some(store) = cached_store().await else { return };
+    let now = 1_700_000_000;
+    let (id, _) = session_with_visits(&store, 1, now).await;
+    assert!(plain.load_now(&id, now).is_none(), "without a cache every read waits for Redis");
+    assert!(store.load(&id, now).await.unwrap().is_some());
+    let hit = store.load_now(&id, now).expect("cached by the read above").unwrap();
+    assert_eq!(visits(hit.as_ref()), Some(1));
+    let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(2)))] };
+    let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+    store.update(&id, &update, now).await.unwrap();
+    if let Some(after) = store.load_now(&id, now) {
+        assert_eq!(visits(after.unwrap().as_ref()), Some(2), "never the value before this process's write");
+    }
+    assert!(store.delete(&id).await.unwrap());
+    assert!(store.load_now(&id, now).is_none(), "a deleted session is not served from the cache");
+}
+
 /// The value a write here stored is cached without a read; Redis must still
 /// tell this process when another one changes the session afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

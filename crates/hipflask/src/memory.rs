@@ -137,6 +137,50 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// [`Store::load`], answered in place: every answer of this store is.
+    fn load_in_place(&self, id: &SessionId, now: u64) -> Option<Record> {
+        let mut inner = self.lock();
+        let found = inner.live(id, now).map(|e| Record {
+            data: e.data.to_dict(),
+            created_at: e.created_at,
+            expires_at: e.expires_at,
+        });
+        if found.is_none() && inner.sessions.contains_key(id) {
+            inner.remove(id);
+        }
+        found
+    }
+
+    /// [`Store::update`], done in place.
+    fn update_in_place(&self, id: &SessionId, update: &Update, now: u64) -> Result<Updated, Error> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let entry = match inner.sessions.get_mut(id) {
+            Some(entry) if entry.expires_at > now => entry,
+            _ => return Ok(Updated::Gone),
+        };
+        // In place: apply_changes checks for conflicts before changing anything.
+        entry.data.apply(&update.changes, update.loaded.as_ref())?;
+        entry.expires_at = update.expires_at;
+        let user = entry.data.user(&self.user_key);
+        if user != entry.user {
+            // Logged in or out, or another user: move the id in the user index.
+            let old = std::mem::replace(&mut entry.user, user.clone());
+            if let Some(old) = old
+                && let Some(ids) = inner.users.get_mut(&old)
+            {
+                ids.remove(id);
+                if ids.is_empty() {
+                    inner.users.remove(&old);
+                }
+            }
+            if let Some(u) = user {
+                inner.users.entry(u).or_default().insert(id.clone());
+            }
+        }
+        Ok(Updated::Applied)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Each operation leaves the maps consistent before it can panic.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -183,16 +227,11 @@ impl Inner {
 
 impl Store for MemoryStore {
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
-        let mut inner = self.lock();
-        let found = inner.live(id, now).map(|e| Record {
-            data: e.data.to_dict(),
-            created_at: e.created_at,
-            expires_at: e.expires_at,
-        });
-        if found.is_none() && inner.sessions.contains_key(id) {
-            inner.remove(id);
-        }
-        Box::pin(ready(Ok(found)))
+        Box::pin(ready(Ok(self.load_in_place(id, now))))
+    }
+
+    fn load_now(&self, id: &SessionId, now: u64) -> Option<Result<Option<Record>, Error>> {
+        Some(Ok(self.load_in_place(id, now)))
     }
 
     fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
@@ -218,34 +257,11 @@ impl Store for MemoryStore {
     }
 
     fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let entry = match inner.sessions.get_mut(id) {
-            Some(entry) if entry.expires_at > now => entry,
-            _ => return Box::pin(ready(Ok(Updated::Gone))),
-        };
-        // In place: apply_changes checks for conflicts before changing anything.
-        if let Err(e) = entry.data.apply(&update.changes, update.loaded.as_ref()) {
-            return Box::pin(ready(Err(e)));
-        }
-        entry.expires_at = update.expires_at;
-        let user = entry.data.user(&self.user_key);
-        if user != entry.user {
-            // Logged in or out, or another user: move the id in the user index.
-            let old = std::mem::replace(&mut entry.user, user.clone());
-            if let Some(old) = old
-                && let Some(ids) = inner.users.get_mut(&old)
-            {
-                ids.remove(id);
-                if ids.is_empty() {
-                    inner.users.remove(&old);
-                }
-            }
-            if let Some(u) = user {
-                inner.users.entry(u).or_default().insert(id.clone());
-            }
-        }
-        Box::pin(ready(Ok(Updated::Applied)))
+        Box::pin(ready(self.update_in_place(id, update, now)))
+    }
+
+    fn update_now(&self, id: &SessionId, update: &Update, now: u64) -> Option<Result<Updated, Error>> {
+        Some(self.update_in_place(id, update, now))
     }
 
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {

@@ -57,6 +57,22 @@ impl ServerSide {
     }
 }
 
+/// [`Store::load`], without its boxed future when the store answers in place.
+async fn load(store: &dyn Store, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+    match store.load_now(id, now) {
+        Some(answer) => answer,
+        None => store.load(id, now).await,
+    }
+}
+
+/// [`Store::update`], without its boxed future when the store answers in place.
+async fn update_session(store: &dyn Store, id: &SessionId, update: &Update, now: u64) -> Result<Updated, Error> {
+    match store.update_now(id, update, now) {
+        Some(answer) => answer,
+        None => store.update(id, update, now).await,
+    }
+}
+
 /// Flask-Session's "falsy": no keys, or only `_permanent`.
 fn falsy(data: &Dict) -> bool {
     data.keys().all(|k| k == PERMANENT_KEY)
@@ -71,7 +87,7 @@ impl Config {
             return Ok(server.new_session());
         };
         let now = self.now();
-        let Some(record) = server.store.load(&id, now).await? else {
+        let Some(record) = load(&*server.store, &id, now).await? else {
             return Ok(server.new_session());
         };
         if server.absolute_timeout.is_some_and(|t| now >= record.created_at.saturating_add(t)) {
@@ -170,7 +186,7 @@ impl Config {
         let changes = session.changes();
         if state.regenerate {
             // Move the session, with this request's changes, to a fresh id.
-            let Some(mut current) = store.load(&state.id, now).await? else {
+            let Some(mut current) = load(&**store, &state.id, now).await? else {
                 return Ok(self.gone(out));
             };
             apply_changes(&mut current.data, &changes, session.loaded_values().as_ref())?;
@@ -189,7 +205,7 @@ impl Config {
         }
         let loaded = if server.conflict == ConflictPolicy::Reject { session.loaded_values() } else { None };
         let update = Update { changes, expires_at, loaded };
-        let updated = store.update(&state.id, &update, now).await.inspect_err(|e| {
+        let updated = update_session(&**store, &state.id, &update, now).await.inspect_err(|e| {
             if e.kind() == crate::ErrorKind::Conflict {
                 metrics::counter!("hipflask_session_conflicts_total").increment(1);
             }

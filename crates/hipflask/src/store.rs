@@ -149,6 +149,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// stored now. A session that no longer exists is not recreated.
     fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated>;
 
+    /// [`load`](Store::load) answered without waiting, when this store can:
+    /// an in-process store always, a store with a local cache on a hit.
+    /// `None` (the default) means call `load`. When `Some`, it is exactly
+    /// what `load` would give, so callers skip `load`'s boxed future.
+    fn load_now(&self, id: &SessionId, now: u64) -> Option<Result<Option<Record>, Error>> {
+        let _ = (id, now);
+        None
+    }
+
+    /// [`update`](Store::update) done without waiting, when this store can
+    /// (an in-process store); `None` (the default) means call `update`, and
+    /// then nothing was written.
+    fn update_now(&self, id: &SessionId, update: &Update, now: u64) -> Option<Result<Updated, Error>> {
+        let _ = (id, update, now);
+        None
+    }
+
     /// Deletes a session; `true` if it existed.
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool>;
 
