@@ -291,8 +291,6 @@ where
     }
 }
 
-type SaveFuture = Pin<Box<dyn Future<Output = Result<Option<SaveOutcome>, hipflask::Error>> + Send>>;
-
 pin_project_lite::pin_project! {
     /// The response future of [`SessionService`]: saves the session once the
     /// inner service has answered (awaiting the store for server-side sessions).
@@ -306,7 +304,16 @@ pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Running { #[pin] inner: F, slot: Option<Arc<Slot>> },
-        Saving { save: SaveFuture, response: Option<Response<B>> },
+        // A save the store did not answer on its first poll: timed from
+        // then, and bounded by the store timeout.
+        Saving {
+            save: hipflask::SaveSession,
+            #[pin]
+            deadline: Option<tokio::time::Sleep>,
+            started: std::time::Instant,
+            slot: Arc<Slot>,
+            response: Option<Response<B>>,
+        },
     }
 }
 
@@ -326,33 +333,46 @@ where
                     let Some(slot) = slot.take() else {
                         return Poll::Ready(Ok(response));
                     };
-                    if !slot.config().is_server_side() {
+                    let config = slot.config();
+                    if !config.is_server_side() {
                         let outcome = cookie_outcome(&slot).map(|o| slot.finish(o));
                         finish(outcome, &mut response);
                         return Poll::Ready(Ok(response));
                     }
                     // A handler that never loaded the session never reaches the store.
-                    let Some(session) = slot.session.get().cloned() else {
+                    let Some(session) = slot.session.get() else {
                         return Poll::Ready(Ok(response));
                     };
-                    // A request that only read: answered now, no store call, no future.
-                    if let Some(outcome) = slot.config().save_session_in_place(&session) {
+                    // A request that only read: answered now, no store call.
+                    if let Some(outcome) = config.save_session_in_place(session) {
                         finish(Ok(slot.finish(Some(outcome))), &mut response);
                         return Poll::Ready(Ok(response));
                     }
-                    let save: SaveFuture = Box::pin(async move {
-                        let config = slot.config();
-                        let timer = &slot.shared.metrics().store_save;
-                        let outcome =
-                            within(timer, "save", config.store_timeout(), config.save_session(&session)).await?;
-                        Ok(slot.finish(Some(outcome)))
-                    });
-                    state.set(State::Saving { save, response: Some(response) });
+                    let mut save = config.save_session(session);
+                    // An in-process store answers on this first poll, and then
+                    // nothing is kept for later.
+                    if let Poll::Ready(result) = Pin::new(&mut save).poll(cx) {
+                        record(&slot.shared.metrics().store_save, "save", &result, None);
+                        finish(result.map(|o| slot.finish(Some(o))), &mut response);
+                        return Poll::Ready(Ok(response));
+                    }
+                    let deadline = limit(config.store_timeout()).map(tokio::time::sleep);
+                    let started = std::time::Instant::now();
+                    // Polled again at once, which arms the deadline's timer.
+                    state.set(State::Saving { save, deadline, started, slot, response: Some(response) });
                 }
-                StateProj::Saving { save, response } => {
-                    let outcome = ready!(save.as_mut().poll(cx));
+                StateProj::Saving { save, deadline, started, slot, response } => {
+                    let result = match Pin::new(save).poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            let Some(deadline) = deadline.as_pin_mut() else { return Poll::Pending };
+                            ready!(deadline.poll(cx));
+                            Err(timed_out(slot.config().store_timeout().unwrap_or_default()))
+                        }
+                    };
+                    record(&slot.shared.metrics().store_save, "save", &result, Some(started.elapsed()));
                     let mut response = response.take().expect("polled after completion");
-                    finish(outcome, &mut response);
+                    finish(result.map(|o| slot.finish(Some(o))), &mut response);
                     return Poll::Ready(Ok(response));
                 }
             }
@@ -369,45 +389,51 @@ where
 /// arming one costs more than such a store's whole answer. Reading the clock
 /// around it was a tenth of the layer's own cost on a memory-store request.
 /// Others are timed from the end of that first poll, which only starts the
-/// I/O: the seconds are those spent waiting.
+/// I/O: the seconds are those spent waiting. The response future does the
+/// same for the end-of-request save without an `async` block.
 async fn within<T>(
     timer: &metrics::Histogram,
     name: &'static str,
-    limit: Option<std::time::Duration>,
+    timeout: Option<std::time::Duration>,
     op: impl Future<Output = Result<T, hipflask::Error>>,
 ) -> Result<T, hipflask::Error> {
     let mut op = std::pin::pin!(op);
     let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
-    let result = if let Poll::Ready(result) = first {
-        timer.record(0.0);
-        result
-    } else {
-        let start = std::time::Instant::now();
-        let result = waited(limit, op).await;
-        timer.record(start.elapsed().as_secs_f64());
-        result
-    };
-    if let Err(e) = &result {
-        metrics::counter!("hipflask_store_errors_total", "op" => name, "kind" => format!("{:?}", e.kind()))
-            .increment(1);
+    if let Poll::Ready(result) = first {
+        record(timer, name, &result, None);
+        return result;
     }
+    let started = std::time::Instant::now();
+    let result = match limit(timeout) {
+        None => op.await,
+        Some(limit) => tokio::time::timeout(limit, op).await.unwrap_or_else(|_| Err(timed_out(limit))),
+    };
+    record(timer, name, &result, Some(started.elapsed()));
     result
 }
 
-/// The rest of a store operation, failing with a timeout past `limit`.
-async fn waited<T>(
-    limit: Option<std::time::Duration>,
-    op: impl Future<Output = Result<T, hipflask::Error>>,
-) -> Result<T, hipflask::Error> {
-    // Outside a tokio runtime there is no timer to use: run unbounded.
-    let Some(limit) = limit.filter(|_| tokio::runtime::Handle::try_current().is_ok()) else {
-        return op.await;
-    };
-    match tokio::time::timeout(limit, op).await {
-        Ok(result) => result,
-        Err(_) => {
-            Err(hipflask::Error::new(ErrorKind::Timeout, format!("the session store did not answer within {limit:?}")))
-        }
+/// The store timeout, when there is a timer to enforce it: outside a tokio
+/// runtime operations run unbounded.
+fn limit(timeout: Option<std::time::Duration>) -> Option<std::time::Duration> {
+    timeout.filter(|_| tokio::runtime::Handle::try_current().is_ok())
+}
+
+fn timed_out(limit: std::time::Duration) -> hipflask::Error {
+    hipflask::Error::new(ErrorKind::Timeout, format!("the session store did not answer within {limit:?}"))
+}
+
+/// Records a store operation's time (zero when it answered on its first
+/// poll) and, when it failed, its error kind.
+fn record<T>(
+    timer: &metrics::Histogram,
+    name: &'static str,
+    result: &Result<T, hipflask::Error>,
+    waited: Option<std::time::Duration>,
+) {
+    timer.record(waited.map_or(0.0, |d| d.as_secs_f64()));
+    if let Err(e) = result {
+        metrics::counter!("hipflask_store_errors_total", "op" => name, "kind" => format!("{:?}", e.kind()))
+            .increment(1);
     }
 }
 

@@ -269,6 +269,30 @@ async fn conflicting_writes_of_one_key_are_refused_when_configured() {
     assert_eq!(send(&app(config), "/get/a", Some(&id)).await.body, "1");
 }
 
+/// A save the memory store answers in place is finished before it is
+/// awaited; one that must wait for its store (here one without in-place
+/// answers) owns what it needs, so it still saves once the handle it was
+/// made from is gone. Both save the same way.
+#[tokio::test]
+async fn saves_answered_in_place_are_ready_and_others_wait_for_the_store() {
+    let stores: [(Arc<dyn Store>, &str); 2] = [
+        (Arc::new(MemoryStore::new()), "SaveSession(\"ready\")"),
+        (Arc::new(Faulty::new(Duration::ZERO, |_| false)), "SaveSession(\"waiting for the store\")"),
+    ];
+    for (store, state) in stores {
+        let config = builder(store).conflict_policy(ConflictPolicy::Reject).build().unwrap();
+        let id = send(&app(config.clone()), "/set/a/0", None).await.cookie_value().unwrap();
+        let session = config.load_session(&[format!("session={id}").as_bytes()]).await.unwrap();
+        session.insert("a", "1").unwrap();
+        let save = config.save_session(&session);
+        drop(session);
+        assert_eq!(format!("{save:?}"), state);
+        let outcome = save.await.unwrap();
+        assert!(outcome.set_cookie.is_some_and(|c| c.contains(&id)), "{state}: the cookie is re-issued");
+        assert_eq!(send(&app(config), "/get/a", Some(&id)).await.body, "1", "{state}");
+    }
+}
+
 /// A store that is down.
 #[derive(Debug)]
 struct Down;

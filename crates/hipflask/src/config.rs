@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::cookie::CookieCodec;
 use crate::error::{Error, ErrorKind};
 use crate::key::SecretKey;
-use crate::server::ServerSide;
+use crate::server::{SaveSession, SaveStep, ServerSide};
 use crate::session::{PERMANENT_KEY, Session};
 use crate::sid::SidSigner;
 use crate::store::{ConflictPolicy, Store};
@@ -634,7 +634,8 @@ impl Config {
     /// Saves `session` when that needs no store call, which is every request
     /// that only read a server-side session (with no expiry refresh due):
     /// `Some` is then exactly what [`save_session`](Config::save_session)
-    /// would return, without its future. `None` means call `save_session`.
+    /// would return, and tells that the store was not involved. `None` means
+    /// call `save_session`.
     pub fn save_session_in_place(&self, session: &Session) -> Option<SaveOutcome> {
         match &self.0.server {
             None => None,
@@ -644,10 +645,26 @@ impl Config {
 
     /// Saves the request's session with whichever backend is configured and
     /// says what the response needs.
-    pub async fn save_session(&self, session: &Session) -> Result<SaveOutcome, Error> {
-        match &self.0.server {
-            None => self.save(session),
-            Some(server) => self.save_server(server, session).await,
+    ///
+    /// The future owns what it needs. It is ready on its first poll when the
+    /// save needs no store call (a request that only read) or the store
+    /// answers in place (the memory store): a caller can poll it once and
+    /// only keep it when it is not.
+    pub fn save_session(&self, session: &Session) -> SaveSession {
+        let Some(server) = &self.0.server else {
+            return SaveSession::ready(self.save(session));
+        };
+        match self.save_server_now(server, session) {
+            SaveStep::Done(result) => SaveSession::ready(result),
+            step => {
+                let (config, session) = (self.clone(), session.clone());
+                SaveSession::waiting(async move {
+                    match &config.0.server {
+                        Some(server) => config.save_server_later(server, &session, step).await,
+                        None => config.save(&session),
+                    }
+                })
+            }
         }
     }
 

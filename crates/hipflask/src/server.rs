@@ -1,6 +1,9 @@
 //! Opening and saving server-side sessions: the cookie holds only the id.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::config::{Config, SaveOutcome};
 use crate::error::Error;
@@ -65,12 +68,85 @@ async fn load(store: &dyn Store, id: &SessionId, now: u64) -> Result<Option<Reco
     }
 }
 
-/// [`Store::update`], without its boxed future when the store answers in place.
-async fn update_session(store: &dyn Store, id: &SessionId, update: &Update, now: u64) -> Result<Updated, Error> {
-    match store.update_now(id, update, now) {
-        Some(answer) => answer,
-        None => store.update(id, update, now).await,
+/// The future of [`Config::save_session`].
+///
+/// A save that needs no store call, or that the store answered in place, is
+/// done when this is made and is ready on the first poll, with no boxed
+/// future behind it: every request that only read, and most writes to the
+/// memory store. Other saves wait for the store behind one boxed future
+/// that owns what it needs (the configuration and a handle to the session).
+#[must_use = "a save does nothing unless awaited"]
+pub struct SaveSession(Saving);
+
+enum Saving {
+    Ready(Option<Result<SaveOutcome, Error>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<SaveOutcome, Error>> + Send>>),
+}
+
+impl SaveSession {
+    pub(crate) fn ready(result: Result<SaveOutcome, Error>) -> SaveSession {
+        SaveSession(Saving::Ready(Some(result)))
     }
+
+    pub(crate) fn waiting(save: impl Future<Output = Result<SaveOutcome, Error>> + Send + 'static) -> SaveSession {
+        SaveSession(Saving::Waiting(Box::pin(save)))
+    }
+}
+
+impl Future for SaveSession {
+    type Output = Result<SaveOutcome, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Saving::Ready(result) => Poll::Ready(result.take().expect("SaveSession polled after completion")),
+            Saving::Waiting(save) => save.as_mut().poll(cx),
+        }
+    }
+}
+
+impl std::fmt::Debug for SaveSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            Saving::Ready(_) => "ready",
+            Saving::Waiting(_) => "waiting for the store",
+        };
+        f.debug_tuple("SaveSession").field(&state).finish()
+    }
+}
+
+/// How far a save got without waiting for the store.
+pub(crate) enum SaveStep {
+    /// Finished: nothing to wait for.
+    Done(Result<SaveOutcome, Error>),
+    /// Everything is decided but the store's answer to the update.
+    Update(PendingUpdate),
+    /// A record is created, deleted or moved: the whole save waits.
+    Wait(Slow),
+}
+
+/// The saves that create, delete or move a record.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Slow {
+    /// The session was destroyed or emptied.
+    Destroy,
+    /// A new session's first save.
+    Create,
+    /// The session moves to a new id.
+    Regenerate,
+}
+
+/// An update sent to a store that could not answer in place, with what the
+/// response needs once it does.
+pub(crate) struct PendingUpdate {
+    id: SessionId,
+    update: Update,
+    now: u64,
+    created_at: u64,
+    out: SaveOutcome,
+    /// Whether the response carries the cookie again (a changed or permanent
+    /// session).
+    reissue: bool,
+    cookie_expires: Option<i64>,
 }
 
 /// Flask-Session's "falsy": no keys, or only `_permanent`.
@@ -118,94 +194,102 @@ impl Config {
         self.refresh_each_request() && now.saturating_sub(last_refresh) >= server.refresh_after
     }
 
-    /// Saves a server-side session and says what the response needs.
-    pub(crate) async fn save_server(&self, server: &ServerSide, session: &Session) -> Result<SaveOutcome, Error> {
+    /// Saves a server-side session as far as it can without waiting: every
+    /// save that needs no store call, and an update the store answers in
+    /// place. An update that must wait is handed back with the work done so
+    /// far, so that nothing is computed twice.
+    pub(crate) fn save_server_now(&self, server: &ServerSide, session: &Session) -> SaveStep {
+        if let Some(out) = self.save_server_in_place(server, session) {
+            return SaveStep::Done(Ok(out));
+        }
         let Some(state) = session.server_state() else {
-            return self.save(session);
+            return SaveStep::Done(self.save(session));
         };
         // Most requests only read: look at the data in place, and copy it out
         // only on the paths that create a record.
         let (modified, accessed, permanent, empty) =
             session.inspect(|d, m, a| (m, a, d.get(PERMANENT_KEY).is_some_and(Value::is_truthy), falsy(d)));
-        let data = || session.inspect(|d, _, _| d.clone());
-        let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
+        let out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
         if state.read_only {
             if modified {
                 tracing::warn!("changes to a session served while the store was failing are not saved");
             }
-            return Ok(out);
+            return SaveStep::Done(Ok(out));
         }
+        if state.destroy || (modified && empty) {
+            return SaveStep::Wait(Slow::Destroy);
+        }
+        if empty {
+            return SaveStep::Done(Ok(out));
+        }
+        let Some((_, stored_expires)) = state.stored else {
+            return if modified { SaveStep::Wait(Slow::Create) } else { SaveStep::Done(Ok(out)) };
+        };
+        if state.regenerate {
+            return SaveStep::Wait(Slow::Regenerate);
+        }
+        let (now, created_at, expires_at) = self.save_times(server, state.stored);
+        let changes = session.changes();
+        if changes.is_empty() && !self.refresh_due(server, stored_expires, now) {
+            return SaveStep::Done(Ok(out));
+        }
+        let loaded = if server.conflict == ConflictPolicy::Reject { session.loaded_values() } else { None };
+        let pending = PendingUpdate {
+            id: state.id,
+            update: Update { changes, expires_at, loaded },
+            now,
+            created_at,
+            out,
+            reissue: modified || permanent,
+            cookie_expires: permanent.then_some(expires_at as i64),
+        };
+        match server.store.update_now(&pending.id, &pending.update, now) {
+            Some(answer) => SaveStep::Done(self.updated(server, session, pending, answer)),
+            None => SaveStep::Update(pending),
+        }
+    }
+
+    /// Finishes a save that [`save_server_now`](Config::save_server_now)
+    /// could not.
+    pub(crate) async fn save_server_later(
+        &self,
+        server: &ServerSide,
+        session: &Session,
+        step: SaveStep,
+    ) -> Result<SaveOutcome, Error> {
+        match step {
+            SaveStep::Done(result) => result,
+            SaveStep::Update(pending) => {
+                let answer = server.store.update(&pending.id, &pending.update, pending.now).await;
+                self.updated(server, session, pending, answer)
+            }
+            SaveStep::Wait(slow) => self.save_server_slow(server, session, slow).await,
+        }
+    }
+
+    /// When a save happens, when the session was created (now for one not
+    /// stored yet) and when the saved session expires: a lifetime from now,
+    /// but never past the absolute timeout.
+    fn save_times(&self, server: &ServerSide, stored: Option<(u64, u64)>) -> (u64, u64, u64) {
         let now = self.now();
-        let lifetime = self.lifetime_secs();
-        let created_at = state.stored.map_or(now, |(created, _)| created);
-        let mut expires_at = now.saturating_add(lifetime);
+        let created_at = stored.map_or(now, |(created, _)| created);
+        let mut expires_at = now.saturating_add(self.lifetime_secs());
         if let Some(t) = server.absolute_timeout {
             expires_at = expires_at.min(created_at.saturating_add(t));
         }
-        let store = &server.store;
+        (now, created_at, expires_at)
+    }
 
-        if state.destroy || (modified && empty) {
-            if state.stored.is_some() {
-                store.delete(&state.id).await?;
-                metrics::counter!("hipflask_sessions_destroyed_total").increment(1);
-            }
-            if state.destroy && !empty {
-                // Written to after destroy() (a "Logged out" flash, say): that
-                // is a new session under a new id, never the old one back.
-                let id = SessionId::generate();
-                store.create(&id, Record { data: data(), created_at: now, expires_at }).await?;
-                metrics::counter!("hipflask_sessions_created_total").increment(1);
-                let expires = permanent.then_some(expires_at as i64);
-                out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&id), expires, false));
-                out.vary_cookie = true;
-                session.mark_saved(id, Some((now, expires_at)));
-                return Ok(out);
-            }
-            if state.stored.is_some() || modified {
-                out.set_cookie = Some(self.server_cookie_header("", None, true));
-                out.vary_cookie = true;
-            }
-            session.mark_saved(SessionId::generate(), None);
-            return Ok(out);
-        }
-        if empty {
-            return Ok(out);
-        }
-        let cookie_expires = permanent.then_some(expires_at as i64);
-        let Some((_, stored_expires)) = state.stored else {
-            if modified {
-                store.create(&state.id, Record { data: data(), created_at: now, expires_at }).await?;
-                metrics::counter!("hipflask_sessions_created_total").increment(1);
-                out.set_cookie =
-                    Some(self.server_cookie_header(&server.cookie_value(&state.id), cookie_expires, false));
-                out.vary_cookie = true;
-                session.mark_saved(state.id, Some((now, expires_at)));
-            }
-            return Ok(out);
-        };
-        let changes = session.changes();
-        if state.regenerate {
-            // Move the session, with this request's changes, to a fresh id.
-            let Some(mut current) = load(&**store, &state.id, now).await? else {
-                return Ok(self.gone(out));
-            };
-            apply_changes(&mut current.data, &changes, session.loaded_values().as_ref())?;
-            let new_id = SessionId::generate();
-            // A new id is a new session: its absolute timeout starts now.
-            store.create(&new_id, Record { data: current.data, created_at: now, expires_at }).await?;
-            store.delete(&state.id).await?;
-            out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&new_id), cookie_expires, false));
-            out.vary_cookie = true;
-            session.mark_saved(new_id, Some((now, expires_at)));
-            return Ok(out);
-        }
-        let refresh = self.refresh_due(server, stored_expires, now);
-        if changes.is_empty() && !refresh {
-            return Ok(out);
-        }
-        let loaded = if server.conflict == ConflictPolicy::Reject { session.loaded_values() } else { None };
-        let update = Update { changes, expires_at, loaded };
-        let updated = update_session(&**store, &state.id, &update, now).await.inspect_err(|e| {
+    /// What the response needs once the store answered an update.
+    fn updated(
+        &self,
+        server: &ServerSide,
+        session: &Session,
+        pending: PendingUpdate,
+        answer: Result<Updated, Error>,
+    ) -> Result<SaveOutcome, Error> {
+        let PendingUpdate { id, update, created_at, mut out, reissue, cookie_expires, .. } = pending;
+        let updated = answer.inspect_err(|e| {
             if e.kind() == crate::ErrorKind::Conflict {
                 metrics::counter!("hipflask_session_conflicts_total").increment(1);
             }
@@ -218,12 +302,78 @@ impl Config {
             }
             Updated::Applied => {
                 self.saved_counter().increment(1);
-                session.mark_saved(state.id.clone(), Some((created_at, expires_at)));
-                if modified || permanent {
-                    let value = server.cookie_value(&state.id);
+                if reissue {
+                    let value = server.cookie_value(&id);
                     out.set_cookie = Some(self.server_cookie_header(&value, cookie_expires, false));
                     out.vary_cookie = true;
                 }
+                session.mark_saved(id, Some((created_at, update.expires_at)));
+                Ok(out)
+            }
+        }
+    }
+
+    /// The saves that create, delete or move a record: destroyed and
+    /// regenerated sessions, and the first save of a new one.
+    async fn save_server_slow(&self, server: &ServerSide, session: &Session, slow: Slow) -> Result<SaveOutcome, Error> {
+        let Some(state) = session.server_state() else {
+            return self.save(session);
+        };
+        let (modified, accessed, permanent, empty) =
+            session.inspect(|d, m, a| (m, a, d.get(PERMANENT_KEY).is_some_and(Value::is_truthy), falsy(d)));
+        let data = || session.inspect(|d, _, _| d.clone());
+        let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
+        let (now, _, expires_at) = self.save_times(server, state.stored);
+        let store = &server.store;
+
+        let cookie_expires = permanent.then_some(expires_at as i64);
+        match slow {
+            Slow::Destroy => {
+                if state.stored.is_some() {
+                    store.delete(&state.id).await?;
+                    metrics::counter!("hipflask_sessions_destroyed_total").increment(1);
+                }
+                if state.destroy && !empty {
+                    // Written to after destroy() (a "Logged out" flash, say): that
+                    // is a new session under a new id, never the old one back.
+                    let id = SessionId::generate();
+                    store.create(&id, Record { data: data(), created_at: now, expires_at }).await?;
+                    metrics::counter!("hipflask_sessions_created_total").increment(1);
+                    out.set_cookie = Some(self.server_cookie_header(&server.cookie_value(&id), cookie_expires, false));
+                    out.vary_cookie = true;
+                    session.mark_saved(id, Some((now, expires_at)));
+                    return Ok(out);
+                }
+                if state.stored.is_some() || modified {
+                    out.set_cookie = Some(self.server_cookie_header("", None, true));
+                    out.vary_cookie = true;
+                }
+                session.mark_saved(SessionId::generate(), None);
+                Ok(out)
+            }
+            Slow::Create => {
+                store.create(&state.id, Record { data: data(), created_at: now, expires_at }).await?;
+                metrics::counter!("hipflask_sessions_created_total").increment(1);
+                let value = server.cookie_value(&state.id);
+                out.set_cookie = Some(self.server_cookie_header(&value, cookie_expires, false));
+                out.vary_cookie = true;
+                session.mark_saved(state.id, Some((now, expires_at)));
+                Ok(out)
+            }
+            Slow::Regenerate => {
+                // Move the session, with this request's changes, to a fresh id.
+                let Some(mut current) = load(&**store, &state.id, now).await? else {
+                    return Ok(self.gone(out));
+                };
+                apply_changes(&mut current.data, &session.changes(), session.loaded_values().as_ref())?;
+                let new_id = SessionId::generate();
+                // A new id is a new session: its absolute timeout starts now.
+                store.create(&new_id, Record { data: current.data, created_at: now, expires_at }).await?;
+                store.delete(&state.id).await?;
+                let value = server.cookie_value(&new_id);
+                out.set_cookie = Some(self.server_cookie_header(&value, cookie_expires, false));
+                out.vary_cookie = true;
+                session.mark_saved(new_id, Some((now, expires_at)));
                 Ok(out)
             }
         }
