@@ -36,10 +36,10 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(args.bind);
     eprintln!("hipflask demo on http://{addr}/");
-    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+    match metrics_recorder() {
         Ok(handle) => {
             // The exporter keeps every histogram sample until upkeep folds them
-            // into its buckets: without this, memory grows with each request
+            // into the buckets: without this, memory grows with each request
             // whenever nobody scrapes /metrics.
             let upkeep = handle.clone();
             tokio::spawn(async move {
@@ -68,4 +68,23 @@ async fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// Upper bounds, in seconds, of `hipflask_store_seconds`' buckets: `0` counts
+/// the answers a store gave in place (the memory store, a Redis local-cache
+/// hit), the rest span a local Redis round trip to a store timing out.
+const STORE_SECONDS_BUCKETS: [f64; 12] =
+    [0.0, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0];
+
+/// The Prometheus recorder, with buckets for the store histogram. Without
+/// them the exporter renders a summary: quantiles that Prometheus cannot add
+/// up across processes, from a sketch that costs about three times as much
+/// per sample at upkeep (190 instructions per memory-store write against 66).
+fn metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("hipflask_store_seconds".to_owned()), &STORE_SECONDS_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
 }

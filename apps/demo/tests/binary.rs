@@ -44,10 +44,14 @@ fn without_a_secret_key_it_warns_and_serves() {
     assert!(!seen.last().unwrap().ends_with(":0/"), "the real port is shown: {seen:?}");
 }
 
-#[test]
-fn metrics_are_served_in_prometheus_format() {
-    let mut child =
-        demo().env("SECRET_KEY", "k").args(["--bind", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
+/// Starts the demo on a free port with these settings; returns it and its address.
+fn serve(settings: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut command = demo();
+    command.env("SECRET_KEY", "k").args(["--bind", "127.0.0.1:0"]).stderr(Stdio::piped());
+    for (var, value) in settings {
+        command.env(var, value);
+    }
+    let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("the demo printed its address").unwrap();
@@ -55,21 +59,59 @@ fn metrics_are_served_in_prometheus_format() {
             break rest.trim_end_matches('/').to_owned();
         }
     };
-    let get = |path: &str, cookie: Option<&str>| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        let cookie = cookie.map(|c| format!("Cookie: session={c}\r\n")).unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{cookie}Connection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
-    get("/bench/seed", None);
-    get("/bench/read", Some("tampered.cookie.value"));
-    let page = get("/metrics", None);
+    (child, addr)
+}
+
+/// One `GET` on a connection of its own: the whole response, head and body.
+fn get(addr: &str, path: &str, cookie: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let cookie = cookie.map(|c| format!("Cookie: session={c}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{cookie}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_format() {
+    let (mut child, addr) = serve(&[]);
+    get(&addr, "/bench/seed", None);
+    get(&addr, "/bench/read", Some("tampered.cookie.value"));
+    let page = get(&addr, "/metrics", None);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(page.contains("text/plain"), "{page}");
     assert!(page.contains("hipflask_sessions_loaded_total"), "{page}");
     assert!(page.contains("hipflask_cookies_rejected_total{reason=\"bad_signature\"}"), "{page}");
+}
+
+#[test]
+fn store_times_are_a_histogram_whose_zero_bucket_counts_answers_given_in_place() {
+    let (mut child, addr) = serve(&[("SESSION_TYPE", "memory")]);
+    let seeded = get(&addr, "/bench/seed", None);
+    let cookie = seeded
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: session="))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("the seed sets a cookie: {seeded}"))
+        .to_owned();
+    for _ in 0..3 {
+        assert!(get(&addr, "/bench/write", Some(&cookie)).starts_with("HTTP/1.1 200"));
+    }
+    let page = get(&addr, "/metrics", None);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let count = |series: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in {page}"))
+    };
+    // Four saves (the seed's and three writes), all answered by the memory
+    // store on their first poll: every one is in the `le="0"` bucket.
+    assert_eq!(count("hipflask_store_seconds_bucket{op=\"save\",le=\"0\"}"), 4, "{page}");
+    assert_eq!(count("hipflask_store_seconds_bucket{op=\"save\",le=\"+Inf\"}"), 4, "{page}");
+    assert_eq!(count("hipflask_store_seconds_count{op=\"save\"}"), 4, "{page}");
+    assert!(!page.contains("quantile="), "a histogram, not a summary: {page}");
 }
