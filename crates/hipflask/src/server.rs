@@ -38,12 +38,12 @@ impl ServerSide {
     /// The id a cookie names, or `None` (with a warning) when it is malformed
     /// or its signature is bad.
     fn parse_cookie(&self, raw: &[u8]) -> Option<SessionId> {
-        let text = std::str::from_utf8(raw).ok()?;
-        let sid = match &self.signer {
-            Some(signer) => signer.unsign(text),
-            None => Some(text),
+        let id = match &self.signer {
+            Some(signer) => {
+                std::str::from_utf8(raw).ok().and_then(|text| signer.unsign(text)).and_then(SessionId::parse)
+            }
+            None => SessionId::parse_bytes(raw),
         };
-        let id = sid.and_then(SessionId::parse);
         if id.is_none() {
             tracing::warn!(reason = "bad_session_id", "rejected session cookie; starting a new session");
         }

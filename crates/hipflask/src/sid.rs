@@ -72,9 +72,14 @@ impl SessionId {
     /// Validates text as an id: exactly 43 characters of `[A-Za-z0-9_-]`
     /// whose last one carries no stray bits (so each id has one spelling).
     pub fn parse(text: &str) -> Option<SessionId> {
+        SessionId::parse_bytes(text.as_bytes())
+    }
+
+    /// [`parse`](SessionId::parse) on a cookie's raw bytes: the alphabet
+    /// check admits ASCII only, so no UTF-8 check is needed first.
+    pub(crate) fn parse_bytes(bytes: &[u8]) -> Option<SessionId> {
         // 43 characters carry 258 bits for 32 bytes: the last character's two
         // low bits must be zero. Checked on the character, without decoding.
-        let bytes = text.as_bytes();
         let ok = bytes.len() == SESSION_ID_LEN
             && bytes.iter().all(|&b| SEXTETS[usize::from(b)] != INVALID)
             && SEXTETS[usize::from(bytes[SESSION_ID_LEN - 1])] & 0b11 == 0;
@@ -169,5 +174,38 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert!(set.contains(&a) && set.contains(&b));
         assert_eq!(format!("{a:?}"), "SessionId(AAAAAA..)", "logs show a prefix only");
+    }
+
+    #[test]
+    fn raw_cookie_bytes_that_are_not_ascii_are_never_an_id() {
+        let id = SessionId::generate();
+        assert_eq!(SessionId::parse_bytes(id.as_str().as_bytes()), Some(id.clone()));
+        for bad in [0x80u8, 0xC3, 0xFF, b'=', b'+', b'/', 0] {
+            let mut bytes = id.as_str().as_bytes().to_vec();
+            bytes[7] = bad;
+            assert_eq!(SessionId::parse_bytes(&bytes), None, "byte {bad:#x}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Bytes straight from a cookie give the id that checking them as
+        /// UTF-8 first would: none for anything but a canonical id.
+        #[test]
+        fn parsing_bytes_agrees_with_parsing_text(
+            // Mostly id characters (a few percent of cases are canonical
+            // ids), sometimes any byte, sometimes a length off by one.
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    19 => proptest::sample::select(b"AQgw_-09azAZ".to_vec()),
+                    1 => proptest::arbitrary::any::<u8>(),
+                ],
+                SESSION_ID_LEN + 1,
+            ),
+            len in proptest::prop_oneof![8 => proptest::strategy::Just(SESSION_ID_LEN), 1 => 42..=44usize],
+        ) {
+            let bytes = &bytes[..len];
+            let via_text = std::str::from_utf8(bytes).ok().and_then(SessionId::parse);
+            proptest::prop_assert_eq!(SessionId::parse_bytes(bytes), via_text);
+        }
     }
 }
