@@ -48,12 +48,14 @@ enum SessionsCommand {
     List,
     /// Print a session as Flask's tagged JSON, with its times.
     Show {
-        /// The session id.
+        /// The session id (one in 64 starts with `-`: taken as the id, not an option).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Delete a session.
     Delete {
-        /// The session id.
+        /// The session id (one in 64 starts with `-`: taken as the id, not an option).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Delete every expired session.

@@ -39,7 +39,7 @@ async fn list_show_delete_cleanup() {
     assert_eq!(out(&o), live.as_str(), "only live sessions are listed");
 
     let o = hipflask(&["sessions", "show", "--store", &url, live.as_str()]);
-    assert!(out(&o).starts_with(r#"{"user":"alice"}"#), "{}", out(&o));
+    assert!(out(&o).starts_with(r#"{"user":"alice"}"#), "{}{}", out(&o), err(&o));
     assert!(out(&o).contains("expires: "));
 
     let o = hipflask(&["sessions", "cleanup", "--store", &url]);
@@ -61,6 +61,26 @@ async fn list_show_delete_cleanup() {
         .output()
         .unwrap();
     assert_eq!(out(&o), "schema version 1", "{}", err(&o));
+}
+
+#[tokio::test]
+async fn ids_that_start_with_a_dash_are_ids_not_options() {
+    let dir = std::env::temp_dir().join(format!("hipflask-cli-dash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = hipflask_filesystem::FileStore::open(&dir).await.unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let url = format!("file://{}", dir.display());
+    // `-h` and `--` would be help and the end of options; `-s` a short flag.
+    for prefix in ["-", "--", "-h", "-s"] {
+        let text = format!("{prefix}{}A", "w".repeat(42 - prefix.len()));
+        let id = SessionId::parse(&text).unwrap();
+        let data: Dict = [("n".to_owned(), Value::from(1))].into();
+        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        let o = hipflask(&["sessions", "show", "--store", &url, &text]);
+        assert!(out(&o).starts_with(r#"{"n":1}"#), "{text}: {}{}", out(&o), err(&o));
+        let o = hipflask(&["sessions", "delete", "--store", &url, &text]);
+        assert_eq!(out(&o), format!("deleted {text}"), "{}", err(&o));
+    }
 }
 
 #[tokio::test]
