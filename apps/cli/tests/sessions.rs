@@ -63,13 +63,18 @@ async fn list_show_delete_cleanup() {
     assert_eq!(out(&o), "schema version 1", "{}", err(&o));
 }
 
-#[tokio::test]
-async fn ids_that_start_with_a_dash_are_ids_not_options() {
-    let dir = std::env::temp_dir().join(format!("hipflask-cli-dash-{}", std::process::id()));
+/// An empty file store of this test's own, its `file://` URL and the time now.
+async fn file_store(name: &str) -> (hipflask_filesystem::FileStore, String, u64) {
+    let dir = std::env::temp_dir().join(format!("hipflask-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = hipflask_filesystem::FileStore::open(&dir).await.unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let url = format!("file://{}", dir.display());
+    (store, format!("file://{}", dir.display()), now)
+}
+
+#[tokio::test]
+async fn ids_that_start_with_a_dash_are_ids_not_options() {
+    let (store, url, now) = file_store("dash").await;
     // `-h` and `--` would be help and the end of options; `-s` a short flag.
     for prefix in ["-", "--", "-h", "-s"] {
         let text = format!("{prefix}{}A", "w".repeat(42 - prefix.len()));
@@ -85,13 +90,9 @@ async fn ids_that_start_with_a_dash_are_ids_not_options() {
 
 #[tokio::test]
 async fn the_filesystem_store_works_too() {
-    let dir = std::env::temp_dir().join(format!("hipflask-cli-fs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = hipflask_filesystem::FileStore::open(&dir).await.unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let (store, url, now) = file_store("fs").await;
     let id = SessionId::generate();
     store.create(&id, Record { data: Dict::new(), created_at: now, expires_at: now + 60 }).await.unwrap();
-    let url = format!("file://{}", dir.display());
     assert_eq!(out(&hipflask(&["sessions", "list", "--store", &url])), id.as_str());
 }
 
