@@ -197,7 +197,9 @@ impl Config {
     /// Saves a server-side session as far as it can without waiting: every
     /// save that needs no store call, and an update the store answers in
     /// place. An update that must wait is handed back with the work done so
-    /// far, so that nothing is computed twice.
+    /// far; a save that creates, deletes or moves a record is handed back as
+    /// a [`Slow`] kind and starts over in `save_server_slow`, where its store
+    /// calls outweigh looking at the session again.
     pub(crate) fn save_server_now(&self, server: &ServerSide, session: &Session) -> SaveStep {
         if let Some(out) = self.save_server_in_place(server, session) {
             return SaveStep::Done(Ok(out));

@@ -177,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn raw_cookie_bytes_that_are_not_ascii_are_never_an_id() {
+    fn raw_cookie_bytes_outside_the_id_alphabet_are_never_an_id() {
         let id = SessionId::generate();
         assert_eq!(SessionId::parse_bytes(id.as_str().as_bytes()), Some(id.clone()));
         for bad in [0x80u8, 0xC3, 0xFF, b'=', b'+', b'/', 0] {
