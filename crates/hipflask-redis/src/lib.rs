@@ -421,23 +421,26 @@ impl MergeArgs<'_> {
     /// every argument into a vector of its own first, a dozen allocations
     /// per save.
     fn command(&self, verb: &str, script: &str) -> Cmd {
-        let flag = |on: bool| if on { "1" } else { "0" };
         // Sized up front: grown argument by argument, the command's two
         // buffers were reallocated several times per command. The slack
         // covers the TTL's digits, the key count and the flags.
         let changes: usize =
             self.changes.iter().map(|c| c.key.len() + 1 + c.value.as_ref().map_or(0, Vec::len) + c.loaded.len()).sum();
         let data = verb.len() + script.len() + self.key.len() + self.expected.len() + self.merged.len() + changes + 32;
-        let mut cmd = Cmd::with_capacity(10 + 4 * self.changes.len(), data);
-        cmd.arg(verb);
-        cmd.arg(script).arg(1).arg(self.key).arg(self.ttl).arg(flag(self.cleared)).arg(flag(self.reject));
-        let flags = match (self.read_back, self.omit_changes) {
-            (false, false) => "",
-            (true, false) => "b",
-            (false, true) => "o",
-            (true, true) => "bo",
-        };
-        cmd.arg(self.expected).arg(self.merged).arg(flags);
+        let mut cmd = Cmd::with_capacity(8 + 4 * self.changes.len(), data);
+        // One argument for every flag: Redis makes a Lua string of each.
+        let mut flags = [0u8; 4];
+        let mut n = 0;
+        for (on, letter) in
+            [(self.cleared, b'c'), (self.reject, b'r'), (self.read_back, b'b'), (self.omit_changes, b'o')]
+        {
+            if on {
+                flags[n] = letter;
+                n += 1;
+            }
+        }
+        cmd.arg(verb).arg(script).arg(1).arg(self.key).arg(self.ttl).arg(&flags[..n]);
+        cmd.arg(self.expected).arg(self.merged);
         if self.omit_changes {
             return cmd;
         }

@@ -4,12 +4,12 @@
 --
 -- KEYS[1]  the session key
 -- ARGV[1]  TTL in seconds
--- ARGV[2]  "1" if the request cleared the session first
--- ARGV[3]  "1" to refuse changes to keys changed since they were loaded
--- ARGV[4]  the value the caller believes is stored, or empty
--- ARGV[5]  the caller's own merge of the changes into ARGV[4]
--- ARGV[6]  flags: "b" to read the key after writing it (see below), "o"
---          when the changes are left out (see below)
+-- ARGV[2]  flags, each a letter: "c" if the request cleared the session
+--          first, "r" to refuse changes to keys changed since they were
+--          loaded, "b" to read the key after writing it and "o" when the
+--          changes are left out (both below)
+-- ARGV[3]  the value the caller believes is stored, or empty
+-- ARGV[4]  the caller's own merge of the changes into ARGV[3]
 -- then per change, four arguments:
 --   the key as msgpack bytes, "s" (set) or "d" (delete),
 --   the new value as msgpack bytes (empty for delete),
@@ -21,32 +21,37 @@
 -- knows.
 --
 -- Redis makes a Lua string of every argument before the script starts,
--- about a thousand of its instructions each, and the usual save (the
--- caller's merge over the bytes it expects) needs none of the changes: a
--- caller that sends its merge leaves them out, and sends them in a second
--- call only when the stored bytes were not the expected ones.
+-- about a thousand of its instructions each: the flags share one argument,
+-- and the usual save (the caller's merge over the bytes it expects) needs
+-- none of the changes: a caller that sends its merge leaves them out, and
+-- sends them in a second call only when the stored bytes were not the
+-- expected ones.
 --
 -- A caller with client tracking on (it caches sessions) asks for a read
 -- after the write: the write ended Redis' tracking of the key for it, and
 -- the read starts it again, so it keeps hearing of later changes. Others do
 -- not need it, and it was a fifth of the script's cost to Redis.
 
+local function flag(letter)
+  return string.find(ARGV[2], letter, 1, true) ~= nil
+end
+
 local function written()
-  if string.find(ARGV[6], 'b', 1, true) then
+  if flag('b') then
     redis.call('PTTL', KEYS[1])
   end
 end
 
 local cur
-if ARGV[4] ~= '' then
+if ARGV[3] ~= '' then
   -- The caller merged against what it believes is stored. Stored first and
   -- compared after, with the bytes SET ... GET returns: one call to Redis
   -- instead of a GET and a SET, a ninth less of the script's cost to Redis
   -- in the usual save. The script runs atomically, so nobody sees the
   -- caller's bytes when they were wrong: they are taken back at once and the
   -- save goes on from what was stored, as without the caller's merge.
-  cur = redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[1], 'GET')
-  if cur == ARGV[4] then
+  cur = redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[1], 'GET')
+  if cur == ARGV[3] then
     written()
     return 2
   end
@@ -58,7 +63,7 @@ if ARGV[4] ~= '' then
   -- unreadable value below leaves the session's bytes as they were, and its
   -- expiry where this save asked for it.
   redis.call('SET', KEYS[1], cur, 'KEEPTTL')
-  if string.find(ARGV[6], 'o', 1, true) then
+  if flag('o') then
     return 3
   end
 else
@@ -142,8 +147,8 @@ for n = 1, count do
   p = ve
 end
 
-local i = 7
-if ARGV[3] == '1' then
+local i = 5
+if flag('r') then
   while i <= #ARGV do
     local k, loaded = ARGV[i], ARGV[i + 3]
     local at = index[k]
@@ -154,10 +159,10 @@ if ARGV[3] == '1' then
     end
     i = i + 4
   end
-  i = 7
+  i = 5
 end
 
-if ARGV[2] == '1' then
+if flag('c') then
   keys, vals, index = {}, {}, {}
 end
 
