@@ -226,8 +226,7 @@ pub async fn a_save_from_a_stale_instance_is_merged_not_swapped_in(a: Arc<dyn St
     // a loads name X; b changes it; a's change of the same key is refused.
     assert_eq!(load(&a, &id).await.unwrap(), both);
     assert_eq!(b.update(&id, &update(set("name", "Y")), NOW).await.unwrap(), Updated::Applied);
-    let stale =
-        Update { changes: set("name", "Z"), expires_at: NOW + 3600, loaded: Some(dict(&[("name", "X".into())])) };
+    let stale = Update { changes: set("name", "Z"), expires_at: NOW + 3600, loaded: Some(vec![Some("X".into())]) };
     let err = a.update(&id, &stale, NOW).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(load(&a, &id).await.unwrap()["name"], Value::from("Y"), "nothing written");
@@ -265,12 +264,28 @@ pub async fn same_key_later_save_wins(store: Arc<dyn Store>) {
 /// With the conflict check, a key changed since it was loaded is refused.
 pub async fn same_key_conflict_is_rejected_when_asked(store: Arc<dyn Store>) {
     let id = fresh(&store, dict(&[("a", Value::Int(0))])).await;
-    let loaded = dict(&[("a", Value::Int(0))]);
+    let loaded = vec![Some(Value::Int(0))];
     store.update(&id, &update(set("a", 1)), NOW).await.unwrap();
     let stale = Update { changes: set("a", 2), expires_at: NOW + 3600, loaded: Some(loaded) };
     let err = store.update(&id, &stale, NOW).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(load(&store, &id).await.unwrap()["a"], Value::Int(1), "nothing written");
+
+    // A key loaded as absent that another request has set since.
+    store.update(&id, &update(set("b", 1)), NOW).await.unwrap();
+    let stale = Update { changes: set("b", 2), expires_at: NOW + 3600, loaded: Some(vec![None]) };
+    assert_eq!(store.update(&id, &stale, NOW).await.unwrap_err().kind(), ErrorKind::Conflict);
+    // Loaded values that do not go with the changes: the caller's mistake,
+    // said as such, and nothing written.
+    let lopsided = Update { changes: set("a", 3), expires_at: NOW + 3600, loaded: Some(vec![]) };
+    let err = store.update(&id, &lopsided, NOW).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+    assert!(err.to_string().contains("one per entry of Changes::keys"), "{err}");
+    assert_eq!(
+        load(&store, &id).await.unwrap(),
+        dict(&[("a", Value::Int(1)), ("b", Value::Int(1))]),
+        "nothing written"
+    );
 }
 
 /// Where a store answers in place (`load_now`, `update_now`), the answer is
@@ -295,7 +310,7 @@ pub async fn answers_in_place_are_the_answers_of_the_futures(store: Arc<dyn Stor
     }
     let Some(applied) = store.update_now(&id, &update(set("a", 1)), NOW) else { return };
     assert_eq!(applied.expect("update_now"), Updated::Applied, "{name}: update");
-    let stale = Update { changes: set("a", 2), expires_at: NOW + 3600, loaded: Some(dict(&[("a", Value::Int(0))])) };
+    let stale = Update { changes: set("a", 2), expires_at: NOW + 3600, loaded: Some(vec![Some(Value::Int(0))]) };
     let refused = store.update_now(&id, &stale, NOW).expect("answered in place once, always").unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Conflict, "{name}: conflict");
     let gone = store.update_now(&unknown, &update(set("a", 1)), NOW).expect("answered in place once, always");

@@ -194,7 +194,7 @@ impl Store for FileStore {
             let Some(mut record) = read(&path)?.filter(|r| r.expires_at > now) else {
                 return Ok(Updated::Gone);
             };
-            apply_changes(&mut record.data, &update.changes, update.loaded.as_ref())?;
+            apply_changes(&mut record.data, &update.changes, update.loaded.as_deref())?;
             record.expires_at = update.expires_at;
             write_atomically(dir, &path, &record)?;
             Ok(Updated::Applied)

@@ -543,7 +543,7 @@ impl Store for RedisStore {
             let key = self.key(id);
             let cleared = update.changes.cleared;
             let reject = update.loaded.is_some();
-            let changes = merge::encode(&update.changes, update.loaded.as_ref())?;
+            let changes = merge::encode(&update.changes, update.loaded_values()?)?;
             let expected = self.seen.take(&key);
             let merged = expected.as_deref().and_then(|stored| merge::merge(stored, cleared, reject, &changes));
             let (expected, merged_arg) = match (&expected, &merged) {

@@ -13,7 +13,7 @@
 //! atomicity, and the merge here is the script's, so both give the same
 //! result from the same stored value.
 
-use hipflask::{Changes, Dict, Error, str_to_msgpack, value_to_msgpack};
+use hipflask::{Changes, Error, Value, str_to_msgpack, value_to_msgpack};
 
 /// One changed key in the script's encoding.
 #[derive(Debug)]
@@ -26,15 +26,17 @@ pub(crate) struct Change {
     pub(crate) loaded: Vec<u8>,
 }
 
-/// Encodes a request's changes for the script and for [`merge`].
-pub(crate) fn encode(changes: &Changes, loaded: Option<&Dict>) -> Result<Vec<Change>, Error> {
+/// Encodes a request's changes for the script and for [`merge`]; `loaded`,
+/// when given, holds one value per change (see `Update::loaded_values`).
+pub(crate) fn encode(changes: &Changes, loaded: Option<&[Option<Value>]>) -> Result<Vec<Change>, Error> {
     // Buffers sized for the usual small value: grown from empty, each one was
     // reallocated on the way, a few hundred instructions per save.
     const SMALL: usize = 16;
     changes
         .keys
         .iter()
-        .map(|(key, value)| {
+        .enumerate()
+        .map(|(i, (key, value))| {
             let value = match value {
                 Some(v) => {
                     let mut bytes = Vec::with_capacity(SMALL);
@@ -43,7 +45,7 @@ pub(crate) fn encode(changes: &Changes, loaded: Option<&Dict>) -> Result<Vec<Cha
                 }
                 None => None,
             };
-            let loaded = match loaded.and_then(|l| l.get(key)) {
+            let loaded = match loaded.and_then(|l| l.get(i)?.as_ref()) {
                 Some(v) => {
                     let mut bytes = Vec::with_capacity(1 + SMALL);
                     bytes.push(b'p');

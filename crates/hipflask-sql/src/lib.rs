@@ -54,7 +54,7 @@ fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
 /// locked path to decide against the row itself.
 fn swapped(expected: &str, update: &Update, user_key: &str) -> Option<(String, Option<String>)> {
     let mut data = hipflask::parse_tagged_json(expected).ok()?;
-    apply_changes(&mut data, &update.changes, update.loaded.as_ref()).ok()?;
+    apply_changes(&mut data, &update.changes, update.loaded.as_deref()).ok()?;
     Some((hipflask::to_tagged_json(&data), user_of(&data, user_key)))
 }
 
@@ -322,7 +322,7 @@ macro_rules! sql_store {
                     let Some(mut data) = row.and_then(|r| parse_row(&key, &r.get::<String, _>(0))) else {
                         return Ok(Updated::Gone);
                     };
-                    apply_changes(&mut data, &update.changes, update.loaded.as_ref())?;
+                    apply_changes(&mut data, &update.changes, update.loaded.as_deref())?;
                     let text = hipflask::to_tagged_json(&data);
                     sqlx::query($dialect.update)
                         .bind(&text)

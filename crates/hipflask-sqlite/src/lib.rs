@@ -233,7 +233,7 @@ fn merged(
     user_key: &str,
 ) -> Result<(String, Option<Option<String>>), Error> {
     let user_before = user_of(&data, user_key);
-    apply_changes(&mut data, &update.changes, update.loaded.as_ref())?;
+    apply_changes(&mut data, &update.changes, update.loaded.as_deref())?;
     let user = user_of(&data, user_key);
     Ok((hipflask::to_tagged_json(&data), (user != user_before).then_some(user)))
 }

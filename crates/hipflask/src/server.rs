@@ -231,11 +231,10 @@ impl Config {
             return SaveStep::Wait(Slow::Regenerate);
         }
         let (now, created_at, expires_at) = self.save_times(server, state.stored);
-        let changes = session.changes();
+        let (changes, loaded) = session.changes_and_loaded(server.conflict == ConflictPolicy::Reject);
         if changes.is_empty() && !self.refresh_due(server, stored_expires, now) {
             return SaveStep::Done(Ok(out));
         }
-        let loaded = if server.conflict == ConflictPolicy::Reject { session.loaded_values() } else { None };
         let pending = PendingUpdate {
             id: state.id,
             update: Update { changes, expires_at, loaded },
@@ -367,7 +366,8 @@ impl Config {
                 let Some(mut current) = load(&**store, &state.id, now).await? else {
                     return Ok(self.gone(out));
                 };
-                apply_changes(&mut current.data, &session.changes(), session.loaded_values().as_ref())?;
+                let (changes, loaded) = session.changes_and_loaded(true);
+                apply_changes(&mut current.data, &changes, loaded.as_deref())?;
                 let new_id = SessionId::generate();
                 // A new id is a new session: its absolute timeout starts now.
                 store.create(&new_id, Record { data: current.data, created_at: now, expires_at }).await?;

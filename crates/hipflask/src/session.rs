@@ -539,12 +539,30 @@ impl Session {
     /// store applies to the stored session (see [`Changes`]). Empty unless
     /// the session is modified.
     pub fn changes(&self) -> Changes {
+        self.changes_and_loaded(false).0
+    }
+
+    /// [`changes`](Session::changes), and with `loaded` and conflict
+    /// detection on, each changed key's value as loaded (`None`: absent), in
+    /// the order of the changes: what a store compares before writing (see
+    /// [`Update::loaded`](crate::Update::loaded)).
+    pub(crate) fn changes_and_loaded(&self, loaded: bool) -> (Changes, Option<Vec<Option<Value>>>) {
         let inner = self.raw();
+        let loaded = loaded && inner.keep_originals;
         if !inner.modified {
-            return Changes::default();
+            return (Changes::default(), loaded.then(Vec::new));
         }
-        let keys = inner.touched().map(|n| (n.key.clone(), inner.data.get(&n.key).cloned())).collect();
-        Changes { cleared: inner.cleared, keys }
+        let mut keys = Vec::new();
+        let mut originals = Vec::new();
+        for note in inner.touched() {
+            keys.push((note.key.clone(), inner.data.get(&note.key).cloned()));
+            if loaded {
+                // Every touched key was noted before its change (`will_change`),
+                // with its original since `keep_originals` is on.
+                originals.push(note.original.clone().flatten());
+            }
+        }
+        (Changes { cleared: inner.cleared, keys }, loaded.then_some(originals))
     }
 
     /// For a server-side session this request did not change (no writes, no
@@ -571,24 +589,6 @@ impl Session {
 
     pub(crate) fn server_state(&self) -> Option<Server> {
         self.raw().server.clone()
-    }
-
-    /// With conflict detection on, the changed keys' values as loaded (a key
-    /// missing here was absent): what a store compares before writing.
-    pub(crate) fn loaded_values(&self) -> Option<Dict> {
-        let inner = self.raw();
-        if !inner.keep_originals {
-            return None;
-        }
-        // Every touched key was noted before its change (`will_change`).
-        // Inserted one by one: `collect` would gather a vector to sort first.
-        let mut loaded = Dict::new();
-        for note in inner.touched() {
-            if let Some(Some(value)) = &note.original {
-                loaded.insert(note.key.clone(), value.clone());
-            }
-        }
-        Some(loaded)
     }
 
     /// Forgets this request's unsaved changes, so nothing is written when the
@@ -689,21 +689,38 @@ mod tests {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), Value::Int(*v))).collect()
     }
 
+    /// The changed keys, each with its value as loaded (an int, or `None`
+    /// when it was absent); `None` without conflict detection.
+    fn loaded_values(s: &Session) -> Option<Vec<(String, Option<i64>)>> {
+        let (changes, loaded) = s.changes_and_loaded(true);
+        let loaded = loaded?;
+        assert_eq!(loaded.len(), changes.keys.len(), "one loaded value per change");
+        let int = |v: Option<Value>| v.map(|v| v.as_i64().expect("an int"));
+        Some(changes.keys.into_iter().zip(loaded).map(|((k, _), v)| (k, int(v))).collect())
+    }
+
+    fn was(pairs: &[(&str, Option<i64>)]) -> Option<Vec<(String, Option<i64>)>> {
+        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
+    }
+
     /// Whatever path changes a key, the value compared for conflicts is the
     /// one the store held, and only changed keys are carried.
     #[test]
     fn loaded_values_are_the_stored_values_of_changed_keys() {
         let s = loaded(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
-        assert_eq!(s.loaded_values(), Some(Dict::new()), "nothing changed");
+        assert_eq!(loaded_values(&s), was(&[]), "nothing changed");
         s.insert_value("a", Value::Int(10));
         s.insert_value("a", Value::Int(11));
         assert_eq!(s.remove("b"), Some(Value::Int(2)));
         s.with_value_mut("c", |v| *v = Value::Int(30));
         s.setdefault("new", 5);
         s.flash("hi", "message");
-        assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2), ("c", 3)])));
+        let flashes = ("_flashes", None);
+        let new = ("new", None);
+        assert_eq!(loaded_values(&s), was(&[flashes, ("a", Some(1)), ("b", Some(2)), ("c", Some(3)), new]));
         assert_eq!(s.remove_as::<i64>("d").unwrap(), Some(4));
-        assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)])));
+        let all = [flashes, ("a", Some(1)), ("b", Some(2)), ("c", Some(3)), ("d", Some(4)), new];
+        assert_eq!(loaded_values(&s), was(&all));
     }
 
     /// Setting a stored key and a new one: both are changes with their final
@@ -718,7 +735,7 @@ mod tests {
             let changes = s.changes();
             assert_eq!(changes.keys, vec![("a".into(), Some(Value::Int(2))), ("n".into(), Some(Value::Int(4)))]);
             assert_eq!((s.get::<i64>("a"), s.get::<i64>("n")), (Some(2), Some(4)));
-            assert_eq!(s.loaded_values(), keep.then(|| ints(&[("a", 1)])));
+            assert_eq!(loaded_values(&s), was(&[("a", Some(1)), ("n", None)]).filter(|_| keep));
         }
     }
 
@@ -731,10 +748,10 @@ mod tests {
         s.insert_value("b", Value::Int(21));
         s.insert_value("z", Value::Int(22));
         // `a` keeps its value from before the first change, `z` was absent.
-        assert_eq!(s.loaded_values(), Some(ints(&[("a", 1), ("b", 2)])));
+        assert_eq!(loaded_values(&s), was(&[("a", Some(1)), ("b", Some(2)), ("z", None)]));
         s.mark_saved(SessionId::generate(), Some((0, 100)));
         s.insert_value("z", Value::Int(23));
-        assert_eq!(s.loaded_values(), Some(ints(&[("z", 22)])), "a save moves the baseline");
+        assert_eq!(loaded_values(&s), was(&[("z", Some(22))]), "a save moves the baseline");
     }
 
     #[test]
@@ -743,10 +760,12 @@ mod tests {
         s.flash("one", "message");
         s.mark_saved(SessionId::generate(), Some((0, 100)));
         assert_eq!(s.get_flashed_messages(&[]).len(), 1);
-        let noted = s.loaded_values().unwrap();
-        assert!(noted.contains_key("_flashes"), "{noted:?}");
+        let (changes, noted) = s.changes_and_loaded(true);
+        assert_eq!(changes.keys.len(), 1, "{changes:?}");
+        assert_eq!(changes.keys[0].0, "_flashes");
+        assert!(matches!(noted.as_deref(), Some([Some(Value::List(_))])), "{noted:?}");
         let untracked = Session::server(ints(&[("a", 1)]), SessionId::generate(), Some((0, 100)), false);
         untracked.insert_value("a", Value::Int(2));
-        assert_eq!(untracked.loaded_values(), None);
+        assert_eq!(loaded_values(&untracked), None);
     }
 }

@@ -75,9 +75,22 @@ pub struct Update {
     pub changes: Changes,
     /// The new expiry (Unix seconds).
     pub expires_at: u64,
-    /// With [`ConflictPolicy::Reject`]: the values of the changed keys as the
-    /// request loaded them; a key whose stored value differs now is a conflict.
-    pub loaded: Option<Dict>,
+    /// With [`ConflictPolicy::Reject`]: each changed key's value as the
+    /// request loaded it, one per entry of `changes.keys` and in its order
+    /// (`None`: the key was absent); a key whose stored value differs now is
+    /// a conflict.
+    pub loaded: Option<Vec<Option<Value>>>,
+}
+
+impl Update {
+    /// [`loaded`](Update::loaded), checked to hold one value per changed key:
+    /// for a store that compares without [`apply_changes`].
+    pub fn loaded_values(&self) -> Result<Option<&[Option<Value>]>, Error> {
+        match &self.loaded {
+            Some(loaded) if loaded.len() != self.changes.keys.len() => Err(mismatch(loaded.len(), &self.changes)),
+            loaded => Ok(loaded.as_deref()),
+        }
+    }
 }
 
 /// The result of [`Store::update`].
@@ -89,25 +102,21 @@ pub enum Updated {
     Gone,
 }
 
-/// Applies `changes` to `current`, the session as stored now. With `loaded`,
-/// any changed key whose current value is not the loaded one is a conflict
-/// and nothing is changed.
+/// Applies `changes` to `current`, the session as stored now. With `loaded`
+/// (see [`Update::loaded`]), any changed key whose current value is not the
+/// loaded one is a conflict and nothing is changed.
 ///
 /// ```
 /// use hipflask::{Changes, Dict, Value, apply_changes};
 /// let mut stored: Dict = [("a".into(), Value::from(1)), ("b".into(), Value::from(2))].into();
 /// let changes = Changes { cleared: false, keys: vec![("a".into(), Some(Value::from(10))), ("b".into(), None)] };
-/// apply_changes(&mut stored, &changes, None).unwrap();
+/// // Loaded as a = 1, b = 2: nothing changed them since, so the save applies.
+/// let loaded = [Some(Value::from(1)), Some(Value::from(2))];
+/// apply_changes(&mut stored, &changes, Some(&loaded)).unwrap();
 /// assert_eq!(stored, Dict::from([("a".into(), Value::from(10))]));
 /// ```
-pub fn apply_changes(current: &mut Dict, changes: &Changes, loaded: Option<&Dict>) -> Result<(), Error> {
-    if let Some(loaded) = loaded {
-        for (key, _) in &changes.keys {
-            if current.get(key) != loaded.get(key) {
-                return Err(conflict(key));
-            }
-        }
-    }
+pub fn apply_changes(current: &mut Dict, changes: &Changes, loaded: Option<&[Option<Value>]>) -> Result<(), Error> {
+    check_loaded(changes, loaded, |key| current.get(key))?;
     if changes.cleared {
         current.clear();
     }
@@ -122,6 +131,34 @@ pub fn apply_changes(current: &mut Dict, changes: &Changes, loaded: Option<&Dict
         }
     }
     Ok(())
+}
+
+/// The conflict check of a save: with `loaded`, fails on the first changed
+/// key whose value in the stored session (`stored` looks it up) is not the
+/// one the request loaded.
+pub(crate) fn check_loaded<'a>(
+    changes: &Changes,
+    loaded: Option<&[Option<Value>]>,
+    stored: impl Fn(&str) -> Option<&'a Value>,
+) -> Result<(), Error> {
+    let Some(loaded) = loaded else {
+        return Ok(());
+    };
+    if loaded.len() != changes.keys.len() {
+        return Err(mismatch(loaded.len(), changes));
+    }
+    match changes.keys.iter().zip(loaded).find(|((key, _), was)| stored(key) != was.as_ref()) {
+        Some(((key, _), _)) => Err(conflict(key)),
+        None => Ok(()),
+    }
+}
+
+/// The error of loaded values that do not go with the changes: a caller's
+/// bug, reported before anything is written.
+fn mismatch(values: usize, changes: &Changes) -> Error {
+    let keys = changes.keys.len();
+    let what = format!("Update::loaded holds {values} values for {keys} changed keys");
+    Error::new(ErrorKind::Encode, format!("{what}: give one per entry of Changes::keys, in its order"))
 }
 
 /// The error of a save refused because `key` changed since it was loaded.
