@@ -123,6 +123,11 @@ def write(results, docs):
             "seconds, and whether that falls inside a count moves a write's count by up to 1.2k between runs",
             "of the same binary (other routes: 1%). The before-and-after counts below were taken side by",
             "side or repeated.",
+        ]
+        counted_on = results.get("dates", {}).get("instructions")
+        if counted_on and counted_on != results["machine"]["date"]:
+            lines += ["", f"Counted on {counted_on}, on that day's code (the CPU tables above are of {results['machine']['date']})."]
+        lines += [
             "",
             "| server | /bench/none | /bench/read | /bench/write |",
             "|---|---|---|---|",

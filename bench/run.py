@@ -473,10 +473,21 @@ def main():
     redis_proc, redis_url = start_redis(tmp)
     args.redis_pid = redis_proc.pid
     results = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "sessions": args.sessions, "main": {}, "instructions": {}, "growth": {}, "sizes": {}}
+    # The day each part was measured: a part this run skips keeps its own, and
+    # the header (machine, rounds, ...) is the main table's, so it stays with it.
+    results["dates"] = {}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
         for part in ("main", "instructions", "growth", "sizes"):
             results[part] = previous.get(part, {}) if (part in skip or only) else {}
+            if part in skip and part in previous.get("dates", {}):
+                results["dates"][part] = previous["dates"][part]
+        if "main" in skip:
+            for key in ("machine", "seconds", "rounds", "sessions"):
+                results[key] = previous.get(key, results[key])
+    for part in ("main", "instructions", "growth", "sizes"):
+        if part not in skip:
+            results["dates"][part] = results["machine"]["date"] if part == "main" else time.strftime("%Y-%m-%d")
     try:
         if "main" not in skip:
             print("== main table", flush=True)
