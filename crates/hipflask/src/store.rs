@@ -85,6 +85,17 @@ pub struct Update {
 impl Update {
     /// [`loaded`](Update::loaded), checked to hold one value per changed key:
     /// for a store that compares without [`apply_changes`].
+    ///
+    /// ```
+    /// use hipflask::{Changes, ErrorKind, Update, Value};
+    /// let changes = Changes { cleared: false, keys: vec![("n".into(), Some(Value::from(2)))] };
+    /// // `n` was 1 when the request loaded the session.
+    /// let update = Update { changes: changes.clone(), expires_at: 0, loaded: Some(vec![Some(Value::from(1))]) };
+    /// assert_eq!(update.loaded_values().unwrap(), Some(&[Some(Value::from(1))][..]));
+    /// // One changed key, no loaded value: a caller's mistake, refused.
+    /// let lopsided = Update { changes, expires_at: 0, loaded: Some(vec![]) };
+    /// assert_eq!(lopsided.loaded_values().unwrap_err().kind(), ErrorKind::Encode);
+    /// ```
     pub fn loaded_values(&self) -> Result<Option<&[Option<Value>]>, Error> {
         match &self.loaded {
             Some(loaded) if loaded.len() != self.changes.keys.len() => Err(mismatch(loaded.len(), &self.changes)),
