@@ -98,8 +98,52 @@ async fn redis_store_with_local_cache_conforms() {
 
 /// A plain connection: "another process" writing the same Redis.
 async fn other_process() -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(std::env::var("REDIS_URL").unwrap()).unwrap();
-    client.get_multiplexed_async_connection().await.unwrap()
+    other_process_on(&std::env::var("REDIS_URL").unwrap()).await
+}
+
+async fn other_process_on(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// A `redis-server` of the test's own on a free loopback port, stopped by its
+/// PID when dropped: for a test that cuts connections, which on the shared
+/// server would also break the requests other tests have in flight.
+struct OwnRedis {
+    server: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    /// `None` (said on stderr) when `REDIS_URL` is unset, as for the shared
+    /// server's tests, or when there is no `redis-server` to start.
+    async fn start() -> Option<OwnRedis> {
+        use std::io::Write as _;
+        std::env::var("REDIS_URL").is_ok().then_some(())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let started = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let Ok(server) = started else {
+            let _ = writeln!(std::io::stderr(), "skipped: no redis-server to start a server of the test's own");
+            return None;
+        };
+        let own = OwnRedis { server, url: format!("redis://127.0.0.1:{port}") };
+        for _ in 0..100 {
+            if redis::Client::open(own.url.as_str()).unwrap().get_multiplexed_async_connection().await.is_ok() {
+                return Some(own);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the test's own redis-server on port {port} did not answer within 5 s");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
 }
 
 /// Loads until `want` holds, for at most two seconds: another process's
@@ -212,19 +256,25 @@ async fn after_an_own_write_other_processes_changes_are_still_seen() {
 /// cache must be emptied and rebuilt, never keep what it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_tracking_connection_leaves_no_stale_session() {
-    let Some(store) = cached_store().await else { return };
-    let mut other = other_process().await;
+    // On a server of its own: the connections it cuts are then only its own.
+    let Some(redis) = OwnRedis::start().await else { return };
+    let store = RedisStore::connect(&redis.url).await.unwrap().with_local_cache(1000).await.unwrap();
+    let mut other = other_process_on(&redis.url).await;
     let now = 1_700_000_000;
     let (id, key) = session_with_visits(&store, 1, now).await;
     assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
-    // Cut every connection with tracking on (other tests' too: they reconnect),
-    // then change the session while this store cannot hear about it.
+    // Cut the connection with tracking on, then change the session while
+    // this store cannot hear about it.
     let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut other).await.unwrap();
-    for line in clients.lines().filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t'))) {
-        let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
-        let _: redis::RedisResult<i64> =
-            redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut other).await;
-    }
+    let tracking: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t')))
+        .map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap())
+        .collect();
+    assert_eq!(tracking.len(), 1, "the store's one tracking connection: {clients}");
+    let killed: i64 =
+        redis::cmd("CLIENT").arg("KILL").arg("ID").arg(tracking[0]).query_async(&mut other).await.unwrap();
+    assert_eq!(killed, 1);
     flask_sets_visits(&mut other, &key, 5).await;
     assert!(eventually(&store, &id, now, |r| visits(r) == Some(5)).await, "the change made meanwhile is seen");
     // And the cache works again afterwards: a later change is seen too.
