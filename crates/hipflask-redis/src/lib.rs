@@ -43,9 +43,19 @@
 //! from Redis in this process and answers later reads without a round trip,
 //! kept correct by Redis' client-side caching (`CLIENT TRACKING`): Redis
 //! tells this process whenever any client changes a session it holds. A
-//! change made by another process is seen after that message's delay (well
-//! under a millisecond on a local network) and every cached session is read
-//! again after at most 30 seconds. Off by default; standalone Redis 6 or
+//! change made by another process is seen once that message has been read:
+//! well under a millisecond on a local network, a few milliseconds when this
+//! process is short of CPU (up to 11 ms seen with both cores of a 2-core
+//! machine saturated); a request in between still reads the session as it
+//! was. A save still applies only the keys its request changed, to what Redis
+//! holds then, but a value the request computed from that old read (a
+//! counter plus one) is as stale as the read: with
+//! [`ConflictPolicy::Reject`](hipflask::ConflictPolicy::Reject) such a save
+//! is refused (409 from the layer) instead of writing over the other
+//! process's change; with last-write-wins it is kept, as when two requests
+//! run at once. So when one user's requests can reach two instances in quick
+//! succession, use the cache with conflicts refused. Every cached session is
+//! read again after at most 30 seconds. Off by default; standalone Redis 6 or
 //! newer only.
 //!
 //! # Limits
