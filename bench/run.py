@@ -487,7 +487,7 @@ def main():
                 results[key] = previous.get(key, results[key])
     for part in ("main", "instructions", "growth", "sizes"):
         if part not in skip:
-            results["dates"][part] = results["machine"]["date"] if part == "main" else time.strftime("%Y-%m-%d")
+            results["dates"][part] = time.strftime("%Y-%m-%d")
     try:
         if "main" not in skip:
             print("== main table", flush=True)

@@ -97,10 +97,7 @@ impl Update {
     /// assert_eq!(lopsided.loaded_values().unwrap_err().kind(), ErrorKind::Encode);
     /// ```
     pub fn loaded_values(&self) -> Result<Option<&[Option<Value>]>, Error> {
-        match &self.loaded {
-            Some(loaded) if loaded.len() != self.changes.keys.len() => Err(mismatch(loaded.len(), &self.changes)),
-            loaded => Ok(loaded.as_deref()),
-        }
+        matched(&self.changes, self.loaded.as_deref())
     }
 }
 
@@ -152,24 +149,25 @@ pub(crate) fn check_loaded<'a>(
     loaded: Option<&[Option<Value>]>,
     stored: impl Fn(&str) -> Option<&'a Value>,
 ) -> Result<(), Error> {
-    let Some(loaded) = loaded else {
+    let Some(loaded) = matched(changes, loaded)? else {
         return Ok(());
     };
-    if loaded.len() != changes.keys.len() {
-        return Err(mismatch(loaded.len(), changes));
-    }
     match changes.keys.iter().zip(loaded).find(|((key, _), was)| stored(key) != was.as_ref()) {
         Some(((key, _), _)) => Err(conflict(key)),
         None => Ok(()),
     }
 }
 
-/// The error of loaded values that do not go with the changes: a caller's
-/// bug, reported before anything is written.
-fn mismatch(values: usize, changes: &Changes) -> Error {
-    let keys = changes.keys.len();
-    let what = format!("Update::loaded holds {values} values for {keys} changed keys");
-    Error::new(ErrorKind::Encode, format!("{what}: give one per entry of Changes::keys, in its order"))
+/// `loaded`, if it holds one value per changed key. Values that do not go
+/// with the changes are a caller's bug, reported before anything is written.
+fn matched<'a>(changes: &Changes, loaded: Option<&'a [Option<Value>]>) -> Result<Option<&'a [Option<Value>]>, Error> {
+    match loaded {
+        Some(values) if values.len() != changes.keys.len() => {
+            let what = format!("Update::loaded holds {} values for {} changed keys", values.len(), changes.keys.len());
+            Err(Error::new(ErrorKind::Encode, format!("{what}: give one per entry of Changes::keys, in its order")))
+        }
+        loaded => Ok(loaded),
+    }
 }
 
 /// The error of a save refused because `key` changed since it was loaded.
