@@ -4,12 +4,14 @@
 //! round trip costs a few hundred nanoseconds instead of tens of
 //! microseconds. The cache stays correct through Redis' server-assisted
 //! client-side caching: every key is read on one connection with
-//! `CLIENT TRACKING ON` (RESP3), and Redis pushes an invalidation on that
-//! connection whenever any client changes, deletes or expires a key read
-//! there. The rules that keep a stale session from ever being kept:
+//! `CLIENT TRACKING ON`, and Redis sends an invalidation whenever any client
+//! changes, deletes or expires a key read there. The invalidations are
+//! redirected to a connection of their own (see `listen`), read without
+//! blocking before every hit, so a hit never ignores one Redis has sent. The
+//! rules that keep a stale session from ever being kept:
 //!
 //! - Nothing is cached, or served, unless tracking is known to be on for the
-//!   current connection. A disconnection (which loses the invalidations sent
+//!   current connections. Losing either (and with it the invalidations sent
 //!   meanwhile) turns it off, starts a new epoch and empties the cache.
 //! - A read or a write remembers a ticket (the change count of its key's
 //!   stripe, and the epoch) before asking Redis; its answer is kept only if
@@ -21,17 +23,17 @@
 //!   one, and moves the count, so an older answer still in flight is dropped.
 //!   Creates and deletes (on the main connection) drop the key locally once
 //!   Redis has applied them, so a visitor's next request never reads the
-//!   old session even before Redis' push arrives.
+//!   old session even before Redis' invalidation is read.
 //! - An entry is served for at most [`MAX_AGE`]: a bound on staleness
 //!   should an invalidation be lost without a disconnection being seen.
 //! - Expiry is kept as Redis keeps it, in real time from the key's TTL, not
 //!   by the application's clock: Redis may expire a key a little late, and
-//!   its push comes later still, but the cache stops at the TTL.
+//!   its invalidation comes later still, but the cache stops at the TTL.
 //!
-//! What remains is the push's own delay: a change made by another process is
-//! seen here a fraction of a millisecond later, as if the request had
-//! started that much earlier. With conflict detection on, a write based on
-//! such a read is refused, never merged.
+//! What remains is Redis' own order: it may answer the client that made a
+//! change a moment before it writes the invalidation here, both in the same
+//! turn of its event loop. A request that follows that answer through
+//! another process (a browser's next request) comes later than that.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -40,7 +42,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hipflask::{Dict, IdKeyHasher};
-use redis::{PushInfo, PushKind, Value as RValue};
+use redis::{PushInfo, PushKind};
 
 const SHARDS: usize = 16;
 /// Change counters per shard: keys are told apart by hash into
@@ -221,7 +223,7 @@ impl LocalCache {
         shard.seqs[stripe] += 1;
     }
 
-    fn invalidate_all(&self) {
+    pub(crate) fn invalidate_all(&self) {
         for i in 0..SHARDS {
             let mut shard = self.lock(i);
             shard.entries.clear();
@@ -236,24 +238,15 @@ impl LocalCache {
         self.invalidate_all();
     }
 
-    /// Handles a push from the tracking connection.
+    /// Handles a push on the tracked connection. Invalidations are
+    /// redirected to the listener (see `listen`); what comes here is news
+    /// that some may have been lost.
     pub(crate) fn on_push(&self, push: PushInfo) {
         match push.kind {
-            PushKind::Invalidate => match push.data.first() {
-                Some(RValue::Array(keys)) => {
-                    for key in keys {
-                        match key {
-                            RValue::BulkString(key) => self.invalidate(key),
-                            RValue::SimpleString(key) => self.invalidate(key.as_bytes()),
-                            // Not a key we can name: drop everything rather than guess.
-                            _ => self.invalidate_all(),
-                        }
-                    }
-                }
-                // Nil after FLUSHALL/FLUSHDB, or a shape we do not know.
-                _ => self.invalidate_all(),
-            },
+            // This process lost the tracked connection.
             PushKind::Disconnection => self.disconnected(),
+            // Redis could not reach the connection invalidations go to.
+            PushKind::Other(kind) if kind == "tracking-redir-broken" => self.disconnected(),
             _ => {}
         }
     }
@@ -320,6 +313,18 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_redirect_empties_the_cache_and_other_pushes_do_not() {
+        let cache = LocalCache::new(100);
+        let ticket = tracking(&cache, "k");
+        cache.put("k", ticket, &session(1), HOUR);
+        cache.on_push(PushInfo { kind: PushKind::Message, data: vec![] });
+        assert_eq!(cache.len(), 1);
+        cache.on_push(PushInfo { kind: PushKind::Other("tracking-redir-broken".into()), data: vec![] });
+        assert_eq!(cache.len(), 0);
+        assert!(!cache.ticket("k").tracking());
+    }
+
+    #[test]
     fn an_own_write_replaces_the_value_or_drops_it_when_anything_intervened() {
         let cache = LocalCache::new(100);
         let t = tracking(&cache, "k");
@@ -351,21 +356,6 @@ mod tests {
         let off = cache.ticket("k");
         cache.replace("k", off, session(4), HOUR);
         assert_eq!(cache.len(), 0);
-    }
-
-    #[test]
-    fn pushes_invalidate_the_named_keys_or_everything() {
-        let cache = LocalCache::new(100);
-        for key in ["a", "b", "c"] {
-            let t = tracking(&cache, key);
-            cache.put(key, t, &session(1), HOUR);
-        }
-        let keys = RValue::Array(vec![RValue::BulkString(b"a".to_vec())]);
-        cache.on_push(PushInfo { kind: PushKind::Invalidate, data: vec![keys] });
-        assert!(cache.get("a").is_none());
-        assert!(cache.get("b").is_some());
-        cache.on_push(PushInfo { kind: PushKind::Invalidate, data: vec![RValue::Nil] });
-        assert_eq!(cache.len(), 0, "FLUSHALL drops everything");
     }
 
     #[test]

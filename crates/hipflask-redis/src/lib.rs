@@ -42,21 +42,22 @@
 //! [`with_local_cache`](RedisStore::with_local_cache) keeps sessions read
 //! from Redis in this process and answers later reads without a round trip,
 //! kept correct by Redis' client-side caching (`CLIENT TRACKING`): Redis
-//! tells this process whenever any client changes a session it holds. A
-//! change made by another process is seen once that message has been read:
-//! well under a millisecond on a local network, a few milliseconds when this
-//! process is short of CPU (up to 11 ms seen with both cores of a 2-core
-//! machine saturated); a request in between still reads the session as it
-//! was. A save still applies only the keys its request changed, to what Redis
-//! holds then, but a value the request computed from that old read (a
-//! counter plus one) is as stale as the read: with
-//! [`ConflictPolicy::Reject`](hipflask::ConflictPolicy::Reject) such a save
-//! is refused (409 from the layer) instead of writing over the other
-//! process's change; with last-write-wins it is kept, as when two requests
-//! run at once. So when one user's requests can reach two instances in quick
-//! succession, use the cache with conflicts refused. Every cached session is
-//! read again after at most 30 seconds. Off by default; standalone Redis 6 or
-//! newer only.
+//! tells this process whenever any client changes a session it holds. Those
+//! messages come on a connection of their own, and every cache hit first
+//! reads whatever has arrived there (one non-blocking system call), so a
+//! change Redis has acknowledged to another process is never served stale
+//! here, however busy this process is. (Reading them where the client
+//! library delivers them, on a task, left a request served the old session
+//! up to 11 ms late on a 2-core machine with both cores busy.) Every cached
+//! session is read again after at most 30 seconds. Off by default;
+//! standalone Redis 6 or newer, over TCP or a Unix socket.
+//!
+//! One case is left: should this process lose its tracked connection while
+//! its listener stays up, the cache is emptied when the client library
+//! notices, a moment later; Redis restarts and network failures close both.
+//! With [`ConflictPolicy::Reject`](hipflask::ConflictPolicy::Reject), a save
+//! computed from a read that old is refused (409 from the layer) rather than
+//! writing over the other process's change.
 //!
 //! # Limits
 //!
@@ -75,6 +76,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value as RValue};
 
 mod batch;
 mod cache;
+mod listen;
 mod merge;
 
 use batch::{Batcher, reply};
@@ -98,11 +100,18 @@ pub struct RedisStore {
 }
 
 /// The local cache and the connection every read goes through when it is
-/// on: Redis tracks the keys read there and pushes invalidations on it.
+/// on: Redis tracks the keys read there and sends invalidations to the
+/// listener.
 struct Local {
     cache: Arc<cache::LocalCache>,
     tracked: ConnectionManager,
     batch: Arc<Batcher<ConnectionManager>>,
+    listener: listen::Listener,
+    /// Where the listener connects to (again).
+    info: redis::ConnectionInfo,
+    /// One turning tracking on at a time: each may connect a new listener,
+    /// and the redirect must name the one that stays.
+    enabling: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -158,6 +167,8 @@ impl fmt::Debug for RedisStore {
 /// read from Redis it has no creation time (Flask-Session's format keeps
 /// none, hence no absolute timeout here): `now` stands in.
 fn cached(local: &Local, key: &str, now: u64) -> Option<Record> {
+    // Every invalidation Redis has sent is applied before anything is served.
+    local.listener.drain(&local.cache);
     let (data, left) = local.cache.get(key)?;
     Some(Record { data, created_at: now, expires_at: now + left.as_secs().max(1) })
 }
@@ -211,9 +222,11 @@ impl RedisStore {
 
     /// Keeps up to about `capacity` sessions in this process and answers
     /// reads of them without a round trip; see the crate docs ("Local
-    /// cache") for how it stays correct. Opens one more connection, in RESP3,
-    /// with `CLIENT TRACKING ON`; fails on Redis Cluster and on servers
-    /// without client-side caching (before Redis 6).
+    /// cache") for how it stays correct. Opens two more connections: one in
+    /// RESP3 with `CLIENT TRACKING ON`, for reads and saves, and one its
+    /// invalidations are redirected to. Fails on Redis Cluster, on TLS
+    /// connections and on servers without client-side caching (before
+    /// Redis 6).
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), hipflask::Error> {
@@ -228,6 +241,7 @@ impl RedisStore {
             ));
         };
         let info = client.get_connection_info().clone();
+        let listen_to = info.clone();
         let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings)).map_err(backend)?;
         let cache = Arc::new(cache::LocalCache::new(capacity));
@@ -237,7 +251,14 @@ impl RedisStore {
             Ok::<(), std::convert::Infallible>(())
         });
         let tracked = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
-        let local = Local { cache, batch: Batcher::new(tracked.clone()), tracked };
+        let local = Local {
+            cache,
+            batch: Batcher::new(tracked.clone()),
+            tracked,
+            listener: listen::Listener::default(),
+            info: listen_to,
+            enabling: tokio::sync::Mutex::new(()),
+        };
         // Fail now, with the reason, rather than run without a working cache.
         local.enable_tracking(local.cache.ticket("")).await.map_err(|e| {
             Error::new(ErrorKind::Config, "the Redis local cache needs CLIENT TRACKING (Redis 6 or newer)")
@@ -499,15 +520,30 @@ impl RedisStore {
 }
 
 impl Local {
-    /// Sends `CLIENT TRACKING ON` on the tracked connection, then marks the
-    /// cache as tracking unless a disconnection came in between.
+    /// Sends `CLIENT TRACKING ON` on the tracked connection, redirected to
+    /// the listener (connected first if need be), then marks the cache as
+    /// tracking unless a disconnection came in between.
     async fn enable_tracking(&self, ticket: cache::Ticket) -> Result<Option<cache::Ticket>, redis::RedisError> {
+        let _one = self.enabling.lock().await;
+        // A listener that died unnoticed is found here, and replaced.
+        self.listener.drain(&self.cache);
+        let id = match self.listener.id() {
+            Some(id) => id,
+            None => self.listener.connect(&self.info).await?,
+        };
         let mut conn = self.tracked.clone();
         // Per key, not broadcast (`BCAST`, which needs no read after a write
         // to keep hearing of a key): Redis 7 sends a broadcast client the
         // invalidations of writes its own scripts made, NOLOOP or not, so
         // every save emptied the cache entry it had just filled.
-        let () = redis::cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP").query_async(&mut conn).await?;
+        let () = redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("REDIRECT")
+            .arg(id)
+            .arg("NOLOOP")
+            .query_async(&mut conn)
+            .await?;
         Ok(self.cache.tracking_enabled(ticket))
     }
 }
