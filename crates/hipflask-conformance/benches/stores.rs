@@ -83,7 +83,10 @@ fn stores(c: &mut Criterion) {
     match std::env::var("REDIS_URL") {
         Ok(url) => {
             let store = rt.block_on(hipflask_redis::RedisStore::connect(&url)).unwrap().with_key_prefix(&prefix);
-            bench_store(c, &rt, "redis", Arc::new(store));
+            bench_store(c, &rt, "redis", Arc::new(store.clone()));
+            // Loads here are hits: the cost of the cache's own read path.
+            let cached = rt.block_on(store.with_local_cache(1000)).unwrap();
+            bench_store(c, &rt, "redis-cached", Arc::new(cached));
         }
         Err(_) => eprintln!("skipped store/redis: set REDIS_URL"),
     }

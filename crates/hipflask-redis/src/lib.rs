@@ -775,11 +775,11 @@ mod tests {
         let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(2)))] };
         let update = Update { changes, expires_at: now + 60, loaded: None };
         assert_eq!(store.update(&id, &update, now).await.unwrap(), Updated::Applied);
-        // A push about the write would arrive well within this.
+        // An invalidation about the write would arrive well within this,
+        // and be read by the hit below.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let local = store.local.as_ref().unwrap();
-        let cached = local.cache.get(&store.key(&id)).map(|(data, _)| data);
-        assert_eq!(cached.and_then(|d| d.get("visits").and_then(Value::as_i64)), Some(2));
+        let hit = store.load_now(&id, now).expect("still cached after its own write").unwrap();
+        assert_eq!(hit.and_then(|r| r.data.get("visits").and_then(Value::as_i64)), Some(2));
         assert!(store.delete(&id).await.unwrap());
     }
 }
