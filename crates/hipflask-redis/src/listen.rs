@@ -66,7 +66,7 @@ impl Stream {
 }
 
 /// One RESP2 reply.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Reply {
     Simple(Vec<u8>),
     Error(Vec<u8>),
@@ -123,6 +123,40 @@ fn parse(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ()> {
         },
         _ => return Err(()),
     }))
+}
+
+/// Takes the first whole reply off the front of `pending`, if it holds one.
+fn take(pending: &mut Vec<u8>) -> Result<Option<Reply>, ()> {
+    let Some((reply, used)) = parse(pending, 0)? else {
+        return Ok(None);
+    };
+    pending.drain(..used);
+    Ok(Some(reply))
+}
+
+/// `reply` as Redis would send it (commands are arrays of bulk strings).
+fn encode(reply: &Reply, out: &mut Vec<u8>) {
+    match reply {
+        Reply::Simple(line) | Reply::Error(line) => {
+            out.push(if matches!(reply, Reply::Simple(_)) { b'+' } else { b'-' });
+            out.extend_from_slice(line);
+        }
+        Reply::Int(n) => out.extend_from_slice(format!(":{n}").as_bytes()),
+        Reply::Bulk(None) => out.extend_from_slice(b"$-1"),
+        Reply::Bulk(Some(bytes)) => {
+            out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+            out.extend_from_slice(bytes);
+        }
+        Reply::Array(None) => out.extend_from_slice(b"*-1"),
+        Reply::Array(Some(items)) => {
+            out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+            for item in items {
+                encode(item, out);
+            }
+            return;
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What the cache must do on a message of the invalidation channel.
@@ -197,12 +231,9 @@ impl Socket {
                 Err(_) => return Err(()),
             }
         }
-        let mut used = 0;
-        while let Some((reply, n)) = parse(&self.pending[used..], 0)? {
+        while let Some(reply) = take(&mut self.pending)? {
             apply(reply, cache)?;
-            used += n;
         }
-        self.pending.drain(..used);
         Ok(())
     }
 }
@@ -211,23 +242,16 @@ impl Socket {
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, commands: &[&[&[u8]]]) -> io::Result<Vec<Reply>> {
     let mut out = Vec::new();
     for args in commands {
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in *args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
+        let args = args.iter().map(|arg| Reply::Bulk(Some(arg.to_vec()))).collect();
+        encode(&Reply::Array(Some(args)), &mut out);
     }
     stream.write_all(&out).await?;
     let garbled =
         || io::Error::new(io::ErrorKind::InvalidData, "the invalidation listener got a reply Redis does not send");
     let (mut buf, mut replies) = (Vec::new(), Vec::new());
     while replies.len() < commands.len() {
-        match parse(&buf, 0).map_err(|()| garbled())? {
-            Some((reply, n)) => {
-                replies.push(reply);
-                buf.drain(..n);
-            }
+        match take(&mut buf).map_err(|()| garbled())? {
+            Some(reply) => replies.push(reply),
             None => {
                 if stream.read_buf(&mut buf).await? == 0 {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "Redis closed the invalidation listener"));
@@ -308,6 +332,7 @@ async fn open(info: &ConnectionInfo) -> io::Result<Socket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn whole(bytes: &[u8]) -> Reply {
         let (reply, used) = parse(bytes, 0).unwrap().unwrap();
@@ -342,6 +367,57 @@ mod tests {
         }
         assert_eq!(parse(b"$99999999999999999999\r\n", 0), Err(()));
         assert_eq!(parse(&format!("${}\r\n", usize::MAX).into_bytes(), 0), Err(()));
+    }
+
+    /// Any reply Redis could send: lines without line breaks, any bytes in
+    /// bulk strings, arrays nested up to the depth accepted.
+    fn any_reply() -> impl Strategy<Value = Reply> {
+        let line = || proptest::collection::vec(0x20u8..0x7f, 0..12);
+        let leaf = prop_oneof![
+            line().prop_map(Reply::Simple),
+            line().prop_map(Reply::Error),
+            any::<i64>().prop_map(Reply::Int),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)).prop_map(Reply::Bulk),
+            Just(Reply::Array(None)),
+        ];
+        leaf.prop_recursive(MAX_DEPTH as u32, 32, 5, |inner| {
+            proptest::collection::vec(inner, 0..5).prop_map(|items| Reply::Array(Some(items)))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_or_are_refused_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(Some((_, used))) = parse(&bytes, 0) {
+                prop_assert!(used <= bytes.len());
+            }
+        }
+
+        /// However the socket cuts the stream, the same replies come out,
+        /// in order, and nothing is left over.
+        #[test]
+        fn replies_come_out_whole_however_the_stream_is_cut(
+            replies in proptest::collection::vec(any_reply(), 1..6),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut stream = Vec::new();
+            for reply in &replies {
+                encode(reply, &mut stream);
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let (mut pending, mut got, mut from) = (Vec::new(), Vec::new(), 0);
+            for cut in cuts {
+                pending.extend_from_slice(&stream[from..cut]);
+                from = cut;
+                while let Some(reply) = take(&mut pending).unwrap() {
+                    got.push(reply);
+                }
+            }
+            prop_assert_eq!(got, replies);
+            prop_assert!(pending.is_empty());
+        }
     }
 
     #[test]
