@@ -11,8 +11,10 @@
 //! buffer, and a hit is only served after that buffer has been read: one
 //! system call per hit, and no window left in this process.
 //!
-//! The connection speaks RESP2, subscribed to `__redis__:invalidate`, as
-//! Redis requires of a redirect target that does not speak RESP3.
+//! The connection speaks RESP3, in which Redis sends a redirect target the
+//! invalidations as pushes. In RESP2 it would have to subscribe to
+//! `__redis__:invalidate`, which needs a channel permission that Redis 7
+//! does not give new ACL users by default.
 
 use std::io::{self, Read as _};
 use std::sync::{Mutex, PoisonError};
@@ -29,6 +31,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A Redis reply nests two deep here (a message holding a list of keys);
 /// anything deeper is not one Redis sends this connection.
 const MAX_DEPTH: usize = 4;
+/// Redis' own limit on a string (`proto-max-bulk-len`), also taken as the
+/// most items an aggregate may announce: a claim beyond it is refused
+/// rather than waited for.
+const MAX_LEN: usize = 512 << 20;
 
 /// The socket, when connected. A socket found closed, or speaking something
 /// else than Redis does, is dropped; the cache is then told it is
@@ -65,14 +71,22 @@ impl Stream {
     }
 }
 
-/// One RESP2 reply.
+/// One reply, RESP2 or RESP3. Kinds this listener never looks into share a
+/// variant, told apart by their first byte.
 #[derive(Clone, Debug, PartialEq)]
 enum Reply {
-    Simple(Vec<u8>),
+    /// `+`, and RESP3's one-line scalars: `#` boolean, `,` double,
+    /// `(` big number.
+    Line(u8, Vec<u8>),
+    /// `-`, or RESP3's `!` blob error.
     Error(Vec<u8>),
     Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
+    /// `$`, or RESP3's `=` verbatim string.
+    Bulk(Vec<u8>),
+    /// `$-1`, `*-1`, or RESP3's `_`.
+    Null,
+    /// `*` array, `~` set, `>` push, or `%` map (keys and values in turn).
+    Aggregate(u8, Vec<Reply>),
 }
 
 /// The reply at the start of `buf` and its length; `Ok(None)` while `buf`
@@ -81,46 +95,43 @@ fn parse(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ()> {
     let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
-    let (kind, line) = (buf.first().ok_or(())?, &buf[1..end]);
+    let (kind, line) = (*buf.first().ok_or(())?, &buf[1..end]);
     let after = end + 2;
     let number = || -> Result<i64, ()> { std::str::from_utf8(line).ok().and_then(|s| s.parse().ok()).ok_or(()) };
+    let length = || usize::try_from(number()?).ok().filter(|&n| n <= MAX_LEN).ok_or(());
     Ok(Some(match kind {
-        b'+' => (Reply::Simple(line.to_vec()), after),
+        b'+' | b'#' | b',' | b'(' => (Reply::Line(kind, line.to_vec()), after),
         b'-' => (Reply::Error(line.to_vec()), after),
         b':' => (Reply::Int(number()?), after),
-        b'$' => match number()? {
-            -1 => (Reply::Bulk(None), after),
-            n => {
-                let n = usize::try_from(n).map_err(|_| ())?;
-                let end = after.checked_add(n).ok_or(())?;
-                if buf.len() < end + 2 {
+        b'_' if line.is_empty() => (Reply::Null, after),
+        b'$' | b'*' if number()? == -1 => (Reply::Null, after),
+        b'$' | b'=' | b'!' => {
+            let end = after + length()?;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(());
+            }
+            let bytes = buf[after..end].to_vec();
+            (if kind == b'!' { Reply::Error(bytes) } else { Reply::Bulk(bytes) }, end + 2)
+        }
+        b'*' | b'~' | b'>' | b'%' => {
+            if depth >= MAX_DEPTH {
+                return Err(());
+            }
+            let n = length()? * if kind == b'%' { 2 } else { 1 };
+            let mut items = Vec::new();
+            let mut at = after;
+            for _ in 0..n {
+                let Some((item, used)) = parse(&buf[at..], depth + 1)? else {
                     return Ok(None);
-                }
-                if &buf[end..end + 2] != b"\r\n" {
-                    return Err(());
-                }
-                (Reply::Bulk(Some(buf[after..end].to_vec())), end + 2)
+                };
+                items.push(item);
+                at += used;
             }
-        },
-        b'*' => match number()? {
-            -1 => (Reply::Array(None), after),
-            n => {
-                if depth >= MAX_DEPTH {
-                    return Err(());
-                }
-                let n = usize::try_from(n).map_err(|_| ())?;
-                let mut items = Vec::new();
-                let mut at = after;
-                for _ in 0..n {
-                    let Some((item, used)) = parse(&buf[at..], depth + 1)? else {
-                        return Ok(None);
-                    };
-                    items.push(item);
-                    at += used;
-                }
-                (Reply::Array(Some(items)), at)
-            }
-        },
+            (Reply::Aggregate(kind, items), at)
+        }
         _ => return Err(()),
     }))
 }
@@ -137,19 +148,23 @@ fn take(pending: &mut Vec<u8>) -> Result<Option<Reply>, ()> {
 /// `reply` as Redis would send it (commands are arrays of bulk strings).
 fn encode(reply: &Reply, out: &mut Vec<u8>) {
     match reply {
-        Reply::Simple(line) | Reply::Error(line) => {
-            out.push(if matches!(reply, Reply::Simple(_)) { b'+' } else { b'-' });
+        Reply::Line(kind, line) => {
+            out.push(*kind);
+            out.extend_from_slice(line);
+        }
+        Reply::Error(line) => {
+            out.push(b'-');
             out.extend_from_slice(line);
         }
         Reply::Int(n) => out.extend_from_slice(format!(":{n}").as_bytes()),
-        Reply::Bulk(None) => out.extend_from_slice(b"$-1"),
-        Reply::Bulk(Some(bytes)) => {
+        Reply::Null => out.push(b'_'),
+        Reply::Bulk(bytes) => {
             out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
             out.extend_from_slice(bytes);
         }
-        Reply::Array(None) => out.extend_from_slice(b"*-1"),
-        Reply::Array(Some(items)) => {
-            out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+        Reply::Aggregate(kind, items) => {
+            let n = if *kind == b'%' { items.len() / 2 } else { items.len() };
+            out.extend_from_slice(format!("{}{n}\r\n", char::from(*kind)).as_bytes());
             for item in items {
                 encode(item, out);
             }
@@ -159,28 +174,26 @@ fn encode(reply: &Reply, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// What the cache must do on a message of the invalidation channel.
+/// What the cache must do on a push: an invalidation names the keys to
+/// drop, or none (`FLUSHALL`, `FLUSHDB`) to drop everything. Anything else
+/// is not what Redis sends here: refused, and the connection dropped.
 fn apply(reply: Reply, cache: &LocalCache) -> Result<(), ()> {
-    let Reply::Array(Some(parts)) = reply else {
+    let Reply::Aggregate(b'>', parts) = reply else {
         return Err(());
     };
-    let mut parts = parts.into_iter();
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(Reply::Bulk(Some(kind))), _, payload) if kind == b"message" => match payload {
-            Some(Reply::Array(Some(keys))) => {
+    match parts.as_slice() {
+        [Reply::Bulk(kind), payload] if kind == b"invalidate" => match payload {
+            Reply::Aggregate(b'*', keys) => {
                 for key in keys {
                     match key {
-                        Reply::Bulk(Some(key)) => cache.invalidate(&key),
+                        Reply::Bulk(key) => cache.invalidate(key),
                         // Not a key we can name: drop everything rather than guess.
                         _ => cache.invalidate_all(),
                     }
                 }
             }
-            // Nil after FLUSHALL/FLUSHDB, or a shape we do not know.
             _ => cache.invalidate_all(),
         },
-        // The answer to SUBSCRIBE, should it still be unread.
-        (Some(Reply::Bulk(Some(kind))), _, _) if kind == b"subscribe" => {}
         _ => return Err(()),
     }
     Ok(())
@@ -197,7 +210,7 @@ impl Listener {
         self.socket.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Connects and subscribes, replacing any previous socket; returns the
+    /// Connects and says hello, replacing any previous socket; returns the
     /// new connection's client id.
     pub(crate) async fn connect(&self, info: &ConnectionInfo) -> Result<i64, redis::RedisError> {
         let socket = tokio::time::timeout(CONNECT_TIMEOUT, open(info))
@@ -242,8 +255,8 @@ impl Socket {
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, commands: &[&[&[u8]]]) -> io::Result<Vec<Reply>> {
     let mut out = Vec::new();
     for args in commands {
-        let args = args.iter().map(|arg| Reply::Bulk(Some(arg.to_vec()))).collect();
-        encode(&Reply::Array(Some(args)), &mut out);
+        let args = args.iter().map(|arg| Reply::Bulk(arg.to_vec())).collect();
+        encode(&Reply::Aggregate(b'*', args), &mut out);
     }
     stream.write_all(&out).await?;
     let garbled =
@@ -265,58 +278,45 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, commands: 
     Ok(replies)
 }
 
-/// Authenticates, learns the connection's id and subscribes; every reply
-/// must be the expected one.
-async fn subscribe<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, info: &ConnectionInfo) -> io::Result<i64> {
+/// Switches to RESP3 (authenticating, if the URL says how) and learns the
+/// connection's id; every reply must be the expected one.
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, info: &ConnectionInfo) -> io::Result<i64> {
     let settings = info.redis_settings();
-    let mut commands: Vec<Vec<&[u8]>> = Vec::new();
+    let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
     if let Some(password) = settings.password() {
-        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-        auth.extend(settings.username().map(str::as_bytes));
-        auth.push(password.as_bytes());
-        commands.push(auth);
+        // A password alone is the default user's, as for AUTH.
+        hello.extend([&b"AUTH"[..], settings.username().unwrap_or("default").as_bytes(), password.as_bytes()]);
     }
-    commands.push(vec![b"CLIENT", b"ID"]);
-    commands.push(vec![b"SUBSCRIBE", b"__redis__:invalidate"]);
-    let borrowed: Vec<&[&[u8]]> = commands.iter().map(Vec::as_slice).collect();
-    let replies = handshake(stream, &borrowed).await?;
-    let refused = |what: &str, reply: &Reply| {
+    let replies = handshake(stream, &[&hello, &[b"CLIENT", b"ID"]]).await?;
+    let refused = |what: &str, reply: Option<&Reply>| {
         let detail = match reply {
-            Reply::Error(e) => String::from_utf8_lossy(e).into_owned(),
+            Some(Reply::Error(e)) => String::from_utf8_lossy(e).into_owned(),
             other => format!("{other:?}"),
         };
         io::Error::other(format!("Redis refused the invalidation listener's {what}: {detail}"))
     };
-    let mut replies = replies.into_iter();
-    if settings.password().is_some() {
-        let reply = replies.next().ok_or_else(|| refused("AUTH", &Reply::Array(None)))?;
-        if reply != Reply::Simple(b"OK".to_vec()) {
-            return Err(refused("AUTH", &reply));
-        }
+    match replies.first() {
+        Some(Reply::Aggregate(b'%', _)) => {}
+        other => return Err(refused("HELLO 3", other)),
     }
-    let id = match replies.next() {
-        Some(Reply::Int(id)) => id,
-        other => return Err(refused("CLIENT ID", &other.unwrap_or(Reply::Array(None)))),
-    };
-    match replies.next() {
-        Some(Reply::Array(Some(parts))) if parts.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) => {}
-        other => return Err(refused("SUBSCRIBE", &other.unwrap_or(Reply::Array(None)))),
+    match replies.get(1) {
+        Some(Reply::Int(id)) => Ok(*id),
+        other => Err(refused("CLIENT ID", other)),
     }
-    Ok(id)
 }
 
 async fn open(info: &ConnectionInfo) -> io::Result<Socket> {
     let (stream, id) = match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
             let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            let id = subscribe(&mut stream, info).await?;
+            let id = hello(&mut stream, info).await?;
             // Tokio's sockets are non-blocking, and stay so as std's.
             (Stream::Tcp(stream.into_std()?), id)
         }
         #[cfg(unix)]
         ConnectionAddr::Unix(path) => {
             let mut stream = tokio::net::UnixStream::connect(path).await?;
-            let id = subscribe(&mut stream, info).await?;
+            let id = hello(&mut stream, info).await?;
             (Stream::Unix(stream.into_std()?), id)
         }
         _ => {
@@ -340,33 +340,42 @@ mod tests {
         reply
     }
 
+    fn bulk(bytes: &[u8]) -> Reply {
+        Reply::Bulk(bytes.to_vec())
+    }
+
     #[test]
     fn replies_parse_whole_and_wait_when_cut() {
-        let message = b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*2\r\n$3\r\nk:1\r\n$0\r\n\r\n";
-        let keys = Reply::Array(Some(vec![Reply::Bulk(Some(b"k:1".to_vec())), Reply::Bulk(Some(Vec::new()))]));
-        let want = Reply::Array(Some(vec![
-            Reply::Bulk(Some(b"message".to_vec())),
-            Reply::Bulk(Some(b"__redis__:invalidate".to_vec())),
-            keys,
-        ]));
-        assert_eq!(whole(message), want);
-        for cut in 0..message.len() {
-            assert_eq!(parse(&message[..cut], 0), Ok(None), "cut at {cut}");
+        // An invalidation of two keys, as Redis 7 pushes it.
+        let push = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$3\r\nk:1\r\n$0\r\n\r\n";
+        let keys = Reply::Aggregate(b'*', vec![bulk(b"k:1"), bulk(b"")]);
+        assert_eq!(whole(push), Reply::Aggregate(b'>', vec![bulk(b"invalidate"), keys]));
+        for cut in 0..push.len() {
+            assert_eq!(parse(&push[..cut], 0), Ok(None), "cut at {cut}");
         }
-        assert_eq!(whole(b"$-1\r\n"), Reply::Bulk(None));
-        assert_eq!(whole(b"*-1\r\n"), Reply::Array(None));
+        // The start of a HELLO 3 answer: a map of two entries.
+        let map = whole(b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n");
+        assert_eq!(map, Reply::Aggregate(b'%', vec![bulk(b"server"), bulk(b"redis"), bulk(b"proto"), Reply::Int(3)]));
+        for null in [&b"$-1\r\n"[..], b"*-1\r\n", b"_\r\n"] {
+            assert_eq!(whole(null), Reply::Null);
+        }
         assert_eq!(whole(b":42\r\n"), Reply::Int(42));
-        assert_eq!(whole(b"+OK\r\n"), Reply::Simple(b"OK".to_vec()));
+        assert_eq!(whole(b"+OK\r\n"), Reply::Line(b'+', b"OK".to_vec()));
+        assert_eq!(whole(b"#t\r\n"), Reply::Line(b'#', b"t".to_vec()));
         assert_eq!(whole(b"-ERR no\r\n"), Reply::Error(b"ERR no".to_vec()));
+        assert_eq!(whole(b"!6\r\nERR no\r\n"), Reply::Error(b"ERR no".to_vec()));
+        assert_eq!(whole(b"=7\r\ntxt:abc\r\n"), bulk(b"txt:abc"));
     }
 
     #[test]
     fn what_redis_never_sends_is_refused_not_guessed() {
-        for bad in [&b"?x\r\n"[..], b"$3\r\nabcd\r\n", b":x\r\n", b"$-2\r\n", b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"] {
+        let deep = b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n";
+        for bad in [&b"?x\r\n"[..], b"$3\r\nabcd\r\n", b":x\r\n", b"$-2\r\n", b"_x\r\n", b"|1\r\n", deep] {
             assert_eq!(parse(bad, 0), Err(()), "{}", String::from_utf8_lossy(bad));
         }
         assert_eq!(parse(b"$99999999999999999999\r\n", 0), Err(()));
-        assert_eq!(parse(&format!("${}\r\n", usize::MAX).into_bytes(), 0), Err(()));
+        assert_eq!(parse(format!("%{}\r\n", i64::MAX).as_bytes(), 0), Err(()));
+        assert_eq!(parse(format!("${}\r\n", i64::MAX).as_bytes(), 0), Err(()));
     }
 
     /// Any reply Redis could send: lines without line breaks, any bytes in
@@ -374,14 +383,20 @@ mod tests {
     fn any_reply() -> impl Strategy<Value = Reply> {
         let line = || proptest::collection::vec(0x20u8..0x7f, 0..12);
         let leaf = prop_oneof![
-            line().prop_map(Reply::Simple),
+            (prop_oneof![Just(b'+'), Just(b'#'), Just(b','), Just(b'(')], line()).prop_map(|(k, l)| Reply::Line(k, l)),
             line().prop_map(Reply::Error),
             any::<i64>().prop_map(Reply::Int),
-            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)).prop_map(Reply::Bulk),
-            Just(Reply::Array(None)),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Reply::Bulk),
+            Just(Reply::Null),
         ];
         leaf.prop_recursive(MAX_DEPTH as u32, 32, 5, |inner| {
-            proptest::collection::vec(inner, 0..5).prop_map(|items| Reply::Array(Some(items)))
+            let kind = prop_oneof![Just(b'*'), Just(b'~'), Just(b'>'), Just(b'%')];
+            (kind, proptest::collection::vec(inner, 0..5)).prop_map(|(kind, mut items)| {
+                if kind == b'%' && items.len() % 2 == 1 {
+                    items.pop();
+                }
+                Reply::Aggregate(kind, items)
+            })
         })
     }
 
@@ -421,26 +436,19 @@ mod tests {
     }
 
     #[test]
-    fn messages_invalidate_their_keys_or_everything() {
+    fn pushes_invalidate_their_keys_or_everything() {
         const HOUR: Duration = Duration::from_secs(3600);
         let cache = LocalCache::new(100);
         for key in ["a", "b"] {
             let ticket = cache.tracking_enabled(cache.ticket(key)).unwrap();
             cache.put(key, ticket, &hipflask::Dict::new(), HOUR);
         }
-        let message = |payload: Reply| {
-            Reply::Array(Some(vec![
-                Reply::Bulk(Some(b"message".to_vec())),
-                Reply::Bulk(Some(b"__redis__:invalidate".to_vec())),
-                payload,
-            ]))
-        };
-        let keys = Reply::Array(Some(vec![Reply::Bulk(Some(b"a".to_vec()))]));
-        apply(message(keys), &cache).unwrap();
+        let push = |payload: Reply| Reply::Aggregate(b'>', vec![bulk(b"invalidate"), payload]);
+        apply(push(Reply::Aggregate(b'*', vec![bulk(b"a")])), &cache).unwrap();
         assert!(cache.get("a").is_none() && cache.get("b").is_some(), "only the named key");
-        apply(message(Reply::Bulk(None)), &cache).unwrap();
+        apply(push(Reply::Null), &cache).unwrap();
         assert!(cache.get("b").is_none(), "FLUSHALL drops everything");
         assert_eq!(apply(Reply::Int(1), &cache), Err(()));
-        assert_eq!(apply(Reply::Array(Some(vec![Reply::Bulk(Some(b"pong".to_vec()))])), &cache), Err(()));
+        assert_eq!(apply(Reply::Aggregate(b'>', vec![bulk(b"message"), bulk(b"x"), bulk(b"y")]), &cache), Err(()));
     }
 }
