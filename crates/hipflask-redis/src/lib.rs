@@ -225,8 +225,8 @@ impl RedisStore {
     /// cache") for how it stays correct. Opens two more connections: one in
     /// RESP3 with `CLIENT TRACKING ON`, for reads and saves, and one its
     /// invalidations are redirected to. Fails on Redis Cluster, on TLS
-    /// connections and on servers without client-side caching (before
-    /// Redis 6).
+    /// connections, on servers without client-side caching (before
+    /// Redis 6) and for an ACL user not allowed `CLIENT`.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), hipflask::Error> {
@@ -261,8 +261,12 @@ impl RedisStore {
         };
         // Fail now, with the reason, rather than run without a working cache.
         local.enable_tracking(local.cache.ticket("")).await.map_err(|e| {
-            Error::new(ErrorKind::Config, "the Redis local cache needs CLIENT TRACKING (Redis 6 or newer)")
-                .with_source(e)
+            Error::new(
+                ErrorKind::Config,
+                "the Redis local cache could not start: it needs Redis 6 or newer (CLIENT TRACKING, HELLO 3) \
+                 and a user allowed CLIENT; the cause says which step failed",
+            )
+            .with_source(e)
         })?;
         self.local = Some(Arc::new(local));
         // The next save of a session served from the cache compares against

@@ -405,6 +405,22 @@ async fn the_invalidation_listener_authenticates_and_speaks_unix_sockets() {
     let _ = std::fs::remove_file(&socket);
 }
 
+/// A cache that cannot work is refused when it is made, saying why, rather
+/// than run uncached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_may_not_use_client_tracking_gets_a_clear_error() {
+    let args = ["--user", "app", "on", ">apppass", "~*", "+@all", "-client", "--user", "default", "off"];
+    let Some(redis) = OwnRedis::start_with(&args, |port| format!("redis://app:apppass@127.0.0.1:{port}")).await else {
+        return;
+    };
+    let store = RedisStore::connect(&redis.url).await.unwrap();
+    let err = store.with_local_cache(100).await.unwrap_err();
+    assert_eq!(err.kind(), hipflask::ErrorKind::Config);
+    assert!(err.to_string().contains("local cache could not start"), "{err}");
+    let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    assert!(cause.contains("NOPERM") && cause.contains("CLIENT"), "the cause names the refused command: {cause}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_cache_is_refused_on_a_cluster() {
     let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") else {
