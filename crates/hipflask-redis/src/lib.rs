@@ -83,6 +83,18 @@ use batch::{Batcher, reply};
 
 const MERGE: &str = include_str!("merge.lua");
 
+/// How often the local cache's listener is read when no request reads it.
+#[cfg(not(test))]
+fn local_drain_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+
+/// Shorter in the unit tests, which wait for it.
+#[cfg(test)]
+fn local_drain_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(50)
+}
+
 /// Sessions in Redis, in Flask-Session's format.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -268,7 +280,23 @@ impl RedisStore {
             )
             .with_source(e)
         })?;
-        self.local = Some(Arc::new(local));
+        let local = Arc::new(local);
+        // Read the listener now and then even when no hit does: invalidations
+        // of keys read once and not since would otherwise wait in Redis'
+        // output buffer for this connection, which has no limit by default.
+        let every = local_drain_interval();
+        let weak = Arc::downgrade(&local);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // The store, and every clone of it, is gone: so is this task.
+                let Some(local) = weak.upgrade() else { break };
+                local.listener.drain(&local.cache);
+            }
+        });
+        self.local = Some(local);
         // The next save of a session served from the cache compares against
         // these bytes: keep as many as the cache holds.
         self.seen = Arc::new(hipflask::LastSeen::new(capacity.max(16_384)));
@@ -759,6 +787,43 @@ fn glob_escape(text: &str) -> String {
 mod tests {
     use super::*;
     use hipflask::Value;
+
+    /// Invalidations are read even while no request reads the cache, and
+    /// the task that reads them ends with the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_listener_is_read_even_when_no_request_reads_it() {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: set REDIS_URL");
+            return;
+        };
+        let store = RedisStore::connect(&url).await.unwrap().with_local_cache(100).await.unwrap();
+        let mut other = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let now = 1_700_000_000;
+        let id = SessionId::generate();
+        let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
+        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        let key = store.key(&id);
+        let local = store.local.clone().unwrap();
+        assert!(local.cache.get(&key).is_some(), "cached by the load");
+        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut other).await.unwrap();
+        // Looked at without reading the listener, as no request would.
+        let mut gone = false;
+        for _ in 0..40 {
+            tokio::time::sleep(local_drain_interval()).await;
+            if local.cache.get(&key).is_none() {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "the invalidation was read without any request");
+        // Dropping every clone of the store ends the task that reads it.
+        let weak = Arc::downgrade(&local);
+        drop((local, store));
+        tokio::time::sleep(local_drain_interval() * 3).await;
+        assert!(weak.upgrade().is_none(), "nothing keeps the cache alive");
+    }
 
     /// What this process saved through the cache is served from the cache
     /// afterwards: Redis must not answer the save with an invalidation of
