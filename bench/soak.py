@@ -5,7 +5,9 @@ sessions through /bench/seed, then for MINUTES keeps CONNECTIONS clients busy: e
 next session, increments its counter with /bench/write (now and then reads it back with
 /bench/read) and checks the answer is exactly the count it keeps for that session. Any 5xx,
 any wrong count (a lost or doubled write) and the server's RSS over time are recorded; the
-results go to bench/results/soak.json and docs/SOAK.md.
+results go to bench/results/soak.json and docs/SOAK.md. A backend named `...-pair` runs two
+demo instances on the same store and sends each request to one of them at random: a stale
+read on one instance after a write on the other is then a wrong count too.
 """
 
 import argparse
@@ -92,7 +94,7 @@ async def seed(port, n, connections, sessions):
     await asyncio.gather(*(worker(c) for c in share))
 
 
-async def drive(port, seconds, connections, sessions, read_share=0.2):
+async def drive(ports, seconds, connections, sessions, read_share=0.2):
     order = list(range(len(sessions.cookies)))
     random.shuffle(order)
     queue = asyncio.Queue()
@@ -101,8 +103,9 @@ async def drive(port, seconds, connections, sessions, read_share=0.2):
     deadline = time.monotonic() + seconds
 
     async def worker():
-        client = Client(port)
+        clients = [Client(port) for port in ports]
         while time.monotonic() < deadline:
+            client = random.choice(clients)
             # Each session is in one client's hands at a time, as one browser tab's would be.
             i = await queue.get()
             reading = random.random() < read_share
@@ -137,18 +140,21 @@ async def sample_rss(pid, interval, until, samples):
 
 
 async def soak_one(name, env, args):
-    port = free_port()
+    ports = [free_port() for _ in range(2 if name.endswith("-pair") else 1)]
+    port = ports[0]
     demo = args.target / "release" / "hipflask-demo"
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(["taskset", "-c", "0", str(demo), "--bind", f"127.0.0.1:{port}"],
-                            env={**os.environ, **env}, stdout=log, stderr=log)
+    procs = [subprocess.Popen(["taskset", "-c", "0", str(demo), "--bind", f"127.0.0.1:{p}"],
+                              env={**os.environ, **env}, stdout=log, stderr=log) for p in ports]
+    proc = procs[0]
     try:
-        for _ in range(100):
-            try:
-                await Client(port).get("/bench/none", None)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
+        for p in ports:
+            for _ in range(100):
+                try:
+                    await Client(p).get("/bench/none", None)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
         sessions = Sessions()
         t0 = time.monotonic()
         await seed(port, args.sessions, args.connections, sessions)
@@ -157,14 +163,14 @@ async def soak_one(name, env, args):
         seconds = args.minutes * 60
         sampler = asyncio.create_task(sample_rss(proc.pid, 10, time.monotonic() + seconds, samples))
         t0 = time.monotonic()
-        await drive(port, seconds, args.connections, sessions)
+        await drive(ports, seconds, args.connections, sessions)
         elapsed = time.monotonic() - t0
         await sampler
         # Afterwards every session must still hold exactly its count.
         final = Sessions()
-        client = Client(port)
+        clients = [Client(p) for p in ports]
         for i, cookie in enumerate(sessions.cookies):
-            status, body, _ = await client.get("/bench/read", cookie)
+            status, body, _ = await clients[i % len(clients)].get("/bench/read", cookie)
             if status != 200 or body != str(sessions.counts[i]):
                 final.fail("wrong_count", f"session {i}: expected {sessions.counts[i]}, got {status} {body!r}")
         warm = [rss for t, rss in samples if t >= seconds * 0.2]
@@ -184,8 +190,9 @@ async def soak_one(name, env, args):
         print(json.dumps(result), flush=True)
         return result
     finally:
-        proc.terminate()
-        proc.wait()
+        for p in procs:
+            p.terminate()
+            p.wait()
 
 
 def write_doc(results, path):
@@ -233,6 +240,9 @@ async def main():
         "cookie": {"SESSION_TYPE": "cookie"},
         "sqlite": {"SESSION_TYPE": "sqlite", "SESSION_DATABASE_URL": f"sqlite://{tmp}/soak.db"},
         "redis": {"SESSION_TYPE": "redis", "SESSION_REDIS": redis_url},
+        # Two instances, each with a local cache big enough for every session.
+        "redis-cached-pair": {"SESSION_TYPE": "redis", "SESSION_REDIS": redis_url,
+                              "SESSION_REDIS_LOCAL_CACHE": str(args.sessions * 2)},
         "memory": {"SESSION_TYPE": "memory", "SESSION_MEMORY_CAPACITY": str(args.sessions * 2)},
     }
     results = []
