@@ -788,16 +788,22 @@ mod tests {
     use super::*;
     use hipflask::Value;
 
+    /// A store with a local cache on the Redis at `REDIS_URL`, and that URL;
+    /// `None`, said on stderr, when it is unset.
+    async fn cached_store() -> Option<(RedisStore, String)> {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: set REDIS_URL");
+            return None;
+        };
+        Some((RedisStore::connect(&url).await.unwrap().with_local_cache(100).await.unwrap(), url))
+    }
+
     /// Invalidations are read even while no request reads the cache, and
     /// the task that reads them ends with the store.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_listener_is_read_even_when_no_request_reads_it() {
-        let Ok(url) = std::env::var("REDIS_URL") else {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "skipped: set REDIS_URL");
-            return;
-        };
-        let store = RedisStore::connect(&url).await.unwrap().with_local_cache(100).await.unwrap();
+        let Some((store, url)) = cached_store().await else { return };
         let mut other = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
         let now = 1_700_000_000;
         let id = SessionId::generate();
@@ -830,12 +836,7 @@ mod tests {
     /// the very key (as it does for a broadcast-tracking client).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_own_write_stays_in_the_local_cache() {
-        let Ok(url) = std::env::var("REDIS_URL") else {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "skipped: set REDIS_URL");
-            return;
-        };
-        let store = RedisStore::connect(&url).await.unwrap().with_local_cache(100).await.unwrap();
+        let Some((store, _)) = cached_store().await else { return };
         let now = 1_700_000_000;
         let id = SessionId::generate();
         let data: Dict = [("visits".to_owned(), Value::Int(1))].into();

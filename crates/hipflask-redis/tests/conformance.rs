@@ -148,6 +148,12 @@ impl OwnRedis {
     }
 }
 
+/// A store with a local cache on `redis`, and "another process" there.
+async fn cached_on(redis: &OwnRedis) -> (RedisStore, redis::aio::MultiplexedConnection) {
+    let store = RedisStore::connect(&redis.url).await.unwrap().with_local_cache(1000).await.unwrap();
+    (store, other_process_on(&redis.url).await)
+}
+
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.server.kill();
@@ -296,8 +302,7 @@ async fn tracking_connections(other: &mut redis::aio::MultiplexedConnection) -> 
 async fn a_lost_tracking_connection_leaves_no_stale_session() {
     // On a server of its own: the connections it cuts are then only its own.
     let Some(redis) = OwnRedis::start().await else { return };
-    let store = RedisStore::connect(&redis.url).await.unwrap().with_local_cache(1000).await.unwrap();
-    let mut other = other_process_on(&redis.url).await;
+    let (store, mut other) = cached_on(&redis).await;
     let now = 1_700_000_000;
     let (id, key) = session_with_visits(&store, 1, now).await;
     assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(1));
@@ -348,8 +353,7 @@ async fn a_change_elsewhere_is_seen_without_this_process_running_a_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_invalidation_listener_leaves_no_stale_session() {
     let Some(redis) = OwnRedis::start().await else { return };
-    let store = RedisStore::connect(&redis.url).await.unwrap().with_local_cache(1000).await.unwrap();
-    let mut other = other_process_on(&redis.url).await;
+    let (store, mut other) = cached_on(&redis).await;
     let now = 1_700_000_000;
     let (id, key) = session_with_visits(&store, 1, now).await;
     for round in 0..3u8 {
@@ -393,8 +397,7 @@ async fn the_invalidation_listener_authenticates_and_speaks_unix_sockets() {
     ];
     for redis in servers {
         let Some(redis) = redis else { return };
-        let store = RedisStore::connect(&redis.url).await.unwrap().with_local_cache(100).await.unwrap();
-        let mut other = other_process_on(&redis.url).await;
+        let (store, mut other) = cached_on(&redis).await;
         let now = 1_700_000_000;
         let (id, key) = session_with_visits(&store, 1, now).await;
         assert_eq!(visits_now(&store, &id, now).await, Some(1));
