@@ -91,16 +91,16 @@ impl DemoConfig {
                         "SESSION_DATABASE_URL={url:?} must start with sqlite:// for SESSION_TYPE=sqlite"
                     ));
                 };
-                let store = hipflask_sqlite::SqliteStore::open(path)
-                    .await
-                    .map_err(|e| format!("SESSION_DATABASE_URL={url:?}: cannot open the session database: {e}"))?;
+                let store = hipflask_sqlite::SqliteStore::open(path).await.map_err(|e| {
+                    format!("SESSION_DATABASE_URL={url:?}: cannot open the session database: {}", why(&e))
+                })?;
                 Some(Arc::new(store.with_key_prefix(&lookup("SESSION_KEY_PREFIX").unwrap_or_default())))
             }
             "filesystem" => {
                 let dir = lookup("SESSION_FILE_DIR").unwrap_or_else(|| "flask_session".into());
                 let store = hipflask_filesystem::FileStore::open(&dir)
                     .await
-                    .map_err(|e| format!("SESSION_FILE_DIR={dir:?}: cannot use the directory: {e}"))?;
+                    .map_err(|e| format!("SESSION_FILE_DIR={dir:?}: cannot use the directory: {}", why(&e)))?;
                 Some(Arc::new(store))
             }
             "redis" => {
@@ -115,14 +115,14 @@ impl DemoConfig {
                     .transpose()?;
                 let store = hipflask_redis::RedisStore::connect(&url)
                     .await
-                    .map_err(|e| format!("SESSION_REDIS={url:?}: cannot connect: {e}"))?;
+                    .map_err(|e| format!("SESSION_REDIS={url:?}: cannot connect: {}", why(&e)))?;
                 let prefix = lookup("SESSION_KEY_PREFIX").unwrap_or_else(|| "session:".into());
                 let mut store = store.with_key_prefix(&prefix);
                 if let Some((capacity, text)) = cache.filter(|(n, _)| *n > 0) {
                     store = store
                         .with_local_cache(capacity)
                         .await
-                        .map_err(|e| format!("SESSION_REDIS_LOCAL_CACHE={text:?}: {e}"))?;
+                        .map_err(|e| format!("SESSION_REDIS_LOCAL_CACHE={text:?}: {}", why(&e)))?;
                 }
                 Some(Arc::new(store))
             }
@@ -133,7 +133,8 @@ impl DemoConfig {
                     ));
                 };
                 let prefix = lookup("SESSION_KEY_PREFIX").unwrap_or_default();
-                let failed = |e: hipflask::Error| format!("SESSION_DATABASE_URL={url:?}: cannot use the database: {e}");
+                let failed =
+                    |e: hipflask::Error| format!("SESSION_DATABASE_URL={url:?}: cannot use the database: {}", why(&e));
                 let store: Arc<dyn hipflask::Store> = if kind == "postgresql" {
                     Arc::new(hipflask_sql::PostgresStore::connect(&url).await.map_err(failed)?.with_key_prefix(&prefix))
                 } else {
@@ -273,6 +274,23 @@ impl Object for SessionObject {
 
 /// A session value as a template value: Markup stays safe HTML, the other
 /// tagged types show as Flask would print them.
+/// An error with its causes, on one line: a store's own message says what
+/// failed, the cause (refused connection, wrong password, missing
+/// permission) says why.
+fn why(e: &hipflask::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        // Some errors repeat their cause in their own message: once is enough.
+        let text = c.to_string();
+        if !out.contains(&text) {
+            let _ = write!(out, ": {text}");
+        }
+        cause = c.source();
+    }
+    out.replace('\n', " ")
+}
+
 fn to_jinja(v: &Value) -> JValue {
     match v {
         Value::Null => JValue::from(()),

@@ -238,6 +238,13 @@ async fn settings_errors_name_the_variable() {
         .await
         .unwrap_err();
     assert!(err.starts_with("SESSION_REDIS_LOCAL_CACHE="), "{err}");
+    // Nothing listens on port 1: the line says so, not only that it failed.
+    let err = DemoConfig::from_lookup(env(&[("SESSION_TYPE", "redis"), ("SESSION_REDIS", "redis://127.0.0.1:1")]))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("SESSION_REDIS=") && err.contains("cannot connect"), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "the cause is given: {err}");
+    assert!(!err.contains('\n'));
     let memory = env(&[("SESSION_TYPE", "memory"), ("SESSION_MEMORY_CAPACITY", "2000000"), ("SECRET_KEY", "k")]);
     assert!(DemoConfig::from_lookup(memory).await.unwrap().0.store.is_some());
     let (_, warnings) = DemoConfig::from_lookup(env(&[])).await.unwrap();

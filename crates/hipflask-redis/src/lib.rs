@@ -275,8 +275,8 @@ impl RedisStore {
         local.enable_tracking(local.cache.ticket("")).await.map_err(|e| {
             Error::new(
                 ErrorKind::Config,
-                "the Redis local cache could not start: it needs Redis 6 or newer (CLIENT TRACKING, HELLO 3) \
-                 and a user allowed CLIENT; the cause says which step failed",
+                "the Redis local cache could not start (it needs Redis 6 or newer, for CLIENT TRACKING and \
+                 HELLO 3, and a user allowed CLIENT)",
             )
             .with_source(e)
         })?;
