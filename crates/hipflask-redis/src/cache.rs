@@ -42,7 +42,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hipflask::{Dict, IdKeyHasher};
-use redis::{PushInfo, PushKind};
+use redis::{PushInfo, PushKind, Value};
 
 const SHARDS: usize = 16;
 /// Change counters per shard: keys are told apart by hash into
@@ -223,7 +223,7 @@ impl LocalCache {
         shard.seqs[stripe] += 1;
     }
 
-    pub(crate) fn invalidate_all(&self) {
+    fn invalidate_all(&self) {
         for i in 0..SHARDS {
             let mut shard = self.lock(i);
             shard.entries.clear();
@@ -238,11 +238,25 @@ impl LocalCache {
         self.invalidate_all();
     }
 
-    /// Handles a push on the tracked connection. Invalidations are
-    /// redirected to the listener (see `listen`); what comes here is news
-    /// that some may have been lost.
+    /// Handles a push: an invalidation (on the listener, see `listen`), or,
+    /// on the tracked connection, news that invalidations may have been
+    /// lost.
     pub(crate) fn on_push(&self, push: PushInfo) {
         match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        match key {
+                            Value::BulkString(key) => self.invalidate(key),
+                            Value::SimpleString(key) => self.invalidate(key.as_bytes()),
+                            // Not a key we can name: drop everything rather than guess.
+                            _ => self.invalidate_all(),
+                        }
+                    }
+                }
+                // Nil after FLUSHALL/FLUSHDB, or a shape we do not know.
+                _ => self.invalidate_all(),
+            },
             // This process lost the tracked connection.
             PushKind::Disconnection => self.disconnected(),
             // Redis could not reach the connection invalidations go to.
@@ -356,6 +370,21 @@ mod tests {
         let off = cache.ticket("k");
         cache.replace("k", off, session(4), HOUR);
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn pushes_invalidate_the_named_keys_or_everything() {
+        let cache = LocalCache::new(100);
+        for key in ["a", "b", "c"] {
+            let t = tracking(&cache, key);
+            cache.put(key, t, &session(1), HOUR);
+        }
+        let keys = redis::Value::Array(vec![redis::Value::BulkString(b"a".to_vec())]);
+        cache.on_push(PushInfo { kind: PushKind::Invalidate, data: vec![keys] });
+        assert!(cache.get("a").is_none());
+        assert!(cache.get("b").is_some());
+        cache.on_push(PushInfo { kind: PushKind::Invalidate, data: vec![redis::Value::Nil] });
+        assert_eq!(cache.len(), 0, "FLUSHALL drops everything");
     }
 
     #[test]

@@ -421,7 +421,8 @@ async fn a_user_who_may_not_use_client_tracking_gets_a_clear_error() {
     assert_eq!(err.kind(), hipflask::ErrorKind::Config);
     assert!(err.to_string().contains("local cache could not start"), "{err}");
     let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
-    assert!(cause.contains("NOPERM") && cause.contains("CLIENT"), "the cause names the refused command: {cause}");
+    let shout = cause.to_uppercase();
+    assert!(shout.contains("NOPERM") && shout.contains("CLIENT"), "the cause names the refused command: {cause}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
