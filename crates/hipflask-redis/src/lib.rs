@@ -554,9 +554,12 @@ impl RedisStore {
 impl Local {
     /// Sends `CLIENT TRACKING ON` on the tracked connection, redirected to
     /// the listener (connected first if need be), then marks the cache as
-    /// tracking unless a disconnection came in between.
+    /// tracking unless a disconnection came in between. `None` (read
+    /// uncached) while another request is at it: with Redis unreachable a
+    /// connect can take seconds, and requests queued behind one another
+    /// would each wait for all the connects before theirs.
     async fn enable_tracking(&self, ticket: cache::Ticket) -> Result<Option<cache::Ticket>, redis::RedisError> {
-        let _one = self.enabling.lock().await;
+        let Ok(_one) = self.enabling.try_lock() else { return Ok(None) };
         // A listener that died unnoticed is found here, and replaced.
         self.listener.drain(&self.cache);
         let id = match self.listener.id() {
@@ -829,6 +832,28 @@ mod tests {
         drop((local, store));
         tokio::time::sleep(local_drain_interval() * 3).await;
         assert!(weak.upgrade().is_none(), "nothing keeps the cache alive");
+    }
+
+    /// A request that finds tracking off while another request is turning
+    /// it back on reads Redis at once, uncached, instead of waiting its turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_never_waits_for_tracking_to_come_back() {
+        let Some((store, _)) = cached_store().await else { return };
+        let now = 1_700_000_000;
+        let id = SessionId::generate();
+        let data: Dict = [("visits".to_owned(), Value::Int(3))].into();
+        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        let local = store.local.clone().unwrap();
+        local.cache.disconnected();
+        let busy = local.enabling.lock().await;
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), store.load(&id, now)).await;
+        let record = read.expect("answered while tracking is being turned on").unwrap().unwrap();
+        assert_eq!(record.data.get("visits").and_then(Value::as_i64), Some(3));
+        assert!(store.load_now(&id, now).is_none(), "read uncached: tracking is not on yet");
+        drop(busy);
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        assert!(store.load_now(&id, now).is_some(), "cached again once tracking is back");
     }
 
     /// What this process saved through the cache is served from the cache
