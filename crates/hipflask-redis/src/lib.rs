@@ -37,6 +37,16 @@
 //! once per batch instead of once per command. A request that finds no
 //! other waiting for Redis is sent at once.
 //!
+//! # Closed connections
+//!
+//! Redis closes clients idle for longer than its `timeout` setting, and a
+//! restart closes all of them. A command that finds its connection closed
+//! is sent once more, on the new connection, so the first request after an
+//! idle spell is not answered 503. Loads only read and saves set or delete
+//! the request's keys, so sending again never stores anything else; with
+//! conflicts refused, a save whose first sending was applied before the
+//! connection dropped is answered 409.
+//!
 //! # Local cache
 //!
 //! [`with_local_cache`](RedisStore::with_local_cache) keeps sessions read
@@ -78,8 +88,10 @@ mod batch;
 mod cache;
 mod listen;
 mod merge;
+mod reconnect;
 
 use batch::{Batcher, reply};
+use reconnect::Reconnecting;
 
 const MERGE: &str = include_str!("merge.lua");
 
@@ -104,7 +116,7 @@ pub struct RedisStore {
     local: Option<Arc<Local>>,
     /// Batches the hot path's commands on a standalone server (a cluster
     /// routes each command by its key: no batching there).
-    batch: Option<Arc<Batcher<ConnectionManager>>>,
+    batch: Option<Arc<Batcher<Reconnecting>>>,
     prefix: String,
     user_key: String,
     script: redis::Script,
@@ -116,8 +128,8 @@ pub struct RedisStore {
 /// listener.
 struct Local {
     cache: Arc<cache::LocalCache>,
-    tracked: ConnectionManager,
-    batch: Arc<Batcher<ConnectionManager>>,
+    tracked: Reconnecting,
+    batch: Arc<Batcher<Reconnecting>>,
     listener: listen::Listener,
     /// Where the listener connects to (again).
     info: redis::ConnectionInfo,
@@ -128,7 +140,7 @@ struct Local {
 
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(Reconnecting),
     Cluster(ClusterConnection),
 }
 
@@ -204,7 +216,7 @@ impl RedisStore {
     /// where the client supports it). The connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(backend)?;
-        let conn = ConnectionManager::new(client.clone()).await.map_err(backend)?;
+        let conn = Reconnecting(ConnectionManager::new(client.clone()).await.map_err(backend)?);
         Ok(RedisStore { client: Some(client), ..RedisStore::with(Conn::Single(conn)) })
     }
 
@@ -262,7 +274,7 @@ impl RedisStore {
             pushes.on_push(push);
             Ok::<(), std::convert::Infallible>(())
         });
-        let tracked = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
+        let tracked = Reconnecting(ConnectionManager::new_with_config(client, config).await.map_err(backend)?);
         let local = Local {
             cache,
             batch: Batcher::new(tracked.clone()),

@@ -408,6 +408,34 @@ async fn the_invalidation_listener_authenticates_and_speaks_unix_sockets() {
     let _ = std::fs::remove_file(&socket);
 }
 
+/// Redis closes connections idle for longer than its `timeout`: the next
+/// request must not fail for it (it did, with a 503, before), on either
+/// connection, with or without the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_while_idle_are_not_a_failed_request() {
+    let Some(redis) = OwnRedis::start_with(&["--timeout", "1"], |port| format!("redis://127.0.0.1:{port}")).await
+    else {
+        return;
+    };
+    let plain = RedisStore::connect(&redis.url).await.unwrap();
+    let (cached, _) = cached_on(&redis).await;
+    // Both at once: each step waits for Redis to close what sat idle.
+    let idle = |store: RedisStore| async move {
+        let now = 1_700_000_000;
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(2500));
+        let (id, _) = session_with_visits(&store, 1, now).await;
+        pause().await;
+        let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(2)))] };
+        let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+        assert_eq!(store.update(&id, &update, now).await.unwrap(), hipflask::Updated::Applied, "{store:?}");
+        pause().await;
+        assert_eq!(visits(store.load(&id, now).await.unwrap().as_ref()), Some(2), "{store:?}");
+        pause().await;
+        assert!(store.delete(&id).await.unwrap(), "{store:?}");
+    };
+    tokio::join!(idle(plain), idle(cached));
+}
+
 /// A cache that cannot work is refused when it is made, saying why, rather
 /// than run uncached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
