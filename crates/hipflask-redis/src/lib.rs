@@ -814,6 +814,14 @@ mod tests {
         Some((RedisStore::connect(&url).await.unwrap().with_local_cache(100).await.unwrap(), url))
     }
 
+    /// A new session `{"visits": n}` in `store`, alive for a minute.
+    async fn session_with_visits(store: &RedisStore, n: i64, now: u64) -> SessionId {
+        let id = SessionId::generate();
+        let data: Dict = [("visits".to_owned(), Value::Int(n))].into();
+        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        id
+    }
+
     /// Invalidations are read even while no request reads the cache, and
     /// the task that reads them ends with the store.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,9 +829,7 @@ mod tests {
         let Some((store, url)) = cached_store().await else { return };
         let mut other = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
         let now = 1_700_000_000;
-        let id = SessionId::generate();
-        let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
-        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        let id = session_with_visits(&store, 1, now).await;
         assert!(store.load(&id, now).await.unwrap().is_some());
         let key = store.key(&id);
         let local = store.local.clone().unwrap();
@@ -852,9 +858,7 @@ mod tests {
     async fn a_read_never_waits_for_tracking_to_come_back() {
         let Some((store, _)) = cached_store().await else { return };
         let now = 1_700_000_000;
-        let id = SessionId::generate();
-        let data: Dict = [("visits".to_owned(), Value::Int(3))].into();
-        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        let id = session_with_visits(&store, 3, now).await;
         let local = store.local.clone().unwrap();
         local.cache.disconnected();
         let busy = local.enabling.lock().await;
@@ -875,9 +879,7 @@ mod tests {
     async fn an_own_write_stays_in_the_local_cache() {
         let Some((store, _)) = cached_store().await else { return };
         let now = 1_700_000_000;
-        let id = SessionId::generate();
-        let data: Dict = [("visits".to_owned(), Value::Int(1))].into();
-        store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
+        let id = session_with_visits(&store, 1, now).await;
         assert!(store.load(&id, now).await.unwrap().is_some());
         let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(2)))] };
         let update = Update { changes, expires_at: now + 60, loaded: None };
