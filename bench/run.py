@@ -377,44 +377,68 @@ def main_table(all_servers, args, tmp, redis_url, results):
             server.stop()
 
 
-def growth(server, bare, args, tmp, results):
+def growth(base, bare, args, tmp, results):
     """Per-request cost as the number of live sessions grows (1k -> 100k -> 1M).
 
-    The points are minutes apart, and this machine's speed drifts by a fifth over minutes:
-    each run is paired with one of bare axum (`bare`, already started) moments later, and
-    the change from point to point is taken on the median of those ratios, as the main
-    table's are."""
-    server.start()
+    This machine's speed drifts by a fifth over minutes, more than the 10% being judged, so
+    the points are not measured one after another. One server per point runs at once (SQLite
+    in a file of its own, Redis with a redis-server of its own, so a point's store holds only
+    its own sessions), each seeded to its count; then all are measured in interleaved rounds,
+    their order turning from round to round, each run beside a run of bare axum just before
+    it. A point's figure is the median of its ratios to bare axum over the rounds."""
+    points, redises = [], []
     try:
-        script = lua_script(server.seed(1000), tmp)
+        for target in args.growth:
+            env, store = {}, base.store
+            if base.name == "sqlite":
+                env["SESSION_DATABASE_URL"] = f"sqlite://{tmp}/growth-{target}.db"
+            if base.name == "redis":
+                proc, url = start_redis(tmp)
+                redises.append(proc)
+                env["SESSION_REDIS"], store = url, ("pid", proc.pid)
+            server = Server(f"{base.name}-{target}", base.label, base.argv, {**base.env, **env}, store, base.group)
+            server.start()
+            points.append((target, server))
         bare_script = lua_script(bare.seed(1000), tmp)
         bulk = lua_script([], tmp)
-        points = []
-        rate = None
-        for target in args.growth:
+        for target, server in points:
+            server.script = lua_script(server.seed(1000), tmp)
+            rate = None
             # Seeding runs long enough to reach the target by the last rate
             # seen, so a fast store does not overshoot it by half.
             while (made := server.metric("hipflask_sessions_created_total")) < target:
-                seconds = 5 if rate is None else max(1, min(5, math.ceil((target - made) / rate)))
+                seconds = 1 if rate is None else max(1, min(5, math.ceil((target - made) / rate)))
                 wrk(f"{server.url}/bench/seed", seconds, bulk)
                 rate = max(1.0, (server.metric("hipflask_sessions_created_total") - made) / seconds)
+            measure(server, "read", 1, server.script)  # warm-up, not recorded
+        runs = {(t, r): [] for t, _ in points for r in ("read", "write")}
+        ratios = {(t, r): [] for t, _ in points for r in ("read", "write")}
+        for round_ in range(args.rounds):
+            turn = round_ % len(points)
+            for route in ("read", "write"):
+                for target, server in points[turn:] + points[:turn]:
+                    beside = measure(bare, route, args.seconds, bare_script)
+                    run = measure(server, route, args.seconds, server.script)
+                    runs[(target, route)].append(run)
+                    ratios[(target, route)].append(run["cpu_us"] / max(beside["cpu_us"], 1e-9))
+                    print(f"  round {round_ + 1} {server.name:15} /bench/{route:5} {run['cpu_us']:6.1f} us/req  "
+                          f"bare {beside['cpu_us']:6.1f}  ratio {ratios[(target, route)][-1]:.3f}", flush=True)
+        results[base.name] = []
+        for target, server in points:
             live = int(server.metric("hipflask_sessions_created_total"))
             point = {"sessions": live, "rss": rss_bytes(server.proc.pid)}
             for route in ("read", "write"):
-                # One run moves by a fifth on this machine: the median of three, each
-                # beside a run of bare axum.
-                runs, ratios = [], []
-                for _ in range(3):
-                    runs.append(measure(server, route, args.seconds, script))
-                    ratios.append(runs[-1]["cpu_us"] / max(measure(bare, route, args.seconds, bare_script)["cpu_us"], 1e-9))
-                point[route] = {**median_run(runs), "vs_bare": sorted(ratios)[1], "rounds_vs_bare": ratios}
-            points.append(point)
-            print(f"  {server.name:13} {live:>8} sessions: read {point['read']['cpu_us']:.1f} us ({point['read']['vs_bare']:.2f}x bare), "
-                  f"write {point['write']['cpu_us']:.1f} us ({point['write']['vs_bare']:.2f}x bare), "
-                  f"RSS {point['rss'] / 2**20:.0f} MiB", flush=True)
-        results[server.name] = points
+                got = ratios[(target, route)]
+                point[route] = {**median_run(runs[(target, route)]), "vs_bare": sorted(got)[len(got) // 2], "rounds_vs_bare": got}
+            results[base.name].append(point)
+            print(f"  {base.name:13} {live:>8} sessions: read {point['read']['vs_bare']:.3f}x bare, "
+                  f"write {point['write']['vs_bare']:.3f}x bare, RSS {point['rss'] / 2**20:.0f} MiB", flush=True)
     finally:
-        server.stop()
+        for _, server in points:
+            server.stop()
+        for proc in redises:
+            proc.terminate()
+            proc.wait()
 
 
 def size_curve(server, args, tmp, results):
