@@ -191,24 +191,50 @@ fn parse_row(id: &str, text: &str) -> Option<hipflask::Dict> {
     }
 }
 
-/// The live session stored under `id`, its data as stored, and its rowid.
-fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<(Record, String, i64)>, Error> {
+/// A live session as loaded: its record, its data as stored, and its rowid.
+type Row = (Record, String, i64);
+
+/// The live session stored under `id`.
+fn load_row(conn: &Connection, id: &str, now: u64) -> Result<Option<Row>, Error> {
     // Cached statements: preparing SQL costs more than running it on a hot page.
     let row = conn
         .prepare_cached(
             "SELECT data, created_at, expires_at, rowid FROM hipflask_sessions WHERE id = ?1 AND expires_at > ?2",
         )
         .and_then(|mut stmt| {
-            stmt.query_row(params![id, now as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-            })
-            .optional()
+            stmt.query_row(params![id, now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional()
         })
         .map_err(backend)?;
-    Ok(row.and_then(|(text, created, expires, rowid)| {
-        let data = parse_row(id, &text)?;
-        Some((Record { data, created_at: created as u64, expires_at: expires as u64 }, text, rowid))
-    }))
+    Ok(row.and_then(|(text, created, expires, rowid)| to_row(id, text, created, expires, rowid)))
+}
+
+/// A row found by the rowid this store last saw it under, if it still holds
+/// `id` and is live: no walk of the id index, whose random text keys made
+/// each load touch pages all over the file at a million sessions.
+const LOAD_BY_ROWID: &str =
+    "SELECT data, created_at, expires_at FROM hipflask_sessions WHERE rowid = ?1 AND id = ?2 AND expires_at > ?3";
+
+/// [`load_row`], trying first the rowid the store remembers for `id`. A row
+/// that moved since (deleted and made again, or renumbered by `VACUUM`) is
+/// not the one at that rowid any more, and is found by its id.
+fn load_known_row(conn: &Connection, seen: &LastSeen, id: &str, now: u64) -> Result<Option<Row>, Error> {
+    if let Some(rowid) = seen.peek(id, |bytes| remembered(bytes).map(|(rowid, _)| rowid)).flatten() {
+        let row = conn
+            .prepare_cached(LOAD_BY_ROWID)
+            .and_then(|mut stmt| {
+                stmt.query_row(params![rowid, id, now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+            })
+            .map_err(backend)?;
+        if let Some((text, created, expires)) = row {
+            return Ok(to_row(id, text, created, expires, rowid));
+        }
+    }
+    load_row(conn, id, now)
+}
+
+fn to_row(id: &str, text: String, created: i64, expires: i64, rowid: i64) -> Option<Row> {
+    let data = parse_row(id, &text)?;
+    Some((Record { data, created_at: created as u64, expires_at: expires as u64 }, text, rowid))
 }
 
 /// Remembers a row as this store read or wrote it: its rowid, then its data.
@@ -289,7 +315,7 @@ impl Store for SqliteStore {
         let id = self.key(id);
         let seen = self.seen.clone();
         self.conn.call(move |conn| {
-            let Some((record, text, rowid)) = load_row(conn, &id, now)? else {
+            let Some((record, text, rowid)) = load_known_row(conn, &seen, &id, now)? else {
                 return Ok(None);
             };
             remember(&seen, &id, rowid, &text);
@@ -412,5 +438,26 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             Ok(n as u64)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load by rowid reads the table alone: SQLite's plan for it names
+    /// the rowid and no index (the id index's walk is what it is for).
+    #[test]
+    fn a_load_by_rowid_walks_no_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {LOAD_BY_ROWID}"))
+            .unwrap()
+            .query_map(params![1, "session:x", 0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(plan, ["SEARCH hipflask_sessions USING INTEGER PRIMARY KEY (rowid=?)"], "{plan:?}");
     }
 }

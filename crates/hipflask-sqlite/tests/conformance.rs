@@ -80,3 +80,45 @@ async fn a_save_from_a_stale_instance_is_merged_not_swapped_in() {
     let b = SqliteStore::open(&path).await.unwrap();
     hipflask_conformance::a_save_from_a_stale_instance_is_merged_not_swapped_in(Arc::new(a), Arc::new(b)).await;
 }
+
+/// A load finds a row by the rowid it was last seen under, but only if that
+/// rowid still holds the session: a row deleted and made again elsewhere,
+/// with its old rowid now another session's, is found by its id; one
+/// deleted for good is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_moved_by_another_process_is_found_by_its_id() {
+    let path = temp_db("moved");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let now = hipflask_conformance::NOW;
+    let dict = |v: &str| -> Dict { [("v".to_owned(), hipflask::Value::from(v))].into() };
+    let (x, y) = (SessionId::generate(), SessionId::generate());
+    store.create(&x, Record { data: dict("x1"), created_at: now, expires_at: now + 60 }).await.unwrap();
+    assert_eq!(store.load(&x, now).await.unwrap().unwrap().data, dict("x1"));
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let old: i64 =
+        conn.query_row("SELECT rowid FROM hipflask_sessions WHERE id = ?1", [x.as_str()], |r| r.get(0)).unwrap();
+    conn.execute("DELETE FROM hipflask_sessions WHERE id = ?1", [x.as_str()]).unwrap();
+    conn.execute(
+        "INSERT INTO hipflask_sessions (rowid, id, data, created_at, expires_at) VALUES (?1, ?2, '{\"v\":\"y\"}', ?3, ?4)",
+        rusqlite::params![old, y.as_str(), now as i64, (now + 60) as i64],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO hipflask_sessions (id, data, created_at, expires_at) VALUES (?1, '{\"v\":\"x2\"}', ?2, ?3)",
+        rusqlite::params![x.as_str(), now as i64, (now + 60) as i64],
+    )
+    .unwrap();
+    assert_eq!(store.load(&x, now).await.unwrap().unwrap().data, dict("x2"), "not the row now at its old rowid");
+    assert_eq!(store.load(&y, now).await.unwrap().unwrap().data, dict("y"));
+
+    // A save goes to the row as found, and leaves the other alone.
+    let changes = hipflask::Changes { cleared: false, keys: vec![("v".to_owned(), Some(hipflask::Value::from("x3")))] };
+    let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+    assert_eq!(store.update(&x, &update, now).await.unwrap(), hipflask::Updated::Applied);
+    assert_eq!(store.load(&x, now).await.unwrap().unwrap().data, dict("x3"));
+    assert_eq!(store.load(&y, now).await.unwrap().unwrap().data, dict("y"));
+
+    conn.execute("DELETE FROM hipflask_sessions WHERE id = ?1", [x.as_str()]).unwrap();
+    assert_eq!(store.load(&x, now).await.unwrap(), None, "deleted elsewhere");
+}

@@ -202,6 +202,13 @@ impl LastSeen {
         Some(value)
     }
 
+    /// Reads the bytes last seen under `key` and leaves them for the save: a
+    /// load can find the stored row by what they say about it.
+    pub fn peek<R>(&self, key: &str, read: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let shard = self.shard(key);
+        shard.values.get(key)?.as_deref().map(read)
+    }
+
     /// Forgets `key` (its session was deleted).
     pub fn forget(&self, key: &str) {
         let mut shard = self.shard(key);
@@ -243,8 +250,11 @@ mod tests {
         let seen = LastSeen::new(32);
         seen.remember("k", b"one");
         seen.remember("k", b"two");
-        assert_eq!(seen.take("k").as_deref(), Some(&b"two"[..]));
+        assert_eq!(seen.peek("k", <[u8]>::to_vec), Some(b"two".to_vec()));
+        assert_eq!(seen.take("k").as_deref(), Some(&b"two"[..]), "a peek leaves the bytes");
         assert_eq!(seen.take("k"), None, "a save takes the bytes");
+        assert_eq!(seen.peek("k", <[u8]>::len), None, "taken bytes cannot be peeked at");
+        assert_eq!(seen.peek("never", <[u8]>::len), None);
         seen.remember("gone", b"x");
         seen.forget("gone");
         assert_eq!(seen.take("gone"), None);
