@@ -7,6 +7,8 @@
 //! read or wrote, one `UPDATE` guarded by that row's exact data (a
 //! compare-and-set); when the guard fails or the row is not known, a
 //! `BEGIN IMMEDIATE` transaction that reads the row, merges and writes.
+//! Loads and saves of a row the store knows find it by its rowid, guarded
+//! by its id, so they walk no index of random ids.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), hipflask::Error> {
