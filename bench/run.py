@@ -441,6 +441,82 @@ def growth(base, bare, args, tmp, results):
             proc.wait()
 
 
+def send(server, conns, cookies, path, n):
+    """n GETs of `path` over keep-alive connections, cookies taken in turn; each must be 200."""
+    for i in range(n):
+        conn = conns[i % len(conns)]
+        conn.request("GET", path, headers={"Cookie": cookies[i % len(cookies)]})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{server.name} {path}: {resp.status}")
+
+
+def callgrind_totals(pid, dumps):
+    """Has callgrind dump the counters of `pid` into `dumps`: the dump, and its totals by event."""
+    before = set(dumps.iterdir())
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    dump = max(set(dumps.iterdir()) - before, key=lambda f: f.stat().st_mtime)
+    lines = dump.read_text().splitlines()
+    events = next(line for line in lines if line.startswith("events:")).split()[1:]
+    totals = next(line for line in lines if line.startswith(("summary:", "totals:"))).split()[1:]
+    return dump, {name: int(v) for name, v in zip(events, totals)}
+
+
+def growth_counted(base, args, tmp, results, requests=2000):
+    """The growth runs' question asked of callgrind, whose counts do not drift: instructions
+    and simulated cache misses per request at each live-session count, on the same 1,000
+    sessions (all of them, in turn: the working set is the point). Seeding runs with
+    instrumentation off, so a million sessions take minutes, not hours; then it is switched on
+    for the measured requests. Server process only (a store's own processes are not counted)."""
+    results[base.name] = []
+    for target in args.growth:
+        dumps = Path(tmp) / f"growth-callgrind-{base.name}-{target}"
+        dumps.mkdir()
+        env = {k: v for k, v in base.env.items() if os.environ.get(k) != v}
+        redis = None
+        if base.name == "sqlite":
+            env["SESSION_DATABASE_URL"] = f"sqlite://{tmp}/growth-counted-{target}.db"
+        if base.name == "redis":
+            redis, env["SESSION_REDIS"] = start_redis(tmp)
+        # The caches of this machine's CPU (L1 32 KiB, L3 32 MiB as the last level): valgrind's
+        # own guess inside this VM was a direct-mapped 256 MiB last level.
+        caches = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=33554432,16,64"]
+        argv = ["valgrind", "--tool=callgrind", "--cache-sim=yes", *caches, "--instr-atstart=no", f"--callgrind-out-file={dumps}/cg.%p", *base.argv]
+        server = Server(f"{base.name}-{target}", base.label, argv, env, group=base.group)
+        server.start()
+        try:
+            cookies = server.seed(1000)
+            bulk = lua_script([], tmp)
+            while server.metric("hipflask_sessions_created_total") < target:
+                wrk(f"{server.url}/bench/seed", 5, bulk)
+            conns = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(4)]
+            subprocess.run(["callgrind_control", "-i", "on", str(server.proc.pid)], check=True, capture_output=True)
+            point = {"sessions": int(server.metric("hipflask_sessions_created_total"))}
+            for route in ("read", "write"):
+                send(server, conns, cookies, f"/bench/{route}", 1000)
+                subprocess.run(["callgrind_control", "-z", str(server.proc.pid)], check=True, capture_output=True)
+                send(server, conns, cookies, f"/bench/{route}", requests)
+                _, totals = callgrind_totals(server.proc.pid, dumps)
+                e = {name: n / requests for name, n in totals.items()}
+                l1 = e["I1mr"] + e["D1mr"] + e["D1mw"]
+                ll = e["ILmr"] + e["DLmr"] + e["DLmw"]
+                # kcachegrind's cycle estimate: a first-level miss 10 cycles, a last-level miss 100.
+                point[route] = {"instructions": e["Ir"], "l1_misses": l1, "ll_misses": ll, "cycles": e["Ir"] + 10 * l1 + 100 * ll}
+            for c in conns:
+                c.close()
+            results[base.name].append(point)
+            print(f"  {base.name:13} {point['sessions']:>8} sessions: "
+                  + ", ".join(f"{r} {point[r]['instructions'] / 1000:.1f}k instr, {point[r]['l1_misses']:.0f} L1 / "
+                              f"{point[r]['ll_misses']:.1f} LL misses, {point[r]['cycles'] / 1000:.1f}k est. cycles" for r in ("read", "write")),
+                  flush=True)
+        finally:
+            server.stop()
+            if redis:
+                redis.terminate()
+                redis.wait()
+
+
 def size_curve(server, args, tmp, results):
     server.start()
     try:
@@ -479,7 +555,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the main table (median kept)")
     ap.add_argument("--sessions", type=int, default=1000, help="seeded cookies rotated by wrk")
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: main,instructions,growth,sizes")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: main,instructions,growth,growthcount,sizes")
     ap.add_argument("--growth", default="1000,100000,1000000", help="live-session counts for the growth runs")
     ap.add_argument("--sizes", default="100,500,1000,2000,3500", help="session sizes in bytes for the size curve")
     ap.add_argument("--target", type=Path, required=True, help="cargo target directory holding the release binaries")
@@ -496,20 +572,20 @@ def main():
     tmp = tempfile.mkdtemp(prefix="hipflask-bench-")
     redis_proc, redis_url = start_redis(tmp)
     args.redis_pid = redis_proc.pid
-    results = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "sessions": args.sessions, "main": {}, "instructions": {}, "growth": {}, "sizes": {}}
+    results = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "sessions": args.sessions, "main": {}, "instructions": {}, "growth": {}, "growthcount": {}, "sizes": {}}
     # The day each part was measured: a part this run skips keeps its own, and
     # the header (machine, rounds, ...) is the main table's, so it stays with it.
     results["dates"] = {}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
-        for part in ("main", "instructions", "growth", "sizes"):
+        for part in ("main", "instructions", "growth", "growthcount", "sizes"):
             results[part] = previous.get(part, {}) if (part in skip or only) else {}
             if part in skip and part in previous.get("dates", {}):
                 results["dates"][part] = previous["dates"][part]
         if "main" in skip:
             for key in ("machine", "seconds", "rounds", "sessions"):
                 results[key] = previous.get(key, results[key])
-    for part in ("main", "instructions", "growth", "sizes"):
+    for part in ("main", "instructions", "growth", "growthcount", "sizes"):
         if part not in skip:
             results["dates"][part] = time.strftime("%Y-%m-%d")
     try:
@@ -533,6 +609,11 @@ def main():
                         growth(by_name[name], bare, args, tmp, results["growth"])
             finally:
                 bare.stop()
+        if "growthcount" not in skip:
+            print("== growth, counted (callgrind)", flush=True)
+            for name in ("memory", "sqlite", "redis"):
+                if not only or name in only:
+                    growth_counted(by_name[name], args, tmp, results["growthcount"])
         if "sizes" not in skip:
             print("== size curve", flush=True)
             by_name = {s.name: s for s in servers(args, tmp, redis_url)}
@@ -564,25 +645,13 @@ def instructions(server, args, tmp, out, requests=1000):
     try:
         cookies = counted.seed(100)
         conns = [http.client.HTTPConnection("127.0.0.1", counted.port, timeout=60) for _ in range(4)]
-
-        def run(path, n):
-            for i in range(n):
-                conn = conns[i % len(conns)]
-                conn.request("GET", path, headers={"Cookie": cookies[i % len(cookies)]})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"{server.name} {path}: {resp.status}")
-
         out[server.name] = {}
         for route in ROUTES:
-            run(f"/bench/{route}", 200)
+            send(counted, conns, cookies, f"/bench/{route}", 200)
             subprocess.run(["callgrind_control", "-z", str(counted.proc.pid)], check=True, capture_output=True)
-            run(f"/bench/{route}", requests)
-            before = set(dumps.iterdir())
-            subprocess.run(["callgrind_control", "-d", str(counted.proc.pid)], check=True, capture_output=True)
-            dump = max(set(dumps.iterdir()) - before, key=lambda f: f.stat().st_mtime)
-            total = next(int(l.split()[1]) for l in dump.read_text().splitlines() if l.startswith(("summary:", "totals:")))
+            send(counted, conns, cookies, f"/bench/{route}", requests)
+            dump, totals = callgrind_totals(counted.proc.pid, dumps)
+            total = totals["Ir"]
             out[server.name][route] = total / requests
             if args.callgrind_dir:
                 args.callgrind_dir.mkdir(parents=True, exist_ok=True)
