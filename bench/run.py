@@ -460,6 +460,8 @@ def callgrind_totals(pid, dumps):
     lines = dump.read_text().splitlines()
     events = next(line for line in lines if line.startswith("events:")).split()[1:]
     totals = next(line for line in lines if line.startswith(("summary:", "totals:"))).split()[1:]
+    # Callgrind leaves out trailing zero counts.
+    totals += ["0"] * (len(events) - len(totals))
     return dump, {name: int(v) for name, v in zip(events, totals)}
 
 
