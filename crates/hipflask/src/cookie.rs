@@ -126,25 +126,45 @@ pub struct CookieCodec {
 ///
 /// A browser sends the same cookie on every request until the session
 /// changes, and verifying it (HMAC, base64, zlib, JSON) is most of a read's
-/// cost. A hit needs the exact bytes of a cookie that passed verification
-/// with this codec's keys, so nothing forged or altered can match; the age is
-/// checked again on every hit. Bounded: only cookies up to
-/// [`CACHED_COOKIE_MAX_LEN`] bytes, [`CACHE_SHARD_LEN`] per shard, a full
-/// shard is emptied.
+/// cost: for a cookie of a few kilobytes, five times what the rest of the
+/// request costs. A hit needs the exact bytes of a cookie that passed
+/// verification with this codec's keys, so nothing forged or altered can
+/// match; the age is checked again on every hit.
+///
+/// Bounded by count and by bytes: each entry is charged its cookie's length
+/// plus its decoded payload's (the JSON a session's entries were built from,
+/// a fair measure of their size), a shard holds at most [`CACHE_SHARD_LEN`]
+/// entries and [`CACHE_SHARD_BYTES`] charged bytes and starts over when
+/// either is reached, and an entry charged more than [`CACHED_ENTRY_MAX`] is
+/// never kept (a small cookie can inflate to a large session). That is
+/// about 1,300 sessions of 3.5 KB, or 4,096 small ones.
 #[derive(Default)]
 struct VerifiedCookies {
     shards: [Mutex<Shard>; CACHE_SHARDS],
 }
 
-/// Cookie text -> (session, the cookie's timestamp). Hashed by the cookie's
-/// last bytes, its signature, instead of SipHash over the whole cookie. Only
-/// verified cookies are ever stored, and the hasher is keyed, so no client
-/// can choose where entries land.
-type Shard = HashMap<Box<[u8]>, (Arc<Dict>, u64), IdKeyHasher>;
+/// Cookie text -> its entry, and the bytes the entries are charged.
+/// Hashed by the cookie's last bytes, its signature, instead of SipHash over
+/// the whole cookie. Only verified cookies are ever stored, and the hasher is
+/// keyed, so no client can choose where entries land.
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<Box<[u8]>, Cached, IdKeyHasher>,
+    charged: usize,
+}
+
+/// A verified cookie's session, its timestamp, and the bytes it is charged.
+#[derive(Clone)]
+struct Cached {
+    data: Arc<Dict>,
+    ts: u64,
+    charge: usize,
+}
 
 const CACHE_SHARDS: usize = 8;
 const CACHE_SHARD_LEN: usize = 512;
-const CACHED_COOKIE_MAX_LEN: usize = 1024;
+const CACHE_SHARD_BYTES: usize = 1024 * 1024;
+const CACHED_ENTRY_MAX: usize = 32 * 1024;
 
 impl VerifiedCookies {
     /// The shard for a cookie: its last character, part of the signature, is
@@ -155,22 +175,33 @@ impl VerifiedCookies {
     }
 
     fn get(&self, cookie: &[u8]) -> Option<(Arc<Dict>, u64)> {
-        self.shard(cookie).get(cookie).cloned()
+        self.shard(cookie).entries.get(cookie).map(|c| (Arc::clone(&c.data), c.ts))
     }
 
-    fn put(&self, cookie: &[u8], data: &Arc<Dict>, ts: u64) {
-        if cookie.len() > CACHED_COOKIE_MAX_LEN {
+    /// Keeps a verified cookie whose payload was `payload_len` bytes decoded.
+    fn put(&self, cookie: &[u8], data: &Arc<Dict>, ts: u64, payload_len: usize) {
+        let charge = cookie.len().saturating_add(payload_len);
+        if charge > CACHED_ENTRY_MAX {
             return;
         }
         let mut shard = self.shard(cookie);
-        if shard.len() >= CACHE_SHARD_LEN {
-            shard.clear();
+        if shard.entries.len() >= CACHE_SHARD_LEN || shard.charged + charge > CACHE_SHARD_BYTES {
+            shard.entries.clear();
+            shard.charged = 0;
         }
-        shard.insert(cookie.into(), (Arc::clone(data), ts));
+        let entry = Cached { data: Arc::clone(data), ts, charge };
+        // Two requests decoding the same new cookie at once both put it.
+        if let Some(old) = shard.entries.insert(cookie.into(), entry) {
+            shard.charged -= old.charge;
+        }
+        shard.charged += charge;
     }
 
     fn forget(&self, cookie: &[u8]) {
-        self.shard(cookie).remove(cookie);
+        let mut shard = self.shard(cookie);
+        if let Some(old) = shard.entries.remove(cookie) {
+            shard.charged -= old.charge;
+        }
     }
 }
 
@@ -254,8 +285,9 @@ impl CookieCodec {
         let (payload, ts) = signed.rsplit_once('.').ok_or(CookieError::MissingTimestamp)?;
         let ts = decode_timestamp(ts).ok_or(CookieError::MalformedTimestamp)?;
         self.check_age(ts, now)?;
-        let data = Arc::new(decode_payload(payload)?);
-        self.verified.put(cookie.as_bytes(), &data, ts);
+        let (data, payload_len) = decode_payload_sized(payload)?;
+        let data = Arc::new(data);
+        self.verified.put(cookie.as_bytes(), &data, ts, payload_len);
         Ok(data)
     }
 
@@ -285,6 +317,11 @@ fn bad_payload(reason: impl Into<String>) -> CookieError {
 }
 
 fn decode_payload(segment: &str) -> Result<Dict, CookieError> {
+    decode_payload_sized(segment).map(|(dict, _)| dict)
+}
+
+/// [`decode_payload`], and the length of the JSON it parsed.
+fn decode_payload_sized(segment: &str) -> Result<(Dict, usize), CookieError> {
     let (compressed, data) = match segment.strip_prefix('.') {
         Some(rest) => (true, rest),
         None => (false, segment),
@@ -294,8 +331,8 @@ fn decode_payload(segment: &str) -> Result<Dict, CookieError> {
     // Python decodes the payload as strict UTF-8 before parsing.
     std::str::from_utf8(&raw).map_err(|_| bad_payload("payload is not valid UTF-8"))?;
     match json::parse_session(&raw) {
-        Ok(Some(dict)) => Ok(dict),
-        Ok(None) => Ok(Dict::new()),
+        Ok(Some(dict)) => Ok((dict, raw.len())),
+        Ok(None) => Ok((Dict::new(), raw.len())),
         Err(e) => Err(bad_payload(format!("{} at byte {}", e.message, e.offset))),
     }
 }
@@ -656,27 +693,66 @@ mod tests {
         let mut altered = cookie.clone().into_bytes();
         altered[2] ^= 1;
         assert!(codec.decode(std::str::from_utf8(&altered).unwrap(), 1000).is_err());
-        // Bounded: a shard that fills up starts over.
+        // Bounded by count: a shard that fills up starts over.
         for i in 0..(CACHE_SHARDS * CACHE_SHARD_LEN * 2) {
             let mut s = Dict::new();
             s.insert("i".into(), crate::Value::from(i as i64));
             codec.decode(&codec.encode(&s, 1000), 1000).unwrap();
         }
-        let cached: usize = codec.verified.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let cached: usize = codec.verified.shards.iter().map(|s| s.lock().unwrap().entries.len()).sum();
         assert!(cached <= CACHE_SHARDS * CACHE_SHARD_LEN, "{cached}");
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let pad: String = (0..2000)
+    }
+
+    /// Letters that zlib shrinks only somewhat, as a real session's text.
+    fn letters(n: usize, seed: u64) -> String {
+        let mut x = seed | 1;
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 char::from(b'a' + (x % 26) as u8)
             })
-            .collect();
-        let long = codec.encode(&[("pad".to_owned(), crate::Value::from(pad))].into(), 1000);
-        assert!(long.len() > CACHED_COOKIE_MAX_LEN);
-        codec.decode(&long, 1000).unwrap();
-        assert!(codec.verified.get(long.as_bytes()).is_none(), "long cookies are not kept");
+            .collect()
+    }
+
+    /// Cookies of a few kilobytes are kept too, but never past a shard's byte
+    /// budget, and a session too large for an entry is not kept at all,
+    /// however small its (compressed) cookie.
+    #[test]
+    fn verified_cookies_are_bounded_by_bytes() {
+        let codec = CookieCodec::new(&SecretKey::new("secret").unwrap(), &[], 100);
+        let session = |pad: String| -> Dict { [("pad".to_owned(), crate::Value::from(pad))].into() };
+        let big = codec.encode(&session(letters(3500, 7)), 1000);
+        assert!(big.len() > 2000 && big.starts_with('.'), "a compressed cookie of {} bytes", big.len());
+        assert_eq!(codec.decode(&big, 1000).unwrap(), session(letters(3500, 7)));
+        assert!(codec.verified.get(big.as_bytes()).is_some(), "a 3.5 KB session is kept");
+
+        let bomb = codec.encode(&session("a".repeat(CACHED_ENTRY_MAX)), 1000);
+        assert!(bomb.len() < 1024, "zlib shrinks it to {} bytes", bomb.len());
+        assert_eq!(codec.decode(&bomb, 1000).unwrap(), session("a".repeat(CACHED_ENTRY_MAX)));
+        assert!(codec.verified.get(bomb.as_bytes()).is_none(), "what it inflates to is charged");
+
+        for seed in 0..3000 {
+            let cookie = codec.encode(&session(letters(3500, seed * 2 + 11)), 1000);
+            codec.decode(&cookie, 1000).unwrap();
+        }
+        let mut total = 0;
+        for shard in &codec.verified.shards {
+            let shard = shard.lock().unwrap();
+            let charged: usize = shard.entries.values().map(|c| c.charge).sum();
+            assert_eq!(shard.charged, charged, "the running count matches the entries");
+            assert!(shard.charged <= CACHE_SHARD_BYTES, "{}", shard.charged);
+            total += shard.entries.len();
+        }
+        assert!(total > 100, "big cookies are still cached: {total}");
+        // Forgetting and putting the same cookie twice keep the count right.
+        codec.verified.forget(big.as_bytes());
+        let data = Arc::new(session(String::new()));
+        codec.verified.put(b"x.y.z", &data, 1000, 10);
+        codec.verified.put(b"x.y.z", &data, 1000, 10);
+        let shard = codec.verified.shard(b"x.y.z");
+        assert_eq!(shard.charged, shard.entries.values().map(|c| c.charge).sum::<usize>());
     }
 
     #[test]
