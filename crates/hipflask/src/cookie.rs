@@ -154,7 +154,6 @@ struct Shard {
 }
 
 /// A verified cookie's session, its timestamp, and the bytes it is charged.
-#[derive(Clone)]
 struct Cached {
     data: Arc<Dict>,
     ts: u64,
