@@ -47,6 +47,18 @@
 //! conflicts refused, a save whose first sending was applied before the
 //! connection dropped is answered 409.
 //!
+//! # Timeouts
+//!
+//! On a standalone server each command waits at most 500 ms for its answer,
+//! so a Redis that stops answering (paused, swapping, stuck in a slow
+//! command) fails the load or save with [`ErrorKind::Timeout`] (503 from the
+//! layer, or an empty unsaved session with `fail_open`) instead of holding
+//! the request. A session command takes well under a millisecond, so only a
+//! Redis in trouble is that slow. The layer's
+//! [`store_timeout`](hipflask::ConfigBuilder::store_timeout) still bounds a
+//! whole load or save, retries included, and is the one to set for Redis
+//! Cluster, whose client has timeouts of its own.
+//!
 //! # Local cache
 //!
 //! [`with_local_cache`](RedisStore::with_local_cache) keeps sessions read
@@ -211,12 +223,18 @@ fn backend(e: redis::RedisError) -> Error {
     Error::new(kind, "Redis session store failed").with_source(e)
 }
 
+/// How long a command on a standalone server may wait for its answer (see
+/// "Timeouts" in the crate docs). redis-rs' default, set here so that an
+/// upgrade of the client cannot change it unnoticed.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl RedisStore {
     /// Connects to one Redis server (`redis://HOST:PORT/DB`, `rediss://` for TLS
     /// where the client supports it). The connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(backend)?;
-        let conn = Reconnecting(ConnectionManager::new(client.clone()).await.map_err(backend)?);
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = Reconnecting(ConnectionManager::new_with_config(client.clone(), config).await.map_err(backend)?);
         Ok(RedisStore { client: Some(client), ..RedisStore::with(Conn::Single(conn)) })
     }
 
@@ -270,10 +288,12 @@ impl RedisStore {
         let client = redis::Client::open(info.set_redis_settings(settings)).map_err(backend)?;
         let cache = Arc::new(cache::LocalCache::new(capacity));
         let pushes = cache.clone();
-        let config = redis::aio::ConnectionManagerConfig::new().set_push_sender(move |push: redis::PushInfo| {
-            pushes.on_push(push);
-            Ok::<(), std::convert::Infallible>(())
-        });
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender(move |push: redis::PushInfo| {
+                pushes.on_push(push);
+                Ok::<(), std::convert::Infallible>(())
+            });
         let tracked = Reconnecting(ConnectionManager::new_with_config(client, config).await.map_err(backend)?);
         let local = Local {
             cache,

@@ -599,3 +599,52 @@ async fn with_an_empty_prefix_the_cache_still_hears_of_changes() {
     assert_eq!(visits_now(&store, &id, now).await, Some(9), "another process's write is seen");
     let _: () = redis::cmd("DEL").arg(id.as_str()).query_async(&mut other).await.unwrap();
 }
+
+/// A Redis that stops answering (here: its process paused) fails a load and
+/// a save with a timeout within a second, with and without the local cache,
+/// instead of holding the request; once it answers again, so does the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_fails_in_time_and_is_used_again_after() {
+    let Some(redis) = OwnRedis::start().await else { return };
+    let plain = RedisStore::connect(&redis.url).await.unwrap();
+    let (cached, _) = cached_on(&redis).await;
+    let now = 1_700_000_000;
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &redis.server.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    let mut ids = Vec::new();
+    for store in [&plain, &cached] {
+        ids.push(session_with_visits(store, 1, now).await.0);
+    }
+    signal("-STOP");
+    for (store, id) in [&plain, &cached].into_iter().zip(&ids) {
+        let started = std::time::Instant::now();
+        // A miss in the cache, so that it has to ask Redis.
+        let other = SessionId::generate();
+        let load = tokio::time::timeout(std::time::Duration::from_secs(5), store.load(&other, now)).await;
+        let error = load.expect("the load gave up by itself").expect_err("Redis cannot have answered");
+        assert_eq!(error.kind(), hipflask::ErrorKind::Timeout, "{error:?}");
+        let changes = hipflask::Changes { cleared: false, keys: vec![("visits".into(), Some(Value::Int(2)))] };
+        let update = hipflask::Update { changes, expires_at: now + 60, loaded: None };
+        let save = tokio::time::timeout(std::time::Duration::from_secs(5), store.update(id, &update, now)).await;
+        let error = save.expect("the save gave up by itself").expect_err("Redis cannot have answered");
+        assert_eq!(error.kind(), hipflask::ErrorKind::Timeout, "{error:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    }
+    signal("-CONT");
+    for (store, id) in [&plain, &cached].into_iter().zip(&ids) {
+        // The save sent while Redis was paused may have been applied when it
+        // woke: either value is right, a failure or a missing session is not.
+        let mut answered = None;
+        for _ in 0..50 {
+            if let Ok(record) = store.load(id, now).await {
+                answered = Some(visits(record.as_ref()));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let got = answered.expect("the store answers again once Redis does");
+        assert!(matches!(got, Some(1) | Some(2)), "{got:?}");
+    }
+}
