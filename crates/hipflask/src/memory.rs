@@ -19,7 +19,7 @@ pub(crate) const DEFAULT_USER_KEY: &str = "_user_id";
 /// A session of a few keys takes about 400 bytes. Holding hundreds of
 /// thousands of them, each request touches a few random pages among hundreds
 /// of megabytes, and with 4 KiB pages the processor's address translation
-/// misses become the cost that grows: a write measured 8-11% slower at a
+/// misses become the cost that grows: a write measured 7-11% slower at a
 /// million sessions than at a thousand. On Linux with glibc 2.35 or newer,
 /// starting the process with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` lets the
 /// allocator use transparent huge pages (when
