@@ -471,6 +471,7 @@ impl ConfigBuilder {
         let path = quote_path(&raw_path);
         let lifetime = self.lifetime.as_secs();
         let server = self.store.map(|store| ServerSide {
+            memory: (Arc::clone(&store) as Arc<dyn std::any::Any + Send + Sync>).downcast().ok(),
             store,
             signer: self.use_signer.then(|| SidSigner::new(&secret)),
             permanent_default: self.session_permanent,

@@ -2,11 +2,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::ready;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, ErrorKind};
 use crate::sid::SessionId;
-use crate::store::{Changes, Record, Store, StoreFuture, Update, Updated, check_loaded, user_of_value};
+use crate::store::{Changes, Record, Store, StoreFuture, Update, Updated, check_loaded, conflict, user_of_value};
 use crate::value::{Dict, Value};
 
 /// Flask-Login's key for the logged-in user, the default user key.
@@ -46,7 +46,10 @@ struct Inner {
 
 #[derive(Debug)]
 struct Entry {
-    data: Compact,
+    /// Shared with the sessions of the requests that loaded it (see
+    /// [`MemoryStore::load_shared`]); copied before a change while any of
+    /// them holds it, so what a session holds never changes under it.
+    data: Arc<Compact>,
     created_at: u64,
     expires_at: u64,
     user: Option<String>,
@@ -57,15 +60,15 @@ struct Entry {
 /// eleven entries however few it holds: for the usual session of a few keys
 /// that node was two thirds of the store's memory, and at a million sessions
 /// the cache lines it spread over made every request slower.
-#[derive(Debug, Default)]
-struct Compact(Box<[(Box<str>, Value)]>);
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Compact(Box<[(Box<str>, Value)]>);
 
 impl Compact {
-    fn new(data: Dict) -> Compact {
+    pub(crate) fn new(data: Dict) -> Compact {
         Compact(data.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect())
     }
 
-    fn to_dict(&self) -> Dict {
+    pub(crate) fn to_dict(&self) -> Dict {
         // Inserted one by one: collecting would first gather the entries in a
         // vector to sort them, one more allocation for entries already sorted.
         let mut dict = Dict::new();
@@ -79,14 +82,27 @@ impl Compact {
         self.0.binary_search_by(|(k, _)| (**k).cmp(key))
     }
 
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    /// The keys, in order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
     }
 
     /// [`apply_changes`](crate::apply_changes) on this layout: the same
     /// conflict check, then the same changes.
+    #[cfg(test)]
     fn apply(&mut self, changes: &Changes, loaded: Option<&[Option<Value>]>) -> Result<(), Error> {
         check_loaded(changes, loaded, |key| self.get(key))?;
+        self.apply_unchecked(changes);
+        Ok(())
+    }
+
+    /// The changes of [`apply_changes`](crate::apply_changes), once the
+    /// conflict check passed.
+    fn apply_unchecked(&mut self, changes: &Changes) {
         let mut entries = if changes.cleared { Vec::new() } else { std::mem::take(&mut self.0).into_vec() };
         for (key, value) in &changes.keys {
             match (entries.binary_search_by(|(k, _)| (**k).cmp(key)), value) {
@@ -99,7 +115,6 @@ impl Compact {
             }
         }
         self.0 = entries.into_boxed_slice();
-        Ok(())
     }
 
     fn user(&self, user_key: &str) -> Option<String> {
@@ -157,34 +172,76 @@ impl MemoryStore {
         found
     }
 
+    /// The record of a live session, shared rather than copied, with its
+    /// times: what a session of this store reads through (see `Session`'s
+    /// layered data) until it saves with [`update_shared`](Self::update_shared).
+    pub(crate) fn load_shared(&self, id: &SessionId, now: u64) -> Option<(Arc<Compact>, u64, u64)> {
+        let mut inner = self.lock();
+        let found = inner.live(id, now).map(|e| (Arc::clone(&e.data), e.created_at, e.expires_at));
+        if found.is_none() && inner.sessions.contains_key(id) {
+            inner.remove(id);
+        }
+        found
+    }
+
     /// [`Store::update`], done in place.
     fn update_in_place(&self, id: &SessionId, update: &Update, now: u64) -> Result<Updated, Error> {
         let mut inner = self.lock();
-        let inner = &mut *inner;
-        let entry = match inner.sessions.get_mut(id) {
-            Some(entry) if entry.expires_at > now => entry,
-            _ => return Ok(Updated::Gone),
+        let Inner { sessions, users } = &mut *inner;
+        let Some(entry) = sessions.get_mut(id).filter(|e| e.expires_at > now) else {
+            return Ok(Updated::Gone);
         };
-        // In place: apply_changes checks for conflicts before changing anything.
-        entry.data.apply(&update.changes, update.loaded.as_deref())?;
+        // Checked before anything is copied or changed.
+        check_loaded(&update.changes, update.loaded.as_deref(), |key| entry.data.get(key))?;
+        Arc::make_mut(&mut entry.data).apply_unchecked(&update.changes);
         entry.expires_at = update.expires_at;
-        let user = entry.data.user(&self.user_key);
-        if user != entry.user {
-            // Logged in or out, or another user: move the id in the user index.
-            let old = std::mem::replace(&mut entry.user, user.clone());
-            if let Some(old) = old
-                && let Some(ids) = inner.users.get_mut(&old)
-            {
-                ids.remove(id);
-                if ids.is_empty() {
-                    inner.users.remove(&old);
-                }
-            }
-            if let Some(u) = user {
-                inner.users.entry(u).or_default().insert(id.clone());
-            }
-        }
+        Inner::reindex_user(users, id, entry, &self.user_key);
         Ok(Updated::Applied)
+    }
+
+    /// [`Store::update`] for a session that read through `base`, the record
+    /// [`load_shared`](Self::load_shared) gave it, handed back here so that
+    /// the store can change the record in place when nobody else holds it.
+    ///
+    /// When the stored record is still `base`, nothing changed it since the
+    /// load (a record is never changed while a session holds it), so there is
+    /// no conflict to look for, and the record after the changes is exactly
+    /// the session's view: it is returned with `true` for the session to read
+    /// through from now on. Otherwise the stored record is compared with
+    /// `base` key by key (with `check`, [`ConflictPolicy::Reject`]) and
+    /// `base` is returned with `false`: the session keeps its own view.
+    ///
+    /// [`ConflictPolicy::Reject`]: crate::ConflictPolicy::Reject
+    pub(crate) fn update_shared(
+        &self,
+        id: &SessionId,
+        changes: &Changes,
+        expires_at: u64,
+        base: Arc<Compact>,
+        check: bool,
+        now: u64,
+    ) -> (Result<Updated, Error>, Arc<Compact>, bool) {
+        let mut inner = self.lock();
+        let Inner { sessions, users } = &mut *inner;
+        let Some(entry) = sessions.get_mut(id).filter(|e| e.expires_at > now) else {
+            return (Ok(Updated::Gone), base, false);
+        };
+        if Arc::ptr_eq(&entry.data, &base) {
+            // Let go of the session's hold first, under the store's lock: the
+            // record is then changed in place unless another request holds it.
+            drop(base);
+            Arc::make_mut(&mut entry.data).apply_unchecked(changes);
+            entry.expires_at = expires_at;
+            Inner::reindex_user(users, id, entry, &self.user_key);
+            return (Ok(Updated::Applied), Arc::clone(&entry.data), true);
+        }
+        if check && let Some((key, _)) = changes.keys.iter().find(|(k, _)| entry.data.get(k) != base.get(k)) {
+            return (Err(conflict(key)), base, false);
+        }
+        Arc::make_mut(&mut entry.data).apply_unchecked(changes);
+        entry.expires_at = expires_at;
+        Inner::reindex_user(users, id, entry, &self.user_key);
+        (Ok(Updated::Applied), base, false)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -194,13 +251,39 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Moves `id` in the user index after `entry`'s data changed: logged in
+    /// or out, or another user.
+    fn reindex_user(
+        users: &mut HashMap<String, HashSet<SessionId>>,
+        id: &SessionId,
+        entry: &mut Entry,
+        user_key: &str,
+    ) {
+        let user = entry.data.user(user_key);
+        if user == entry.user {
+            return;
+        }
+        let old = std::mem::replace(&mut entry.user, user.clone());
+        if let Some(old) = old
+            && let Some(ids) = users.get_mut(&old)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                users.remove(&old);
+            }
+        }
+        if let Some(u) = user {
+            users.entry(u).or_default().insert(id.clone());
+        }
+    }
+
     fn insert(&mut self, id: SessionId, record: Record, user_key: &str) {
         let data = Compact::new(record.data);
         let user = data.user(user_key);
         if let Some(u) = &user {
             self.users.entry(u.clone()).or_default().insert(id.clone());
         }
-        let entry = Entry { data, created_at: record.created_at, expires_at: record.expires_at, user };
+        let entry = Entry { data: Arc::new(data), created_at: record.created_at, expires_at: record.expires_at, user };
         self.sessions.insert(id, entry);
     }
 
@@ -309,6 +392,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Session;
     use proptest::prelude::*;
 
     const KEYS: [&str; 5] = ["_permanent", "_user_id", "a", "b", "visits"];
@@ -332,7 +416,131 @@ mod tests {
         })
     }
 
+    /// One request's edits of a loaded session: set (`Some`) or remove each key.
+    fn edits() -> impl Strategy<Value = Vec<(String, Option<Value>)>> {
+        let key = proptest::sample::select(&KEYS[..]).prop_map(str::to_owned);
+        proptest::collection::vec((key, proptest::option::of((0i64..3).prop_map(Value::Int))), 0..4)
+    }
+
+    fn edit(session: &Session, edits: &[(String, Option<Value>)]) {
+        for (key, value) in edits {
+            match value {
+                Some(v) => session.insert_value(key.as_str(), v.clone()),
+                None => drop(session.remove(key)),
+            }
+        }
+    }
+
+    const NOW: u64 = 1_000;
+
+    /// What a session holds, read key by key (`to_dict` would make a layered
+    /// session a map).
+    fn view(session: &Session) -> Vec<Option<Value>> {
+        KEYS.iter().map(|k| session.get_value(k)).collect()
+    }
+
+    fn stored(store: &MemoryStore, data: Dict) -> SessionId {
+        let id = SessionId::generate();
+        let record = Record { data, created_at: NOW, expires_at: NOW + 100 };
+        store.lock().insert(id.clone(), record, DEFAULT_USER_KEY);
+        id
+    }
+
+    /// A request's session, loaded as the middleware loads it.
+    fn open(store: &MemoryStore, id: &SessionId, check: bool) -> Session {
+        let (base, created, expires) = store.load_shared(id, NOW).expect("stored");
+        Session::layered(base, id.clone(), (created, expires), check)
+    }
+
+    /// A save as the middleware makes it, through the record when the
+    /// session still reads through it.
+    fn save(store: &MemoryStore, id: &SessionId, session: &Session) -> Result<Updated, ErrorKind> {
+        let answer = session.update_layered(store, id, NOW + 100, NOW).unwrap_or_else(|| {
+            let (changes, loaded) = session.changes_and_loaded(true);
+            store.update_in_place(id, &Update { changes, expires_at: NOW + 100, loaded }, NOW)
+        });
+        answer.map_err(|e| e.kind())
+    }
+
+    fn record(store: &MemoryStore, id: &SessionId) -> Arc<Compact> {
+        Arc::clone(&store.lock().sessions[id].data)
+    }
+
+    /// A request alone on its session changes the stored record in place
+    /// and reads through it after; one whose record another request holds
+    /// leaves that request's view alone, and the other's save is still
+    /// checked against what it loaded.
+    #[test]
+    fn a_record_changes_in_place_only_when_no_other_request_holds_it() {
+        let store = MemoryStore::new();
+        let id = stored(&store, [("a".to_owned(), Value::Int(1))].into());
+        let alone = open(&store, &id, true);
+        let before = Arc::as_ptr(&record(&store, &id));
+        alone.insert_value("a", Value::Int(2));
+        assert_eq!(save(&store, &id, &alone), Ok(Updated::Applied));
+        let after = record(&store, &id);
+        assert_eq!(Arc::as_ptr(&after), before, "changed in place, not copied");
+        // The store's hold, this test's and the session's: it reads through it.
+        assert_eq!(Arc::strong_count(&after), 3);
+        assert!(alone.changes().is_empty(), "nothing left over the record");
+        drop(after);
+
+        let first = open(&store, &id, true);
+        let second = open(&store, &id, true);
+        first.insert_value("a", Value::Int(3));
+        assert_eq!(save(&store, &id, &first), Ok(Updated::Applied));
+        assert_ne!(Arc::as_ptr(&record(&store, &id)), before, "copied: the second request holds it");
+        assert_eq!(second.get::<i64>("a"), Some(2), "the second request's view is what it loaded");
+        second.insert_value("a", Value::Int(4));
+        assert_eq!(save(&store, &id, &second), Err(ErrorKind::Conflict), "a was changed since it loaded");
+        assert_eq!(record(&store, &id).get("a"), Some(&Value::Int(3)));
+        assert_eq!(second.get::<i64>("a"), Some(4), "a refused save leaves the handler's view");
+        let third = open(&store, &id, true);
+        store.lock().remove(&id);
+        third.insert_value("b", Value::Int(1));
+        assert_eq!(save(&store, &id, &third), Ok(Updated::Gone), "logged out meanwhile: not brought back");
+        assert!(store.lock().sessions.is_empty());
+    }
+
     proptest! {
+        /// Two requests on one session, saved one after the other through
+        /// the shared record, leave what `apply_changes` leaves applying
+        /// their changes in the same order to a map: the same data, the same
+        /// conflicts, the same user index. Each keeps its own view throughout.
+        #[test]
+        fn shared_saves_are_apply_changes(
+            data in dict(),
+            first_edits in edits(),
+            second_edits in edits(),
+            check in any::<bool>(),
+            second_loads_late in any::<bool>(),
+        ) {
+            let store = MemoryStore::new();
+            let id = stored(&store, data.clone());
+            let first = open(&store, &id, check);
+            let mut second = (!second_loads_late).then(|| open(&store, &id, check));
+            edit(&first, &first_edits);
+            let mut want = data;
+            let (changes, loaded) = first.changes_and_loaded(true);
+            let want_first = crate::apply_changes(&mut want, &changes, loaded.as_deref()).map(|_| Updated::Applied);
+            let seen = view(&first);
+            prop_assert_eq!(save(&store, &id, &first), want_first.map_err(|e| e.kind()));
+            prop_assert_eq!(view(&first), seen);
+
+            let second = second.take().unwrap_or_else(|| open(&store, &id, check));
+            edit(&second, &second_edits);
+            let (changes, loaded) = second.changes_and_loaded(true);
+            let want_second = crate::apply_changes(&mut want, &changes, loaded.as_deref()).map(|_| Updated::Applied);
+            let seen = view(&second);
+            prop_assert_eq!(save(&store, &id, &second), want_second.map_err(|e| e.kind()));
+            prop_assert_eq!(view(&second), seen);
+
+            prop_assert_eq!(record(&store, &id).to_dict(), want.clone());
+            let user = crate::user_of(&want, DEFAULT_USER_KEY);
+            let indexed: Vec<String> = store.lock().users.keys().cloned().collect();
+            prop_assert_eq!(indexed, user.into_iter().collect::<Vec<_>>());
+        }
+
         /// The compact layout's merge gives what `apply_changes` gives on a
         /// `Dict`: the same data, the same conflicts.
         #[test]

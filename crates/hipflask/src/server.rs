@@ -7,15 +7,19 @@ use std::task::{Context, Poll};
 
 use crate::config::{Config, SaveOutcome};
 use crate::error::Error;
+use crate::memory::MemoryStore;
 use crate::session::{PERMANENT_KEY, Session};
 use crate::sid::{SessionId, SidSigner};
-use crate::store::{ConflictPolicy, Record, Store, Update, Updated, apply_changes};
+use crate::store::{Changes, ConflictPolicy, Record, Store, Update, Updated, apply_changes};
 use crate::value::{Dict, Value};
 
 /// Settings of server-side sessions.
 #[derive(Clone, Debug)]
 pub(crate) struct ServerSide {
     pub(crate) store: Arc<dyn Store>,
+    /// `store`, when it is a [`MemoryStore`]: its sessions read through the
+    /// stored record instead of a copy (see `Session::layered`).
+    pub(crate) memory: Option<Arc<MemoryStore>>,
     pub(crate) signer: Option<SidSigner>,
     pub(crate) permanent_default: bool,
     /// Seconds after its last refresh before an unchanged session's expiry
@@ -163,16 +167,31 @@ impl Config {
             return Ok(server.new_session());
         };
         let now = self.now();
+        let keep = server.conflict == ConflictPolicy::Reject;
+        let expired = |created_at: u64| server.absolute_timeout.is_some_and(|t| now >= created_at.saturating_add(t));
+        if let Some(memory) = &server.memory {
+            return match memory.load_shared(&id, now) {
+                Some((record, created_at, expires_at)) if !expired(created_at) => {
+                    Ok(Session::layered(record, id, (created_at, expires_at), keep))
+                }
+                Some(_) => self.end_for_good(server, &id).await,
+                None => Ok(server.new_session()),
+            };
+        }
         let Some(record) = load(&*server.store, &id, now).await? else {
             return Ok(server.new_session());
         };
-        if server.absolute_timeout.is_some_and(|t| now >= record.created_at.saturating_add(t)) {
-            // Past the absolute timeout however active: end it for good.
-            server.store.delete(&id).await?;
-            return Ok(server.new_session());
+        if expired(record.created_at) {
+            return self.end_for_good(server, &id).await;
         }
-        let keep = server.conflict == ConflictPolicy::Reject;
         Ok(Session::server(record.data, id, Some((record.created_at, record.expires_at)), keep))
+    }
+
+    /// A session past the absolute timeout however active: deleted for
+    /// good, and a new one in its place.
+    async fn end_for_good(&self, server: &ServerSide, id: &SessionId) -> Result<Session, Error> {
+        server.store.delete(id).await?;
+        Ok(server.new_session())
     }
 
     /// The save of a server-side session that needs no store call: nothing
@@ -209,8 +228,7 @@ impl Config {
         };
         // Most requests only read: look at the data in place, and copy it out
         // only on the paths that create a record.
-        let (modified, accessed, permanent, empty) =
-            session.inspect(|d, m, a| (m, a, d.get(PERMANENT_KEY).is_some_and(Value::is_truthy), falsy(d)));
+        let (modified, accessed, permanent, empty) = session.save_flags();
         let out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
         if state.read_only {
             if modified {
@@ -231,8 +249,21 @@ impl Config {
             return SaveStep::Wait(Slow::Regenerate);
         }
         let (now, created_at, expires_at) = self.save_times(server, state.stored);
-        let (changes, loaded) = session.changes_and_loaded(server.conflict == ConflictPolicy::Reject);
-        if changes.is_empty() && !self.refresh_due(server, stored_expires, now) {
+        let refresh_due = || self.refresh_due(server, stored_expires, now);
+        // A memory store's session saves through the record it reads.
+        let layered = server.memory.as_ref().and_then(|memory| Some((memory, session.layered_changes()?)));
+        let answered = match layered {
+            Some((_, false)) if !refresh_due() => return SaveStep::Done(Ok(out)),
+            // `None` only if another handle just made it a map: saved below.
+            Some((memory, _)) => session.update_layered(memory, &state.id, expires_at, now),
+            None => None,
+        };
+        let (changes, loaded) = match answered {
+            // Taken by the store already: only the expiry is read after.
+            Some(_) => (Changes::default(), None),
+            None => session.changes_and_loaded(server.conflict == ConflictPolicy::Reject),
+        };
+        if answered.is_none() && changes.is_empty() && !refresh_due() {
             return SaveStep::Done(Ok(out));
         }
         let pending = PendingUpdate {
@@ -244,7 +275,7 @@ impl Config {
             reissue: modified || permanent,
             cookie_expires: permanent.then_some(expires_at as i64),
         };
-        match server.store.update_now(&pending.id, &pending.update, now) {
+        match answered.or_else(|| server.store.update_now(&pending.id, &pending.update, now)) {
             Some(answer) => SaveStep::Done(self.updated(server, session, pending, answer)),
             None => SaveStep::Update(pending),
         }

@@ -8,8 +8,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind};
+use crate::memory::{Compact, MemoryStore};
 use crate::sid::SessionId;
-use crate::store::Changes;
+use crate::store::{Changes, Updated};
 use crate::value::{Dict, Value};
 
 /// The key Flask stores permanence under.
@@ -47,7 +48,11 @@ pub const FLASHES_KEY: &str = "_flashes";
 pub struct Session(Arc<Mutex<Inner>>);
 
 struct Inner {
-    data: Data,
+    /// The entries, unless `layer` holds them.
+    map: Data,
+    /// A memory store's session, until something beyond reads, sets and
+    /// removes (see [`Layered`]).
+    layer: Option<Layered>,
     modified: bool,
     accessed: bool,
     new: bool,
@@ -71,6 +76,67 @@ struct Inner {
 enum Data {
     Owned(Dict),
     Shared(Arc<Dict>),
+}
+
+/// A [`MemoryStore`] session: the stored record, shared with the store
+/// rather than copied into a map, and the keys this request set or removed.
+/// A request that reads copies nothing, and one that sets a key or two
+/// copies only those; at the save the store changes its record in place
+/// (see [`MemoryStore::update_shared`]).
+///
+/// The record never changes while a session holds it, so it is also the
+/// session as loaded: the values conflicts are checked against, with no
+/// notes kept. Any use beyond reading, setting, removing and the save
+/// turns the session into an owned map with notes (see `Inner::unlayer`);
+/// while a session is layered, its `map` is an empty map that nothing reads.
+struct Layered {
+    base: Arc<Compact>,
+    /// Each key set (`Some`) or removed (`None`), in key order.
+    over: Vec<(String, Option<Value>)>,
+}
+
+impl Layered {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.over.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        match self.find(key) {
+            Ok(i) => self.over[i].1.as_ref(),
+            Err(_) => self.base.get(key),
+        }
+    }
+
+    /// Removes `key`, returning its value: a change like any other.
+    fn remove(&mut self, key: &str) -> Option<Value> {
+        match self.find(key) {
+            Ok(i) => self.over[i].1.take(),
+            Err(i) => {
+                let value = self.base.get(key).cloned()?;
+                self.over.insert(i, (key.to_owned(), None));
+                Some(value)
+            }
+        }
+    }
+
+    /// The entries as one map.
+    fn to_dict(&self) -> Dict {
+        let mut dict = self.base.to_dict();
+        for (key, value) in &self.over {
+            match value {
+                Some(v) => dict.insert(key.clone(), v.clone()),
+                None => dict.remove(key),
+            };
+        }
+        dict
+    }
+
+    /// Whether no key but `_permanent` is present.
+    fn falsy(&self) -> bool {
+        let over_falsy = self.over.iter().all(|(k, v)| v.is_none() || k == PERMANENT_KEY);
+        over_falsy
+            && self.base.keys().all(|k| k == PERMANENT_KEY || matches!(self.find(k), Ok(i) if self.over[i].1.is_none()))
+    }
 }
 
 impl Data {
@@ -122,13 +188,56 @@ struct Note {
 }
 
 impl Inner {
+    fn get(&self, key: &str) -> Option<&Value> {
+        match &self.layer {
+            Some(layered) => layered.get(key),
+            None => self.map.get(key),
+        }
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Turns a layered session into an owned map with a note for each
+    /// changed key, as if it had been loaded into a map: for every use but
+    /// reading, setting, removing and saving, which are rare enough to pay
+    /// the copy.
+    fn unlayer(&mut self) {
+        let Some(layered) = self.layer.take() else { return };
+        self.map = Data::Owned(layered.to_dict());
+        let keep = self.keep_originals;
+        // A layered session keeps no notes: its record is what it loaded.
+        self.notes = layered
+            .over
+            .into_iter()
+            .map(|(key, _)| {
+                let original = keep.then(|| layered.base.get(&key).cloned());
+                Note { key, touched: true, original }
+            })
+            .collect();
+    }
+
+    /// The entries as a map (a layered session becomes one).
+    fn dict(&mut self) -> &Dict {
+        self.unlayer();
+        &self.map
+    }
+
+    /// The entries for changing (a layered or shared session is copied).
+    fn dict_mut(&mut self) -> &mut Dict {
+        self.unlayer();
+        self.map.to_mut()
+    }
+
     /// Records that `key` is about to change: call before changing it.
     fn will_change(&mut self, key: &str) {
+        self.unlayer();
         match self.notes.binary_search_by(|n| n.key.as_str().cmp(key)) {
             // A key noted earlier already has its stored value.
             Ok(i) => self.notes[i].touched = true,
             Err(i) => {
-                let original = self.keep_originals.then(|| self.data.get(key).cloned());
+                let original = self.keep_originals.then(|| self.map.get(key).cloned());
                 self.notes.insert(i, Note { key: key.to_owned(), touched: true, original });
             }
         }
@@ -141,6 +250,13 @@ impl Inner {
     ///
     /// [`will_change`]: Inner::will_change
     fn set(&mut self, key: String, value: Value) {
+        if let Some(layered) = &mut self.layer {
+            match layered.find(&key) {
+                Ok(i) => layered.over[i].1 = Some(value),
+                Err(i) => layered.over.insert(i, (key, Some(value))),
+            }
+            return;
+        }
         let unnoted = match self.notes.binary_search_by(|n| n.key.as_str().cmp(&key)) {
             Ok(i) => {
                 self.notes[i].touched = true;
@@ -148,11 +264,11 @@ impl Inner {
             }
             Err(i) => Some(i),
         };
-        let (key, original) = match self.data.to_mut().get_mut(&key) {
+        let (key, original) = match self.map.to_mut().get_mut(&key) {
             Some(slot) => (key, Some(std::mem::replace(slot, value))),
             None => {
                 let noted = unnoted.map(|_| key.clone());
-                self.data.to_mut().insert(key, value);
+                self.map.to_mut().insert(key, value);
                 match noted {
                     Some(key) => (key, None),
                     None => return,
@@ -214,9 +330,9 @@ impl Default for Session {
 impl fmt::Debug for Session {
     /// Shows the state and the keys, never the values: sessions hold secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = self.raw();
+        let mut inner = self.raw();
         f.debug_struct("Session")
-            .field("keys", &inner.data.keys().collect::<Vec<_>>())
+            .field("keys", &inner.dict().keys().collect::<Vec<_>>())
             .field("modified", &inner.modified)
             .field("accessed", &inner.accessed)
             .field("new", &inner.new)
@@ -236,18 +352,19 @@ impl Session {
     }
 
     fn with_state(data: Dict, new: bool) -> Session {
-        Session::build(Data::Owned(data), new, None, false)
+        Session::build(Data::Owned(data), None, new, None, false)
     }
 
     /// A cookie session read from the codec's cache: shares the cached
     /// entries until its first change.
     pub(crate) fn from_shared(data: Arc<Dict>) -> Session {
-        Session::build(Data::Shared(data), false, None, false)
+        Session::build(Data::Shared(data), None, false, None, false)
     }
 
-    fn build(data: Data, new: bool, server: Option<Server>, keep_originals: bool) -> Session {
+    fn build(map: Data, layer: Option<Layered>, new: bool, server: Option<Server>, keep_originals: bool) -> Session {
         Session(Arc::new(Mutex::new(Inner {
-            data,
+            map,
+            layer,
             modified: false,
             accessed: false,
             new,
@@ -262,7 +379,15 @@ impl Session {
     /// A server-side session: loaded (`stored` = its times) or new.
     pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
         let server = Server { id, stored, regenerate: false, destroy: false, read_only: false };
-        Session::build(Data::Owned(data), stored.is_none(), Some(server), keep_loaded)
+        Session::build(Data::Owned(data), None, stored.is_none(), Some(server), keep_loaded)
+    }
+
+    /// A loaded [`MemoryStore`] session reading through the stored record
+    /// (see [`Layered`]).
+    pub(crate) fn layered(base: Arc<Compact>, id: SessionId, stored: (u64, u64), keep_loaded: bool) -> Session {
+        let server = Server { id, stored: Some(stored), regenerate: false, destroy: false, read_only: false };
+        let layer = Layered { base, over: Vec::new() };
+        Session::build(Data::Owned(Dict::new()), Some(layer), false, Some(server), keep_loaded)
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -309,7 +434,6 @@ impl Session {
     pub fn require<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<T, Error> {
         let inner = self.touch();
         let value = inner
-            .data
             .get(key)
             .ok_or_else(|| Error::new(ErrorKind::MissingKey, format!("the session has no key {key:?}")))?;
         convert(key, value)
@@ -317,7 +441,7 @@ impl Session {
 
     /// A copy of the raw value under `key`.
     pub fn get_value(&self, key: &str) -> Option<Value> {
-        self.touch().data.get(key).cloned()
+        self.touch().get(key).cloned()
     }
 
     /// Runs `f` on the value under `key` in place and returns its result.
@@ -327,24 +451,24 @@ impl Session {
     /// the change must be saved.
     pub fn with_value_mut<R>(&self, key: &str, f: impl FnOnce(&mut Value) -> R) -> Option<R> {
         let mut inner = self.touch();
-        if !inner.data.contains_key(key) {
+        if !inner.contains_key(key) {
             return None;
         }
         // Saved only if the session is marked modified, as in Flask.
         inner.will_change(key);
-        inner.data.to_mut().get_mut(key).map(f)
+        inner.dict_mut().get_mut(key).map(f)
     }
 
     /// `session.setdefault(key, default)`: the value under `key`, inserting
     /// `default` first when the key is missing (which marks the session modified).
     pub fn setdefault(&self, key: &str, default: impl Into<Value>) -> Value {
         let mut inner = self.touch();
-        if let Some(v) = inner.data.get(key) {
+        if let Some(v) = inner.get(key) {
             return v.clone();
         }
         let v = default.into();
         inner.will_change(key);
-        inner.data.to_mut().insert(key.to_owned(), v.clone());
+        inner.dict_mut().insert(key.to_owned(), v.clone());
         inner.modified = true;
         v
     }
@@ -353,36 +477,39 @@ impl Session {
     /// the session modified only when the key was present.
     pub fn remove(&self, key: &str) -> Option<Value> {
         let mut inner = self.touch();
-        if !inner.data.contains_key(key) {
+        if !inner.contains_key(key) {
             return None;
         }
-        inner.will_change(key);
         inner.modified = true;
-        inner.data.to_mut().remove(key)
+        if let Some(layered) = &mut inner.layer {
+            return layered.remove(key);
+        }
+        inner.will_change(key);
+        inner.dict_mut().remove(key)
     }
 
     /// Removes `key` and returns its value as `T`. When the value is not a
     /// `T`, it stays in the session and the error says so; no data is lost.
     pub fn remove_as<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>, Error> {
         let mut inner = self.touch();
-        let Some(value) = inner.data.get(key) else {
+        let Some(value) = inner.get(key) else {
             return Ok(None);
         };
         let typed = convert(key, value)?;
         inner.will_change(key);
-        inner.data.to_mut().remove(key);
+        inner.dict_mut().remove(key);
         inner.modified = true;
         Ok(Some(typed))
     }
 
     /// Whether `key` is in the session (`key in session`).
     pub fn contains_key(&self, key: &str) -> bool {
-        self.touch().data.contains_key(key)
+        self.touch().contains_key(key)
     }
 
     /// The keys, in sorted order.
     pub fn keys(&self) -> Vec<String> {
-        self.touch().data.keys().cloned().collect()
+        self.touch().dict().keys().cloned().collect()
     }
 
     /// A snapshot of every entry, in key order.
@@ -392,17 +519,17 @@ impl Session {
 
     /// A copy of the whole session.
     pub fn to_dict(&self) -> Dict {
-        Dict::clone(&self.touch().data)
+        Dict::clone(self.touch().dict())
     }
 
     /// The number of keys (`_permanent` and `_flashes` included, as in Flask).
     pub fn len(&self) -> usize {
-        self.touch().data.len()
+        self.touch().dict().len()
     }
 
     /// Whether the session has no keys.
     pub fn is_empty(&self) -> bool {
-        self.touch().data.is_empty()
+        self.touch().dict().is_empty()
     }
 
     /// Removes everything. Always marks the session modified, so the
@@ -410,7 +537,8 @@ impl Session {
     pub fn clear(&self) {
         let mut inner = self.touch();
         let inner = &mut *inner;
-        let data = std::mem::replace(&mut inner.data, Data::Owned(Dict::new())).into_dict();
+        inner.unlayer();
+        let data = std::mem::replace(&mut inner.map, Data::Owned(Dict::new())).into_dict();
         inner.untouch_all();
         if inner.keep_originals {
             // Every key present now is noted with its value; a key touched
@@ -456,7 +584,7 @@ impl Session {
     /// Whether the session outlives the browser session (`session.permanent`):
     /// the truthiness of the `_permanent` key.
     pub fn permanent(&self) -> bool {
-        self.touch().data.get(PERMANENT_KEY).is_some_and(Value::is_truthy)
+        self.touch().get(PERMANENT_KEY).is_some_and(Value::is_truthy)
     }
 
     /// Sets `session.permanent`. Like Flask, `false` stores `"_permanent": false`
@@ -502,10 +630,10 @@ impl Session {
         let entry = Value::Tuple(vec![Value::Str(category.to_owned()), message.into()]);
         let mut inner = self.touch();
         inner.will_change(FLASHES_KEY);
-        match inner.data.to_mut().get_mut(FLASHES_KEY) {
+        match inner.dict_mut().get_mut(FLASHES_KEY) {
             Some(Value::List(list)) => list.push(entry),
             _ => {
-                inner.data.to_mut().insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
+                inner.dict_mut().insert(FLASHES_KEY.to_owned(), Value::List(vec![entry]));
             }
         }
         inner.modified = true;
@@ -522,10 +650,10 @@ impl Session {
         if inner.flashes.is_none() {
             // Looked up first: a session shared with the cookie cache is
             // copied only when there is something to take out.
-            let taken = if inner.data.contains_key(FLASHES_KEY) {
+            let taken = if inner.contains_key(FLASHES_KEY) {
                 inner.will_change(FLASHES_KEY);
                 inner.modified = true;
-                inner.data.to_mut().remove(FLASHES_KEY)
+                inner.dict_mut().remove(FLASHES_KEY)
             } else {
                 None
             };
@@ -552,10 +680,14 @@ impl Session {
         if !inner.modified {
             return (Changes::default(), loaded.then(Vec::new));
         }
+        if let Some(layered) = &inner.layer {
+            let originals = loaded.then(|| layered.over.iter().map(|(k, _)| layered.base.get(k).cloned()).collect());
+            return (Changes { cleared: false, keys: layered.over.clone() }, originals);
+        }
         let mut keys = Vec::new();
         let mut originals = Vec::new();
         for note in inner.touched() {
-            keys.push((note.key.clone(), inner.data.get(&note.key).cloned()));
+            keys.push((note.key.clone(), inner.map.get(&note.key).cloned()));
             if loaded {
                 // Every touched key was noted before its change (`will_change`),
                 // with its original since `keep_originals` is on.
@@ -596,6 +728,7 @@ impl Session {
     /// after a save the store refused, so the handler's answer stands.
     pub fn discard_changes(&self) {
         let mut inner = self.raw();
+        inner.unlayer();
         inner.modified = false;
         inner.cleared = false;
         inner.untouch_all();
@@ -614,6 +747,11 @@ impl Session {
         inner.cleared = false;
         inner.new = stored.is_none();
         // The store now holds the data as it is: later changes compare to that.
+        // A layered session whose changes the store took in has nothing over
+        // its record; one with changes left becomes a map holding them.
+        if inner.layer.as_ref().is_some_and(|l| !l.over.is_empty()) {
+            inner.unlayer();
+        }
         inner.notes.clear();
         if let Some(server) = inner.server.as_mut() {
             server.id = id;
@@ -623,10 +761,59 @@ impl Session {
         }
     }
 
-    /// Runs `f` over the data and flags without copying, for the middleware.
+    /// Runs `f` over the data and flags, for the middleware: without
+    /// copying, except that a layered session becomes a map.
     pub(crate) fn inspect<R>(&self, f: impl FnOnce(&Dict, bool, bool) -> R) -> R {
+        let mut inner = self.raw();
+        let (modified, accessed) = (inner.modified, inner.accessed);
+        f(inner.dict(), modified, accessed)
+    }
+
+    /// What a server-side save looks at first: whether the session is
+    /// modified, accessed, permanent, and empty in Flask-Session's sense (no
+    /// key but `_permanent`). Layered sessions stay layered.
+    pub(crate) fn save_flags(&self) -> (bool, bool, bool, bool) {
         let inner = self.raw();
-        f(&inner.data, inner.modified, inner.accessed)
+        let permanent = inner.get(PERMANENT_KEY).is_some_and(Value::is_truthy);
+        let empty = match &inner.layer {
+            Some(layered) => layered.falsy(),
+            None => inner.map.keys().all(|k| k == PERMANENT_KEY),
+        };
+        (inner.modified, inner.accessed, permanent, empty)
+    }
+
+    /// Whether a layered session has changes to save (`None`: not layered).
+    pub(crate) fn layered_changes(&self) -> Option<bool> {
+        let inner = self.raw();
+        inner.layer.as_ref().map(|l| inner.modified && !l.over.is_empty())
+    }
+
+    /// The save of a layered session, in place: hands the store this
+    /// request's changes and the record the session reads through, and takes
+    /// back the record to read through after (see
+    /// [`MemoryStore::update_shared`]). `None` when the session is not
+    /// layered. The session stays locked throughout, so no other handle sees
+    /// it half saved.
+    pub(crate) fn update_layered(
+        &self,
+        store: &MemoryStore,
+        id: &SessionId,
+        expires_at: u64,
+        now: u64,
+    ) -> Option<Result<Updated, Error>> {
+        let mut inner = self.raw();
+        let check = inner.keep_originals;
+        let layered = inner.layer.take()?;
+        // The changed keys move to the store and back: nothing is copied.
+        let changes = Changes { cleared: false, keys: layered.over };
+        let (answer, base, folded) = store.update_shared(id, &changes, expires_at, layered.base, check, now);
+        let mut over = changes.keys;
+        if folded {
+            // The record now holds exactly this view.
+            over.clear();
+        }
+        inner.layer = Some(Layered { base, over });
+        Some(answer)
     }
 }
 
@@ -767,5 +954,98 @@ mod tests {
         let untracked = Session::server(ints(&[("a", 1)]), SessionId::generate(), Some((0, 100)), false);
         untracked.insert_value("a", Value::Int(2));
         assert_eq!(loaded_values(&untracked), None);
+    }
+
+    /// One thing a handler can do to a session, for the layered test below.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Get(&'static str),
+        Insert(&'static str, i64),
+        Remove(&'static str),
+        RemoveAs(&'static str),
+        SetDefault(&'static str, i64),
+        Nested(&'static str),
+        Flash,
+        TakeFlashes,
+        Permanent(bool),
+        Clear,
+        Keys,
+        Len,
+        MarkModified,
+        Discard,
+        Saved,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let key = proptest::sample::select(vec!["a", "b", "c", PERMANENT_KEY, FLASHES_KEY]);
+        let int = 0i64..3;
+        prop_oneof![
+            3 => key.clone().prop_map(Op::Get),
+            4 => (key.clone(), int.clone()).prop_map(|(k, v)| Op::Insert(k, v)),
+            2 => key.clone().prop_map(Op::Remove),
+            1 => key.clone().prop_map(Op::RemoveAs),
+            1 => (key.clone(), int).prop_map(|(k, v)| Op::SetDefault(k, v)),
+            1 => key.prop_map(Op::Nested),
+            1 => Just(Op::Flash),
+            1 => Just(Op::TakeFlashes),
+            1 => any::<bool>().prop_map(Op::Permanent),
+            1 => Just(Op::Clear),
+            1 => Just(Op::Keys),
+            1 => Just(Op::Len),
+            1 => Just(Op::MarkModified),
+            1 => Just(Op::Discard),
+            1 => Just(Op::Saved),
+        ]
+    }
+
+    /// What `op` returned, and the session's state after it, as text.
+    fn run(s: &Session, op: &Op) -> String {
+        let answer = match op {
+            Op::Get(k) => format!("{:?}", s.get_value(k)),
+            Op::Insert(k, v) => format!("{:?}", s.insert_value(*k, Value::Int(*v))),
+            Op::Remove(k) => format!("{:?}", s.remove(k)),
+            Op::RemoveAs(k) => format!("{:?}", s.remove_as::<i64>(k).map_err(|e| e.kind())),
+            Op::SetDefault(k, v) => format!("{:?}", s.setdefault(k, *v)),
+            Op::Nested(k) => format!("{:?}", s.with_value_mut(k, |v| *v = Value::Int(9))),
+            Op::Flash => format!("{:?}", s.flash("hi", "message")),
+            Op::TakeFlashes => format!("{:?}", s.get_flashed_messages(&[])),
+            Op::Permanent(on) => format!("{:?}", s.set_permanent(*on)),
+            Op::Clear => format!("{:?}", s.clear()),
+            Op::Keys => format!("{:?}", s.keys()),
+            Op::Len => format!("{:?}", (s.len(), s.is_empty(), s.permanent())),
+            Op::MarkModified => format!("{:?}", s.mark_modified()),
+            Op::Discard => format!("{:?}", s.discard_changes()),
+            Op::Saved => format!("{:?}", s.mark_saved(SessionId::generate(), Some((0, 100)))),
+        };
+        let (changes, loaded) = s.changes_and_loaded(true);
+        let flags = s.save_flags();
+        format!("{answer} | {:?} {:?} {flags:?} {}", changes, loaded, s.is_modified())
+    }
+
+    fn stored() -> impl proptest::strategy::Strategy<Value = Dict> {
+        use proptest::prelude::*;
+        let key = proptest::sample::select(vec!["a", "b", "c", PERMANENT_KEY]).prop_map(str::to_owned);
+        proptest::collection::btree_map(key, (0i64..3).prop_map(Value::Int), 0..4)
+    }
+
+    proptest::proptest! {
+        /// A memory-store session that reads through the stored record
+        /// answers every call, reports every change and every loaded value,
+        /// exactly as one loaded into a map does, whatever the handler does.
+        #[test]
+        fn a_layered_session_behaves_as_a_loaded_map(
+            data in stored(),
+            ops in proptest::collection::vec(op(), 0..12),
+            keep in proptest::bool::ANY,
+        ) {
+            let id = SessionId::generate();
+            let map = Session::server(data.clone(), id.clone(), Some((0, 100)), keep);
+            let layered = Session::layered(Arc::new(Compact::new(data)), id, (0, 100), keep);
+            for op in &ops {
+                proptest::prop_assert_eq!(run(&layered, op), run(&map, op), "after {:?}", op);
+            }
+            proptest::prop_assert_eq!(layered.to_dict(), map.to_dict());
+        }
     }
 }

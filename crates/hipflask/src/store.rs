@@ -181,7 +181,7 @@ pub(crate) fn conflict(key: &str) -> Error {
 /// reaching a store have been validated ([`SessionId`]); expired sessions
 /// are never returned by [`load`](Store::load). The conformance suite
 /// (`hipflask-conformance`) checks all of this for each implementation.
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store: Send + Sync + fmt::Debug + std::any::Any {
     /// The session, if it exists and has not expired at `now`.
     fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>>;
 
