@@ -49,7 +49,7 @@ struct Entry {
     /// Shared with the sessions of the requests that loaded it (see
     /// [`MemoryStore::load_shared`]); copied before a change while any of
     /// them holds it, so what a session holds never changes under it.
-    data: Arc<Compact>,
+    data: Compact,
     created_at: u64,
     expires_at: u64,
     user: Option<String>,
@@ -60,19 +60,28 @@ struct Entry {
 /// eleven entries however few it holds: for the usual session of a few keys
 /// that node was two thirds of the store's memory, and at a million sessions
 /// the cache lines it spread over made every request slower.
+///
+/// Cloning shares the entries: the store and the sessions of the requests
+/// that loaded a record hold the same one (see [`MemoryStore::load_shared`]),
+/// and a change copies them first while anyone else holds them.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Compact(Box<[(Box<str>, Value)]>);
+pub(crate) struct Compact(Arc<[(Box<str>, Value)]>);
 
 impl Compact {
     pub(crate) fn new(data: Dict) -> Compact {
         Compact(data.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect())
     }
 
+    /// Whether both are the same record, not merely equal ones.
+    pub(crate) fn same(&self, other: &Compact) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub(crate) fn to_dict(&self) -> Dict {
         // Inserted one by one: collecting would first gather the entries in a
         // vector to sort them, one more allocation for entries already sorted.
         let mut dict = Dict::new();
-        for (k, v) in &*self.0 {
+        for (k, v) in self.0.iter() {
             dict.insert(String::from(&**k), v.clone());
         }
         dict
@@ -103,7 +112,18 @@ impl Compact {
     /// The changes of [`apply_changes`](crate::apply_changes), once the
     /// conflict check passed.
     fn apply_unchecked(&mut self, changes: &Changes) {
-        let mut entries = if changes.cleared { Vec::new() } else { std::mem::take(&mut self.0).into_vec() };
+        // The usual write sets keys the session has: done in place, with the
+        // entries copied first only if another request holds them.
+        if !changes.cleared && changes.keys.iter().all(|(k, v)| v.is_some() && self.find(k).is_ok()) {
+            let entries = Arc::make_mut(&mut self.0);
+            for (key, value) in &changes.keys {
+                if let (Ok(i), Some(v)) = (entries.binary_search_by(|(k, _)| (**k).cmp(key)), value) {
+                    entries[i].1 = v.clone();
+                }
+            }
+            return;
+        }
+        let mut entries = if changes.cleared { Vec::new() } else { self.take_entries() };
         for (key, value) in &changes.keys {
             match (entries.binary_search_by(|(k, _)| (**k).cmp(key)), value) {
                 (Ok(i), Some(v)) => entries[i].1 = v.clone(),
@@ -114,7 +134,17 @@ impl Compact {
                 (Err(_), None) => {}
             }
         }
-        self.0 = entries.into_boxed_slice();
+        self.0 = entries.into();
+    }
+
+    /// The entries, moved out when nobody else holds them, copied otherwise.
+    fn take_entries(&mut self) -> Vec<(Box<str>, Value)> {
+        match Arc::get_mut(&mut self.0) {
+            Some(entries) => {
+                entries.iter_mut().map(|(k, v)| (std::mem::take(k), std::mem::replace(v, Value::Null))).collect()
+            }
+            None => self.0.to_vec(),
+        }
     }
 
     fn user(&self, user_key: &str) -> Option<String> {
@@ -175,9 +205,9 @@ impl MemoryStore {
     /// The record of a live session, shared rather than copied, with its
     /// times: what a session of this store reads through (see `Session`'s
     /// layered data) until it saves with [`update_shared`](Self::update_shared).
-    pub(crate) fn load_shared(&self, id: &SessionId, now: u64) -> Option<(Arc<Compact>, u64, u64)> {
+    pub(crate) fn load_shared(&self, id: &SessionId, now: u64) -> Option<(Compact, u64, u64)> {
         let mut inner = self.lock();
-        let found = inner.live(id, now).map(|e| (Arc::clone(&e.data), e.created_at, e.expires_at));
+        let found = inner.live(id, now).map(|e| (e.data.clone(), e.created_at, e.expires_at));
         if found.is_none() && inner.sessions.contains_key(id) {
             inner.remove(id);
         }
@@ -193,7 +223,7 @@ impl MemoryStore {
         };
         // Checked before anything is copied or changed.
         check_loaded(&update.changes, update.loaded.as_deref(), |key| entry.data.get(key))?;
-        Arc::make_mut(&mut entry.data).apply_unchecked(&update.changes);
+        entry.data.apply_unchecked(&update.changes);
         entry.expires_at = update.expires_at;
         Inner::reindex_user(users, id, entry, &self.user_key);
         Ok(Updated::Applied)
@@ -217,28 +247,28 @@ impl MemoryStore {
         id: &SessionId,
         changes: &Changes,
         expires_at: u64,
-        base: Arc<Compact>,
+        base: Compact,
         check: bool,
         now: u64,
-    ) -> (Result<Updated, Error>, Arc<Compact>, bool) {
+    ) -> (Result<Updated, Error>, Compact, bool) {
         let mut inner = self.lock();
         let Inner { sessions, users } = &mut *inner;
         let Some(entry) = sessions.get_mut(id).filter(|e| e.expires_at > now) else {
             return (Ok(Updated::Gone), base, false);
         };
-        if Arc::ptr_eq(&entry.data, &base) {
+        if entry.data.same(&base) {
             // Let go of the session's hold first, under the store's lock: the
             // record is then changed in place unless another request holds it.
             drop(base);
-            Arc::make_mut(&mut entry.data).apply_unchecked(changes);
+            entry.data.apply_unchecked(changes);
             entry.expires_at = expires_at;
             Inner::reindex_user(users, id, entry, &self.user_key);
-            return (Ok(Updated::Applied), Arc::clone(&entry.data), true);
+            return (Ok(Updated::Applied), entry.data.clone(), true);
         }
         if check && let Some((key, _)) = changes.keys.iter().find(|(k, _)| entry.data.get(k) != base.get(k)) {
             return (Err(conflict(key)), base, false);
         }
-        Arc::make_mut(&mut entry.data).apply_unchecked(changes);
+        entry.data.apply_unchecked(changes);
         entry.expires_at = expires_at;
         Inner::reindex_user(users, id, entry, &self.user_key);
         (Ok(Updated::Applied), base, false)
@@ -283,7 +313,7 @@ impl Inner {
         if let Some(u) = &user {
             self.users.entry(u.clone()).or_default().insert(id.clone());
         }
-        let entry = Entry { data: Arc::new(data), created_at: record.created_at, expires_at: record.expires_at, user };
+        let entry = Entry { data, created_at: record.created_at, expires_at: record.expires_at, user };
         self.sessions.insert(id, entry);
     }
 
@@ -462,8 +492,8 @@ mod tests {
         answer.map_err(|e| e.kind())
     }
 
-    fn record(store: &MemoryStore, id: &SessionId) -> Arc<Compact> {
-        Arc::clone(&store.lock().sessions[id].data)
+    fn record(store: &MemoryStore, id: &SessionId) -> Compact {
+        store.lock().sessions[id].data.clone()
     }
 
     /// A request alone on its session changes the stored record in place
@@ -475,13 +505,13 @@ mod tests {
         let store = MemoryStore::new();
         let id = stored(&store, [("a".to_owned(), Value::Int(1))].into());
         let alone = open(&store, &id, true);
-        let before = Arc::as_ptr(&record(&store, &id));
+        let before = Arc::as_ptr(&record(&store, &id).0);
         alone.insert_value("a", Value::Int(2));
         assert_eq!(save(&store, &id, &alone), Ok(Updated::Applied));
         let after = record(&store, &id);
-        assert_eq!(Arc::as_ptr(&after), before, "changed in place, not copied");
+        assert_eq!(Arc::as_ptr(&after.0), before, "changed in place, not copied");
         // The store's hold, this test's and the session's: it reads through it.
-        assert_eq!(Arc::strong_count(&after), 3);
+        assert_eq!(Arc::strong_count(&after.0), 3);
         assert!(alone.changes().is_empty(), "nothing left over the record");
         drop(after);
 
@@ -489,7 +519,7 @@ mod tests {
         let second = open(&store, &id, true);
         first.insert_value("a", Value::Int(3));
         assert_eq!(save(&store, &id, &first), Ok(Updated::Applied));
-        assert_ne!(Arc::as_ptr(&record(&store, &id)), before, "copied: the second request holds it");
+        assert_ne!(Arc::as_ptr(&record(&store, &id).0), before, "copied: the second request holds it");
         assert_eq!(second.get::<i64>("a"), Some(2), "the second request's view is what it loaded");
         second.insert_value("a", Value::Int(4));
         assert_eq!(save(&store, &id, &second), Err(ErrorKind::Conflict), "a was changed since it loaded");

@@ -90,7 +90,7 @@ enum Data {
 /// turns the session into an owned map with notes (see `Inner::unlayer`);
 /// while a session is layered, its `map` is an empty map that nothing reads.
 struct Layered {
-    base: Arc<Compact>,
+    base: Compact,
     /// Each key set (`Some`) or removed (`None`), in key order.
     over: Vec<(String, Option<Value>)>,
 }
@@ -384,7 +384,7 @@ impl Session {
 
     /// A loaded [`MemoryStore`] session reading through the stored record
     /// (see [`Layered`]).
-    pub(crate) fn layered(base: Arc<Compact>, id: SessionId, stored: (u64, u64), keep_loaded: bool) -> Session {
+    pub(crate) fn layered(base: Compact, id: SessionId, stored: (u64, u64), keep_loaded: bool) -> Session {
         let server = Server { id, stored: Some(stored), regenerate: false, destroy: false, read_only: false };
         let layer = Layered { base, over: Vec::new() };
         Session::build(Data::Owned(Dict::new()), Some(layer), false, Some(server), keep_loaded)
@@ -1041,7 +1041,7 @@ mod tests {
         ) {
             let id = SessionId::generate();
             let map = Session::server(data.clone(), id.clone(), Some((0, 100)), keep);
-            let layered = Session::layered(Arc::new(Compact::new(data)), id, (0, 100), keep);
+            let layered = Session::layered(Compact::new(data), id, (0, 100), keep);
             for op in &ops {
                 proptest::prop_assert_eq!(run(&layered, op), run(&map, op), "after {:?}", op);
             }
