@@ -94,10 +94,25 @@ struct Inner {
     strict_cookie_size: bool,
     clock: Clock,
     server: Option<ServerSide>,
+    /// `; Domain=...` (or nothing) and the attributes after `Expires`,
+    /// joined once: they are the same in every cookie of a kind.
+    attributes: (String, Tails),
     /// `hipflask_sessions_saved_total` for server-side saves, registered on
     /// first use (after the app installed its recorder) and kept: a lookup by
     /// name on every save costs a hash and a lock.
     saved: std::sync::OnceLock<metrics::Counter>,
+}
+
+/// What follows `Expires` in each kind of `Set-Cookie`, in Werkzeug's
+/// order: `Secure`, `HttpOnly`, `Path`, `SameSite`, `Partitioned`.
+#[derive(Debug)]
+struct Tails {
+    /// Flask's signed-cookie sessions.
+    cookie: String,
+    /// Flask-Session's cookie: never `Partitioned`.
+    server: String,
+    /// Flask-Session's deletion cookie: `Path` only.
+    bare: String,
 }
 
 impl fmt::Debug for Config {
@@ -481,6 +496,28 @@ impl ConfigBuilder {
             timeout: self.store_timeout,
             fail_open: self.fail_open,
         });
+        let tail = |bare: bool, partitioned: bool| {
+            let when = |on: bool, text: &'static str| if on { text } else { "" };
+            let (samesite_attr, samesite) =
+                self.samesite.filter(|_| !bare).map_or(("", ""), |s| ("; SameSite=", s.as_str()));
+            [
+                when(!bare && (self.secure || partitioned), "; Secure"),
+                when(!bare && self.httponly, "; HttpOnly"),
+                "; Path=",
+                path.as_str(),
+                samesite_attr,
+                samesite,
+                when(partitioned, "; Partitioned"),
+            ]
+            .concat()
+        };
+        let tails = Tails {
+            cookie: tail(false, self.partitioned),
+            // Flask-Session never writes `Partitioned`.
+            server: tail(false, false),
+            bare: tail(true, false),
+        };
+        let domain_attr = domain.as_deref().map_or_else(String::new, |d| format!("; Domain={d}"));
         Ok(Config(Arc::new(Inner {
             codec: CookieCodec::new(&secret, &self.fallbacks, lifetime),
             cookie_name: self.cookie_name,
@@ -496,6 +533,7 @@ impl ConfigBuilder {
             strict_cookie_size: self.strict_cookie_size,
             clock: self.clock,
             server,
+            attributes: (domain_attr, tails),
             saved: std::sync::OnceLock::new(),
         })))
     }
@@ -766,32 +804,16 @@ impl Config {
     /// room to spare cost it one more allocation for every response.
     fn write_cookie(&self, value: &str, expires: Option<i64>, delete: bool, flask_session: bool) -> String {
         let c = &self.0;
-        let bare = flask_session && delete;
-        let partitioned = c.partitioned && !flask_session;
-        let when = |on: bool, text: &'static str| if on { text } else { "" };
-        let (domain_attr, domain) = c.domain.as_deref().map_or(("", ""), |d| ("; Domain=", d));
-        let (samesite_attr, samesite) = c.samesite.filter(|_| !bare).map_or(("", ""), |s| ("; SameSite=", s.as_str()));
+        let (domain, tail) = &c.attributes;
+        let tail = match (flask_session, delete) {
+            (false, _) => &tail.cookie,
+            (true, false) => &tail.server,
+            (true, true) => &tail.bare,
+        };
         let join = |expires_attr: &str, date: &str| {
-            let parts = [
-                c.cookie_name.as_str(),
-                "=",
-                value,
-                domain_attr,
-                domain,
-                expires_attr,
-                date,
-                when(!bare && (c.secure || partitioned), "; Secure"),
-                when(!bare && c.httponly, "; HttpOnly"),
-                "; Path=",
-                c.path.as_str(),
-                samesite_attr,
-                samesite,
-                when(partitioned, "; Partitioned"),
-            ];
-            // Not `concat`: its generic copy of fourteen mostly empty parts
-            // cost as much as the allocation it saves.
+            let parts = [c.cookie_name.as_str(), "=", value, domain.as_str(), expires_attr, date, tail.as_str()];
             let mut h = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-            for part in parts.into_iter().filter(|p| !p.is_empty()) {
+            for part in parts {
                 h.push_str(part);
             }
             h
@@ -884,10 +906,11 @@ mod tests {
         assert!(Config::builder().secret_key("k").cookie_domain(Some("a;b")).build().is_err());
     }
 
-    /// The header value takes the cookie's buffer over without copying or
-    /// allocating only when the buffer has no spare room.
+    /// Each kind of cookie gets its attributes (joined once, at build), and
+    /// in a buffer with no spare room: the header value takes such a buffer
+    /// over without copying or allocating.
     #[test]
-    fn set_cookie_values_are_built_to_their_exact_length() {
+    fn set_cookie_values_carry_their_kinds_attributes_in_an_exact_buffer() {
         for bits in 0..32u32 {
             let on = |bit: u32| bits & (1 << bit) != 0;
             let config = Config::builder()
@@ -899,14 +922,25 @@ mod tests {
                 .cookie_partitioned(on(4))
                 .build()
                 .unwrap();
-            for (expires, delete, flask_session) in
-                [(None, false, false), (Some(1_700_000_000), false, false), (None, true, true), (None, true, false)]
-            {
+            for (expires, delete, flask_session) in [
+                (None, false, false),
+                (Some(1_700_000_000), false, false),
+                (None, true, true),
+                (None, true, false),
+                (Some(1_700_000_000), false, true),
+            ] {
                 let h = config.write_cookie("v.a.l", expires, delete, flask_session);
                 assert_eq!(h.len(), h.capacity(), "{h}");
                 assert!(h.starts_with("session=v.a.l"), "{h}");
                 assert_eq!(h.contains("; Domain=example.com"), on(0), "{h}");
                 assert_eq!(h.contains("Expires=Tue, 14 Nov 2023 22:13:20 GMT"), expires.is_some(), "{h}");
+                // Flask-Session never partitions; its deletion cookie has `Path` only.
+                assert_eq!(h.contains("; Partitioned"), on(4) && !flask_session, "{h}");
+                let bare = delete && flask_session;
+                assert_eq!(h.contains("; Secure"), !bare && (on(1) || (on(4) && !flask_session)), "{h}");
+                assert_eq!(h.contains("; HttpOnly"), !bare && on(2), "{h}");
+                assert_eq!(h.contains("; SameSite=Strict"), !bare && on(3), "{h}");
+                assert!(h.ends_with("; Path=/") || h.contains("; Path=/; "), "{h}");
             }
         }
     }
