@@ -153,11 +153,6 @@ pub(crate) struct PendingUpdate {
     cookie_expires: Option<i64>,
 }
 
-/// Flask-Session's "falsy": no keys, or only `_permanent`.
-fn falsy(data: &Dict) -> bool {
-    data.keys().all(|k| k == PERMANENT_KEY)
-}
-
 impl Config {
     /// Opens the session named by the request's cookie from the store. A
     /// missing, malformed, badly signed, unknown or expired id gives a new
@@ -351,8 +346,7 @@ impl Config {
         let Some(state) = session.server_state() else {
             return self.save(session);
         };
-        let (modified, accessed, permanent, empty) =
-            session.inspect(|d, m, a| (m, a, d.get(PERMANENT_KEY).is_some_and(Value::is_truthy), falsy(d)));
+        let (modified, accessed, permanent, empty) = session.save_flags();
         let data = || session.inspect(|d, _, _| d.clone());
         let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
         let (now, _, expires_at) = self.save_times(server, state.stored);

@@ -770,8 +770,8 @@ impl Session {
     }
 
     /// What a server-side save looks at first: whether the session is
-    /// modified, accessed, permanent, and empty in Flask-Session's sense (no
-    /// key but `_permanent`). Layered sessions stay layered.
+    /// modified, accessed, permanent, and "falsy" as Flask-Session says (no
+    /// key but `_permanent`), which ends it. Layered sessions stay layered.
     pub(crate) fn save_flags(&self) -> (bool, bool, bool, bool) {
         let inner = self.raw();
         let permanent = inner.get(PERMANENT_KEY).is_some_and(Value::is_truthy);
