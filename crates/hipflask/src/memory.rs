@@ -225,7 +225,7 @@ impl MemoryStore {
         check_loaded(&update.changes, update.loaded.as_deref(), |key| entry.data.get(key))?;
         entry.data.apply_unchecked(&update.changes);
         entry.expires_at = update.expires_at;
-        Inner::reindex_user(users, id, entry, &self.user_key);
+        Inner::reindex_user(users, id, entry, &self.user_key, &update.changes);
         Ok(Updated::Applied)
     }
 
@@ -262,7 +262,7 @@ impl MemoryStore {
             drop(base);
             entry.data.apply_unchecked(changes);
             entry.expires_at = expires_at;
-            Inner::reindex_user(users, id, entry, &self.user_key);
+            Inner::reindex_user(users, id, entry, &self.user_key, changes);
             return (Ok(Updated::Applied), entry.data.clone(), true);
         }
         if check && let Some((key, _)) = changes.keys.iter().find(|(k, _)| entry.data.get(k) != base.get(k)) {
@@ -270,7 +270,7 @@ impl MemoryStore {
         }
         entry.data.apply_unchecked(changes);
         entry.expires_at = expires_at;
-        Inner::reindex_user(users, id, entry, &self.user_key);
+        Inner::reindex_user(users, id, entry, &self.user_key, changes);
         (Ok(Updated::Applied), base, false)
     }
 
@@ -281,14 +281,20 @@ impl MemoryStore {
 }
 
 impl Inner {
-    /// Moves `id` in the user index after `entry`'s data changed: logged in
-    /// or out, or another user.
+    /// Moves `id` in the user index after `changes` were applied to
+    /// `entry`: logged in or out, or another user.
     fn reindex_user(
         users: &mut HashMap<String, HashSet<SessionId>>,
         id: &SessionId,
         entry: &mut Entry,
         user_key: &str,
+        changes: &Changes,
     ) {
+        // Most writes leave the user alone: no lookup, and no copy of the
+        // user's id to compare.
+        if !changes.cleared && changes.keys.iter().all(|(key, _)| key != user_key) {
+            return;
+        }
         let user = entry.data.user(user_key);
         if user == entry.user {
             return;
