@@ -256,22 +256,25 @@ impl MemoryStore {
         let Some(entry) = sessions.get_mut(id).filter(|e| e.expires_at > now) else {
             return (Ok(Updated::Gone), base, false);
         };
-        if entry.data.same(&base) {
-            // Let go of the session's hold first, under the store's lock: the
-            // record is then changed in place unless another request holds it.
+        // Still the record the session loaded: nothing changed it since, so
+        // there is nothing to compare. Let go of the session's hold first,
+        // under the store's lock: the record is then changed in place unless
+        // another request holds it.
+        let kept = if entry.data.same(&base) {
             drop(base);
-            entry.data.apply_unchecked(changes);
-            entry.expires_at = expires_at;
-            Inner::reindex_user(users, id, entry, &self.user_key, changes);
-            return (Ok(Updated::Applied), entry.data.clone(), true);
-        }
-        if check && let Some((key, _)) = changes.keys.iter().find(|(k, _)| entry.data.get(k) != base.get(k)) {
+            None
+        } else if check && let Some((key, _)) = changes.keys.iter().find(|(k, _)| entry.data.get(k) != base.get(k)) {
             return (Err(conflict(key)), base, false);
-        }
+        } else {
+            Some(base)
+        };
         entry.data.apply_unchecked(changes);
         entry.expires_at = expires_at;
         Inner::reindex_user(users, id, entry, &self.user_key, changes);
-        (Ok(Updated::Applied), base, false)
+        match kept {
+            None => (Ok(Updated::Applied), entry.data.clone(), true),
+            Some(base) => (Ok(Updated::Applied), base, false),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
