@@ -39,7 +39,8 @@ impl Session {
     pub async fn save(&self) -> Result<(), hipflask::Error> {
         let config = self.slot.config();
         let timer = &self.slot.shared.metrics().store_save;
-        match crate::within(timer, "save", config.store_timeout(), config.save_session(&self.inner)).await {
+        let saving = std::pin::pin!(config.save_session(&self.inner));
+        match crate::within(timer, "save", config.store_timeout(), saving).await {
             Ok(outcome) => {
                 self.slot.remember(outcome);
                 Ok(())

@@ -250,7 +250,7 @@ impl LazySession {
         };
         let config = slot.config();
         let metrics = slot.shared.metrics();
-        let loading = config.load_session(cookies);
+        let loading = std::pin::pin!(config.load_session(cookies));
         let result = if config.is_server_side() {
             within(&metrics.store_load, "load", config.store_timeout(), loading).await
         } else {
@@ -391,13 +391,18 @@ where
 /// Others are timed from the end of that first poll, which only starts the
 /// I/O: the seconds are those spent waiting. The response future does the
 /// same for the end-of-request save without an `async` block.
+///
+/// The operation is pinned by the caller and the timer boxed, only when
+/// there is one: this future is part of every handler future that loads
+/// the session, and axum moves that whole future into a box of its own. Held
+/// here by value with the timer beside it, it had tripled the extractor's
+/// future (to about 1 KB) and its copies.
 async fn within<T>(
     timer: &metrics::Histogram,
     name: &'static str,
     timeout: Option<std::time::Duration>,
-    op: impl Future<Output = Result<T, hipflask::Error>>,
+    mut op: Pin<&mut impl Future<Output = Result<T, hipflask::Error>>>,
 ) -> Result<T, hipflask::Error> {
-    let mut op = std::pin::pin!(op);
     let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
     if let Poll::Ready(result) = first {
         record(timer, name, &result, None);
@@ -406,7 +411,7 @@ async fn within<T>(
     let started = std::time::Instant::now();
     let result = match limit(timeout) {
         None => op.await,
-        Some(limit) => tokio::time::timeout(limit, op).await.unwrap_or_else(|_| Err(timed_out(limit))),
+        Some(limit) => Box::pin(tokio::time::timeout(limit, op)).await.unwrap_or_else(|_| Err(timed_out(limit))),
     };
     record(timer, name, &result, Some(started.elapsed()));
     result
