@@ -392,11 +392,11 @@ where
 /// I/O: the seconds are those spent waiting. The response future does the
 /// same for the end-of-request save without an `async` block.
 ///
-/// The operation is pinned by the caller and the timer boxed, only when
-/// there is one: this future is part of every handler future that loads
-/// the session, and axum moves that whole future into a box of its own. Held
-/// here by value with the timer beside it, it had tripled the extractor's
-/// future (to about 1 KB) and its copies.
+/// The caller pins the operation, and the timer is boxed when there is one:
+/// this future is part of every handler future that loads the session, and
+/// axum moves that whole future into a box of its own. Holding the operation
+/// by value beside the timer made the load's future 968 bytes instead of 576,
+/// copied each time it moved.
 async fn within<T>(
     timer: &metrics::Histogram,
     name: &'static str,
