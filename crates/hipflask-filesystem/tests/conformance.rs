@@ -98,3 +98,82 @@ async fn loads_do_not_wait_behind_a_save_that_waits_for_the_lock() {
     assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["a"], Value::Int(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn set(key: &str, value: Value) -> Update {
+    Update {
+        changes: Changes { cleared: false, keys: vec![(key.into(), Some(value))] },
+        expires_at: NOW + 60,
+        loaded: None,
+    }
+}
+
+fn records_in(file: &std::path::Path) -> usize {
+    std::fs::read_to_string(file).unwrap().matches("hipflask-session 2 ").count()
+}
+
+/// Saves append to the session's file and each load sees the latest; the
+/// file is rewritten as one record before it passes 8 KiB.
+#[tokio::test]
+async fn saves_append_until_the_file_is_rewritten() {
+    let dir = temp_dir("append");
+    let store = FileStore::open(&dir).await.unwrap();
+    let id = SessionId::generate();
+    let file = dir.join(format!("{}.session", id.as_str()));
+    store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
+    let (mut most, mut rewrites) = (1, 0);
+    for i in 0..600 {
+        let before = records_in(&file);
+        assert_eq!(store.update(&id, &set("n", Value::Int(i)), NOW).await.unwrap(), hipflask::Updated::Applied);
+        assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(i));
+        let after = records_in(&file);
+        if after == 1 {
+            rewrites += 1;
+        } else {
+            assert_eq!(after, before + 1, "an append adds one record");
+        }
+        most = most.max(after);
+        assert!(std::fs::metadata(&file).unwrap().len() <= 8 * 1024);
+    }
+    assert!(most > 50, "small saves append ({most} records at most)");
+    assert!(rewrites >= 3, "a file near 8 KiB is rewritten ({rewrites} rewrites)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What an append cut short by a crash or a full disk leaves is skipped,
+/// and the next save rewrites the file rather than append after it.
+#[tokio::test]
+async fn a_torn_record_is_skipped_and_the_next_save_rewrites_the_file() {
+    let dir = temp_dir("torn");
+    let store = FileStore::open(&dir).await.unwrap();
+    let id = SessionId::generate();
+    let file = dir.join(format!("{}.session", id.as_str()));
+    store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
+    store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    std::io::Write::write_all(&mut torn, format!("hipflask-session 2 {NOW} {} 40\n{{\"n\":2", NOW + 60).as_bytes())
+        .unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(1));
+    store.update(&id, &set("n", Value::Int(3)), NOW).await.unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(3));
+    assert_eq!(records_in(&file), 1, "rewritten, the torn bytes gone");
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("\"n\":2"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Files written before records carried their length are still sessions,
+/// and move to the current format on their next save.
+#[tokio::test]
+async fn first_format_files_are_read_and_rewritten_on_save() {
+    let dir = temp_dir("v1");
+    let store = FileStore::open(&dir).await.unwrap();
+    let id = SessionId::generate();
+    let file = dir.join(format!("{}.session", id.as_str()));
+    std::fs::write(&file, format!("hipflask-session 1 {NOW} {}\n{{\"user\":\"alice\"}}", NOW + 60)).unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["user"], Value::from("alice"));
+    store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
+    let loaded = store.load(&id, NOW).await.unwrap().unwrap();
+    assert_eq!((loaded.data["user"].clone(), loaded.data["n"].clone()), (Value::from("alice"), Value::Int(1)));
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("hipflask-session 2 "));
+    assert_eq!(records_in(&file), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
