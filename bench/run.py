@@ -302,6 +302,8 @@ def servers(args, tmp, redis_url):
                     "SESSION_REDIS_LOCAL_CACHE": "200000"}, redis_store),
             Server("sqlite-before", "hipflask before, SQLite", old,
                    {**server_side, "SESSION_TYPE": "sqlite", "SESSION_DATABASE_URL": f"sqlite://{tmp}/sessions-before.db"}),
+            Server("filesystem-before", "hipflask before, filesystem", old,
+                   {**server_side, "SESSION_TYPE": "filesystem", "SESSION_FILE_DIR": f"{tmp}/files-before"}),
         ]
     return before + [
         Server("axum-bare", "axum, no session layer", [*peer, "axum-bare", "127.0.0.1:{port}"], group="peer"),
