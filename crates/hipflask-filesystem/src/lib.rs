@@ -18,7 +18,9 @@
 //! - Each record is a versioned header line (times and length), the session
 //!   as Flask's tagged JSON, and a newline. Files of the first format (one
 //!   record without a length) are still read, and rewritten on their next
-//!   save. A file with no readable record counts as missing.
+//!   save. Builds that know only the first format cannot read the current
+//!   one, so processes sharing a directory are upgraded together. A file
+//!   with no readable record counts as missing.
 //! - Listing a user's sessions scans the directory: fine for the small
 //!   deployments this store is for; use SQLite or Redis beyond that.
 //! - File operations run on two threads of the store's own

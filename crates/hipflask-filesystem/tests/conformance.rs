@@ -111,14 +111,20 @@ fn records_in(file: &std::path::Path) -> usize {
     std::fs::read_to_string(file).unwrap().matches("hipflask-session 2 ").count()
 }
 
+/// A store in a directory of its own, the directory, an id and its file.
+async fn one_session_file(name: &str) -> (FileStore, std::path::PathBuf, SessionId, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let store = FileStore::open(&dir).await.unwrap();
+    let id = SessionId::generate();
+    let file = dir.join(format!("{}.session", id.as_str()));
+    (store, dir, id, file)
+}
+
 /// Saves append to the session's file and each load sees the latest; the
 /// file is rewritten as one record before it passes 8 KiB.
 #[tokio::test]
 async fn saves_append_until_the_file_is_rewritten() {
-    let dir = temp_dir("append");
-    let store = FileStore::open(&dir).await.unwrap();
-    let id = SessionId::generate();
-    let file = dir.join(format!("{}.session", id.as_str()));
+    let (store, dir, id, file) = one_session_file("append").await;
     store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
     let (mut most, mut rewrites) = (1, 0);
     for i in 0..600 {
@@ -143,10 +149,7 @@ async fn saves_append_until_the_file_is_rewritten() {
 /// and the next save rewrites the file rather than append after it.
 #[tokio::test]
 async fn a_torn_record_is_skipped_and_the_next_save_rewrites_the_file() {
-    let dir = temp_dir("torn");
-    let store = FileStore::open(&dir).await.unwrap();
-    let id = SessionId::generate();
-    let file = dir.join(format!("{}.session", id.as_str()));
+    let (store, dir, id, file) = one_session_file("torn").await;
     store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
     store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
     let mut torn = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
@@ -164,10 +167,7 @@ async fn a_torn_record_is_skipped_and_the_next_save_rewrites_the_file() {
 /// and move to the current format on their next save.
 #[tokio::test]
 async fn first_format_files_are_read_and_rewritten_on_save() {
-    let dir = temp_dir("v1");
-    let store = FileStore::open(&dir).await.unwrap();
-    let id = SessionId::generate();
-    let file = dir.join(format!("{}.session", id.as_str()));
+    let (store, dir, id, file) = one_session_file("v1").await;
     std::fs::write(&file, format!("hipflask-session 1 {NOW} {}\n{{\"user\":\"alice\"}}", NOW + 60)).unwrap();
     assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["user"], Value::from("alice"));
     store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
