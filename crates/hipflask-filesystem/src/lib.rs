@@ -165,12 +165,11 @@ fn decode(bytes: &[u8]) -> Contents {
     // From the end, so a load's cost is its last record's and not the
     // file's. Bodies are JSON, which escapes newlines, so a record starts
     // at the file's start or after a newline.
-    let starts = std::iter::successors(Some(bytes.len()), |&at| {
-        let before = at.checked_sub(1)?;
-        Some(bytes[..before].iter().rposition(|b| *b == b'\n').map_or(0, |newline| newline + 1))
-    });
     let mut appendable = None;
-    for at in starts.skip(1) {
+    let mut before = bytes.len();
+    while let Some(line_end) = before.checked_sub(1) {
+        let at = bytes[..line_end].iter().rposition(|b| *b == b'\n').map_or(0, |newline| newline + 1);
+        before = at;
         let Some(((created_at, expires_at), body, next)) = frame(bytes, at) else { continue };
         // The last whole record is the end of the file unless a torn one follows.
         let appendable = *appendable.get_or_insert(next == bytes.len());
@@ -186,18 +185,26 @@ fn decode(bytes: &[u8]) -> Contents {
 /// The record starting at `at`: its times, its body's range and where the
 /// next one starts. `None` at the end, or at anything but a whole record.
 fn frame(bytes: &[u8], at: usize) -> Option<((u64, u64), std::ops::Range<usize>, usize)> {
-    let rest = bytes.get(at..)?;
-    let line_end = rest.iter().position(|b| *b == b'\n')?;
-    let line = std::str::from_utf8(&rest[..line_end]).ok()?.strip_prefix(HEADER)?.strip_prefix(' ')?;
-    let mut fields = line.split(' ').map(str::parse::<u64>);
-    let (Some(Ok(created)), Some(Ok(expires)), Some(Ok(len)), None) =
-        (fields.next(), fields.next(), fields.next(), fields.next())
-    else {
-        return None;
-    };
-    let start = at + line_end + 1;
+    // The prefix first: most lines a load looks at from the end are bodies.
+    let rest = bytes.get(at..)?.strip_prefix(HEADER.as_bytes())?;
+    let (created, rest) = field(rest)?;
+    let (expires, rest) = field(rest)?;
+    let (len, rest) = field(rest)?;
+    let start = bytes.len() - rest.strip_prefix(b"\n")?.len();
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     (bytes.get(end) == Some(&b'\n')).then_some(((created, expires), start..end, end + 1))
+}
+
+/// A header's ` <digits>` field at the start of `rest`: its number and what
+/// follows it.
+fn field(rest: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = rest.strip_prefix(b" ")?;
+    let (mut n, mut digits) = (0u64, 0);
+    for digit in rest.iter().take_while(|b| b.is_ascii_digit()) {
+        n = n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then(|| (n, &rest[digits..]))
 }
 
 fn decode_v1(rest: &[u8]) -> Option<Record> {
@@ -444,6 +451,10 @@ mod tests {
         let header_only = format!("{HEADER} 1 2 18446744073709551615\n");
         assert_eq!(decode(header_only.as_bytes()), Contents { record: None, appendable: false });
         assert_eq!(decode(b""), Contents { record: None, appendable: true });
+        // Fields past u64, empty or signed are not numbers.
+        for header in [" 99999999999999999999 1 2", "  1 2", " +1 1 2", " 1 2"] {
+            assert_eq!(decode(format!("{HEADER}{header}\n{{}}\n").as_bytes()).record, None, "{header}");
+        }
     }
 
     #[test]
