@@ -156,16 +156,20 @@ struct Contents {
     /// Whether a record may be appended: the file is whole records of the
     /// current format. After a torn record, appended ones would be unreachable.
     appendable: bool,
+    /// Whether a whole record after `record` did not parse (a damaged disk
+    /// block, an edit by hand): skipped, and logged.
+    damaged: bool,
 }
 
 fn decode(bytes: &[u8]) -> Contents {
     if let Some(rest) = bytes.strip_prefix(HEADER_V1.as_bytes()) {
-        return Contents { record: decode_v1(rest), appendable: false };
+        return Contents { record: decode_v1(rest), appendable: false, damaged: false };
     }
     // From the end, so a load's cost is its last record's and not the
     // file's. Bodies are JSON, which escapes newlines, so a record starts
     // at the file's start or after a newline.
     let mut appendable = None;
+    let mut damaged = false;
     let mut before = bytes.len();
     while let Some(line_end) = before.checked_sub(1) {
         let at = bytes[..line_end].iter().rposition(|b| *b == b'\n').map_or(0, |newline| newline + 1);
@@ -175,11 +179,12 @@ fn decode(bytes: &[u8]) -> Contents {
         let appendable = *appendable.get_or_insert(next == bytes.len());
         let Some(data) = std::str::from_utf8(&bytes[body]).ok().and_then(|b| hipflask::parse_tagged_json(b).ok())
         else {
+            damaged = true;
             continue;
         };
-        return Contents { record: Some(Record { data, created_at, expires_at }), appendable };
+        return Contents { record: Some(Record { data, created_at, expires_at }), appendable, damaged };
     }
-    Contents { record: None, appendable: appendable.unwrap_or(bytes.is_empty()) }
+    Contents { record: None, appendable: appendable.unwrap_or(bytes.is_empty()), damaged }
 }
 
 /// The record starting at `at`: its times, its body's range and where the
@@ -214,10 +219,13 @@ fn decode_v1(rest: &[u8]) -> Option<Record> {
     Some(Record { data, created_at: created.parse().ok()?, expires_at: expires.parse().ok()? })
 }
 
-/// Logs a file without a readable record, which then counts as missing.
+/// Logs a file without a readable record, which then counts as missing,
+/// and one whose last whole record was damaged.
 fn checked(path: &Path, contents: Contents) -> Contents {
     if contents.record.is_none() {
         tracing::warn!(file = %path.display(), "unreadable session file; treating it as missing");
+    } else if contents.damaged {
+        tracing::warn!(file = %path.display(), "damaged record in a session file; using the one before it");
     }
     contents
 }
@@ -329,13 +337,14 @@ impl Store for FileStore {
                 Err(e) => return Err(backend(e)),
             };
             let bytes = read_all(&mut file).map_err(backend)?;
-            let Contents { record, appendable } = checked(&path, decode(&bytes));
+            let Contents { record, appendable, damaged } = checked(&path, decode(&bytes));
             let Some(mut record) = record.filter(|r| r.expires_at > now) else {
                 return Ok(Updated::Gone);
             };
             apply_changes(&mut record.data, &update.changes, update.loaded.as_deref())?;
             record.expires_at = update.expires_at;
-            save(dir, &path, file, appendable.then_some(bytes.len()), &record)?;
+            // A damaged record goes with the rewrite.
+            save(dir, &path, file, (appendable && !damaged).then_some(bytes.len()), &record)?;
             Ok(Updated::Applied)
         })
     }
@@ -427,7 +436,9 @@ mod tests {
             bytes.extend_from_slice(&third[..cut]);
             let whole = cut == third.len();
             let expected = if whole { record(c, &text) } else { record(b, &text) };
-            prop_assert_eq!(decode(&bytes), Contents { record: Some(expected), appendable: whole || cut == 0 });
+            prop_assert_eq!(decode(&bytes), Contents {
+                record: Some(expected), appendable: whole || cut == 0, damaged: false,
+            });
         }
 
         /// Any bytes decode to some answer without a panic.
@@ -447,10 +458,10 @@ mod tests {
     fn a_whole_record_that_does_not_parse_gives_way_to_the_one_before() {
         let mut bytes = encode(&record(1, "kept"));
         bytes.extend_from_slice(format!("{HEADER} 1 2 5\n{{\"n\":\n").as_bytes());
-        assert_eq!(decode(&bytes), Contents { record: Some(record(1, "kept")), appendable: true });
+        assert_eq!(decode(&bytes), Contents { record: Some(record(1, "kept")), appendable: true, damaged: true });
         let header_only = format!("{HEADER} 1 2 18446744073709551615\n");
-        assert_eq!(decode(header_only.as_bytes()), Contents { record: None, appendable: false });
-        assert_eq!(decode(b""), Contents { record: None, appendable: true });
+        assert_eq!(decode(header_only.as_bytes()), Contents { record: None, appendable: false, damaged: false });
+        assert_eq!(decode(b""), Contents { record: None, appendable: true, damaged: false });
         // Fields past u64, empty or signed are not numbers.
         for header in [" 99999999999999999999 1 2", "  1 2", " +1 1 2", " 1 2"] {
             assert_eq!(decode(format!("{HEADER}{header}\n{{}}\n").as_bytes()).record, None, "{header}");
@@ -461,7 +472,7 @@ mod tests {
     fn first_format_files_are_read_but_not_appended_to() {
         let v1 = format!("{HEADER_V1} 10 20\n{{\"n\":5}}");
         let expected = Record { data: [("n".to_owned(), Value::Int(5))].into(), created_at: 10, expires_at: 20 };
-        assert_eq!(decode(v1.as_bytes()), Contents { record: Some(expected), appendable: false });
+        assert_eq!(decode(v1.as_bytes()), Contents { record: Some(expected), appendable: false, damaged: false });
         assert_eq!(decode(format!("{HEADER_V1} 10\n{{}}").as_bytes()).record, None);
     }
 }

@@ -177,3 +177,23 @@ async fn first_format_files_are_read_and_rewritten_on_save() {
     assert_eq!(records_in(&file), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A whole record that does not parse (a damaged block) gives way to the
+/// one before it, and the next save rewrites the file without it.
+#[tokio::test]
+async fn a_damaged_record_gives_way_to_the_one_before_and_is_rewritten_away() {
+    let (store, dir, id, file) = one_session_file("damaged").await;
+    store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
+    store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
+    let mut damaged = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    std::io::Write::write_all(
+        &mut damaged,
+        format!("hipflask-session 2 {NOW} {} 6\n{{\"n\":}}\n", NOW + 60).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(1));
+    store.update(&id, &set("n", Value::Int(2)), NOW).await.unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(2));
+    assert_eq!(records_in(&file), 1, "rewritten, the damaged record gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
