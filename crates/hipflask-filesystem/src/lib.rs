@@ -11,7 +11,8 @@
 //!   across a power cut), an append about 10 us.
 //! - A record says how long it is, so a torn append (a crash, a full disk)
 //!   is recognised and skipped: the record before it is the session, and
-//!   the next save rewrites the file.
+//!   the next save rewrites the file. A whole record that does not parse
+//!   (a damaged block) is skipped the same way, with a warning.
 //! - Updates (read, apply the request's per-key changes, write) hold an
 //!   exclusive lock on `DIR/.lock`, so concurrent requests lose nothing, also
 //!   across processes sharing the directory. Reads take no lock.

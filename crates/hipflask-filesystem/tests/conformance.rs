@@ -145,22 +145,34 @@ async fn saves_append_until_the_file_is_rewritten() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Appends `junk` after a session's record `n = 1`: loads still give that
+/// record, and the next save rewrites the file, leaving the junk out.
+async fn junk_is_skipped_and_rewritten_away(name: &str, junk: &str) {
+    let (store, dir, id, file) = one_session_file(name).await;
+    store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
+    store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
+    let mut appending = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    std::io::Write::write_all(&mut appending, junk.as_bytes()).unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(1));
+    store.update(&id, &set("n", Value::Int(3)), NOW).await.unwrap();
+    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(3));
+    assert_eq!(records_in(&file), 1, "rewritten, the junk gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// What an append cut short by a crash or a full disk leaves is skipped,
 /// and the next save rewrites the file rather than append after it.
 #[tokio::test]
 async fn a_torn_record_is_skipped_and_the_next_save_rewrites_the_file() {
-    let (store, dir, id, file) = one_session_file("torn").await;
-    store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
-    store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
-    let mut torn = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
-    std::io::Write::write_all(&mut torn, format!("hipflask-session 2 {NOW} {} 40\n{{\"n\":2", NOW + 60).as_bytes())
-        .unwrap();
-    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(1));
-    store.update(&id, &set("n", Value::Int(3)), NOW).await.unwrap();
-    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(3));
-    assert_eq!(records_in(&file), 1, "rewritten, the torn bytes gone");
-    assert!(!std::fs::read_to_string(&file).unwrap().contains("\"n\":2"));
-    let _ = std::fs::remove_dir_all(&dir);
+    junk_is_skipped_and_rewritten_away("torn", &format!("hipflask-session 2 {NOW} {} 40\n{{\"n\":2", NOW + 60)).await;
+}
+
+/// A whole record that does not parse (a damaged block) gives way to the
+/// one before it, and the next save rewrites the file without it.
+#[tokio::test]
+async fn a_damaged_record_gives_way_to_the_one_before_and_is_rewritten_away() {
+    let damaged = format!("hipflask-session 2 {NOW} {} 6\n{{\"n\":}}\n", NOW + 60);
+    junk_is_skipped_and_rewritten_away("damaged", &damaged).await;
 }
 
 /// Files written before records carried their length are still sessions,
@@ -175,25 +187,5 @@ async fn first_format_files_are_read_and_rewritten_on_save() {
     assert_eq!((loaded.data["user"].clone(), loaded.data["n"].clone()), (Value::from("alice"), Value::Int(1)));
     assert!(std::fs::read_to_string(&file).unwrap().starts_with("hipflask-session 2 "));
     assert_eq!(records_in(&file), 1);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A whole record that does not parse (a damaged block) gives way to the
-/// one before it, and the next save rewrites the file without it.
-#[tokio::test]
-async fn a_damaged_record_gives_way_to_the_one_before_and_is_rewritten_away() {
-    let (store, dir, id, file) = one_session_file("damaged").await;
-    store.create(&id, Record { data: Dict::new(), created_at: NOW, expires_at: NOW + 60 }).await.unwrap();
-    store.update(&id, &set("n", Value::Int(1)), NOW).await.unwrap();
-    let mut damaged = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
-    std::io::Write::write_all(
-        &mut damaged,
-        format!("hipflask-session 2 {NOW} {} 6\n{{\"n\":}}\n", NOW + 60).as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(1));
-    store.update(&id, &set("n", Value::Int(2)), NOW).await.unwrap();
-    assert_eq!(store.load(&id, NOW).await.unwrap().unwrap().data["n"], Value::Int(2));
-    assert_eq!(records_in(&file), 1, "rewritten, the damaged record gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
