@@ -154,8 +154,9 @@ fn encode(record: &Record) -> Vec<u8> {
 struct Contents {
     /// Its last complete, readable record.
     record: Option<Record>,
-    /// Whether a record may be appended: the file is whole records of the
-    /// current format. After a torn record, appended ones would be unreachable.
+    /// Whether a record may be appended: the file is whole, readable records
+    /// of the current format. After a torn record, appended ones would be
+    /// unreachable; a damaged one is left out by the rewrite instead.
     appendable: bool,
     /// Whether a whole record after `record` did not parse (a damaged disk
     /// block, an edit by hand): skipped, and logged.
@@ -183,9 +184,10 @@ fn decode(bytes: &[u8]) -> Contents {
             damaged = true;
             continue;
         };
-        return Contents { record: Some(Record { data, created_at, expires_at }), appendable, damaged };
+        let record = Some(Record { data, created_at, expires_at });
+        return Contents { record, appendable: appendable && !damaged, damaged };
     }
-    Contents { record: None, appendable: appendable.unwrap_or(bytes.is_empty()), damaged }
+    Contents { record: None, appendable: appendable.unwrap_or(bytes.is_empty()) && !damaged, damaged }
 }
 
 /// The record starting at `at`: its times, its body's range and where the
@@ -338,14 +340,13 @@ impl Store for FileStore {
                 Err(e) => return Err(backend(e)),
             };
             let bytes = read_all(&mut file).map_err(backend)?;
-            let Contents { record, appendable, damaged } = checked(&path, decode(&bytes));
+            let Contents { record, appendable, .. } = checked(&path, decode(&bytes));
             let Some(mut record) = record.filter(|r| r.expires_at > now) else {
                 return Ok(Updated::Gone);
             };
             apply_changes(&mut record.data, &update.changes, update.loaded.as_deref())?;
             record.expires_at = update.expires_at;
-            // A damaged record goes with the rewrite.
-            save(dir, &path, file, (appendable && !damaged).then_some(bytes.len()), &record)?;
+            save(dir, &path, file, appendable.then_some(bytes.len()), &record)?;
             Ok(Updated::Applied)
         })
     }
@@ -459,7 +460,7 @@ mod tests {
     fn a_whole_record_that_does_not_parse_gives_way_to_the_one_before() {
         let mut bytes = encode(&record(1, "kept"));
         bytes.extend_from_slice(format!("{HEADER} 1 2 5\n{{\"n\":\n").as_bytes());
-        assert_eq!(decode(&bytes), Contents { record: Some(record(1, "kept")), appendable: true, damaged: true });
+        assert_eq!(decode(&bytes), Contents { record: Some(record(1, "kept")), appendable: false, damaged: true });
         let header_only = format!("{HEADER} 1 2 18446744073709551615\n");
         assert_eq!(decode(header_only.as_bytes()), Contents { record: None, appendable: false, damaged: false });
         assert_eq!(decode(b""), Contents { record: None, appendable: true, damaged: false });
