@@ -19,6 +19,50 @@ async fn sqlite_store_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_conforms_on_its_own_thread() {
+    let store = SqliteStore::open(temp_db("conformance-thread")).await.unwrap().with_own_threads();
+    hipflask_conformance::run(Arc::new(store)).await;
+}
+
+/// A load answers from the last commit while another process holds a
+/// write transaction open, without waiting for it on the caller's thread,
+/// the runtime's only one here. The transaction ends a second later from a
+/// thread of the test's, so a wait would fail the test, not hang it.
+#[tokio::test(flavor = "current_thread")]
+async fn loads_do_not_wait_for_another_process_writing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let now = hipflask_conformance::NOW;
+    for own_thread in [false, true] {
+        let path = temp_db(&format!("writing-{own_thread}"));
+        let mut store = SqliteStore::open(&path).await.unwrap();
+        if own_thread {
+            store = store.with_own_threads();
+        }
+        let id = SessionId::generate();
+        let data: Dict = [("user".to_owned(), hipflask::Value::from("alice"))].into();
+        store.create(&id, Record { data: data.clone(), created_at: now, expires_at: now + 60 }).await.unwrap();
+        let other_process = rusqlite::Connection::open(&path).unwrap();
+        other_process
+            .execute_batch("BEGIN IMMEDIATE; UPDATE hipflask_sessions SET data = '{\"user\":\"bob\"}';")
+            .unwrap();
+        let committed = Arc::new(AtomicBool::new(false));
+        let committing = std::thread::spawn({
+            let committed = committed.clone();
+            move || {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                committed.store(true, Ordering::SeqCst);
+                other_process.execute_batch("COMMIT").unwrap();
+            }
+        });
+        let loaded = store.load(&id, now).await.unwrap().unwrap();
+        assert!(!committed.load(Ordering::SeqCst), "the load waited for the other process");
+        assert_eq!(loaded.data, data);
+        committing.join().unwrap();
+        assert_eq!(store.load(&id, now).await.unwrap().unwrap().data["user"], hipflask::Value::from("bob"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_reopening_the_file() {
     let path = temp_db("reopen");
     let id = SessionId::generate();
