@@ -32,6 +32,12 @@
 //! second, read-only connection: in WAL mode a reader never waits for a
 //! writer, and a read from the page cache costs less than the hand-off to
 //! the store's thread and back (read requests took a quarter less CPU).
+//! Only while its page cache is warm, though: a write empties the cache of
+//! every other connection to the database, and the next read through it
+//! starts over, at a cost that grows with the database. So a load that
+//! follows a write of this store goes to the store's thread, whose
+//! connection made the write and kept its cache; the reader takes over again
+//! at the second load in a row with no write between them.
 //! When that connection is in use by another call, or SQLite answers
 //! "busy" (a reader meets that only while the database recovers from a
 //! crash), the load goes to the store's thread. For a database on a slow
@@ -39,6 +45,7 @@
 //! caller's thread.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hipflask::{
@@ -67,7 +74,12 @@ pub struct SqliteStore {
     /// A second connection, read-only, for loads on the caller's thread;
     /// none for an in-memory database (a second connection would open
     /// another one) or after `with_own_threads`.
-    reader: Option<Arc<Mutex<Connection>>>,
+    reader: Option<Arc<Mutex<Reader>>>,
+    /// The writes this store has made, counted on its thread: see
+    /// [`Reader::may_answer`].
+    writes: Arc<AtomicU64>,
+    /// `writes` as the previous load found it.
+    last_load: Arc<AtomicU64>,
     user_key: Arc<str>,
     prefix: Arc<str>,
     /// Per stored id, the rowid and data of the row as this store last read
@@ -99,7 +111,7 @@ impl SqliteStore {
         let mut store = SqliteStore::from_connection(conn).await?;
         // Opened once the schema exists.
         let reader = tokio::task::spawn_blocking(move || open_reader(&path)).await.map_err(backend)??;
-        store.reader = Some(Arc::new(Mutex::new(reader)));
+        store.reader = Some(Arc::new(Mutex::new(Reader { conn: reader, warm_at: 0 })));
         Ok(store)
     }
 
@@ -112,6 +124,8 @@ impl SqliteStore {
         let store = SqliteStore {
             conn: StoreThread::start("hipflask-sqlite", conn)?,
             reader: None,
+            writes: Arc::new(AtomicU64::new(0)),
+            last_load: Arc::new(AtomicU64::new(0)),
             user_key: "_user_id".into(),
             prefix: "".into(),
             seen: Arc::new(LastSeen::default()),
@@ -144,6 +158,46 @@ impl SqliteStore {
 
     fn key(&self, id: &SessionId) -> String {
         format!("{}{}", self.prefix, id.as_str())
+    }
+
+    /// Runs `f`, which may write, on the store's thread, and counts it.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
+        let writes = self.writes.clone();
+        self.conn.call(move |conn| {
+            let result = f(conn);
+            writes.fetch_add(1, Ordering::Release);
+            result
+        })
+    }
+}
+
+/// The read-only connection, and when it last answered.
+struct Reader {
+    conn: Connection,
+    /// `SqliteStore::writes` when this connection last answered a load.
+    warm_at: u64,
+}
+
+impl Reader {
+    /// Whether this connection may answer a load, given `SqliteStore::writes`
+    /// now and as the previous load found it.
+    ///
+    /// Any write empties the page cache of every other connection to the
+    /// database: the reader's next read finds it cold, clears it (SQLite
+    /// walks the cache's whole hash table, sized by the most pages it ever
+    /// held) and reads its pages again. At a million sessions that made a
+    /// write request cost a fifth more instructions than at a thousand
+    /// (callgrind), where the thread's connection, which made the write,
+    /// still has every page. So the reader answers while no write came since
+    /// it last did, or from the second load in a row with no write between
+    /// them: a run of reads pays the cold start once, and a load that follows
+    /// a write goes to the thread. Writes by other processes are not counted;
+    /// they only make the reader's next read slower.
+    fn may_answer(&self, writes: u64, previous_load: u64) -> bool {
+        self.warm_at == writes || previous_load == writes
     }
 }
 
@@ -367,10 +421,14 @@ impl Store for SqliteStore {
             // On the caller's thread when the reader is free (a reader in
             // WAL mode does not wait for writers): a page-cache read is
             // cheaper than the hand-off to the store's thread and back.
+            let writes = self.writes.load(Ordering::Acquire);
+            let previous_load = self.last_load.swap(writes, Ordering::Relaxed);
             if let Some(reader) = &self.reader
-                && let Ok(conn) = reader.try_lock()
-                && let Ok(answer) = load_remembered(&conn, &self.seen, &id, now)
+                && let Ok(mut reader) = reader.try_lock()
+                && reader.may_answer(writes, previous_load)
+                && let Ok(answer) = load_remembered(&reader.conn, &self.seen, &id, now)
             {
+                reader.warm_at = writes;
                 return Ok(answer);
             }
             // Busy, or failed: the store's thread waits, and says why it failed.
@@ -383,7 +441,7 @@ impl Store for SqliteStore {
         let id = self.key(id);
         let user = user_of(&record.data, &self.user_key);
         let seen = self.seen.clone();
-        self.conn.call(move |conn| {
+        self.write(move |conn| {
             let data = hipflask::to_tagged_json(&record.data);
             let inserted = conn
                 .prepare_cached(
@@ -407,7 +465,7 @@ impl Store for SqliteStore {
         let update = update.clone();
         let user_key = self.user_key.clone();
         let seen = self.seen.clone();
-        self.conn.call(move |conn| {
+        self.write(move |conn| {
             // The row as this store last saw it, usually moments ago: merged
             // here and written in one statement if it is still exactly that.
             // A single statement is atomic, so no transaction; and it finds
@@ -439,7 +497,7 @@ impl Store for SqliteStore {
     fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
         let id = self.key(id);
         let seen = self.seen.clone();
-        self.conn.call(move |conn| {
+        self.write(move |conn| {
             seen.forget(&id);
             let n = conn
                 .prepare_cached("DELETE FROM hipflask_sessions WHERE id = ?1")
@@ -451,7 +509,7 @@ impl Store for SqliteStore {
 
     fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
         let like = sql_like_prefix(&self.prefix);
-        self.conn.call(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .execute(
                     "DELETE FROM hipflask_sessions WHERE expires_at <= ?1 AND id LIKE ?2 ESCAPE '\\'",
@@ -485,7 +543,7 @@ impl Store for SqliteStore {
     fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
         let user = user.to_owned();
         let like = sql_like_prefix(&self.prefix);
-        self.conn.call(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .execute(
                     "DELETE FROM hipflask_sessions WHERE user_id = ?1 AND id LIKE ?2 ESCAPE '\\'",
@@ -510,11 +568,54 @@ mod tests {
         let record =
             Record { data: [("a".to_owned(), hipflask::Value::Int(1))].into(), created_at: 1, expires_at: 100 };
         store.create(&id, record.clone()).await.unwrap();
-        store.reader = Some(Arc::new(Mutex::new(Connection::open_in_memory().unwrap())));
-        assert!(
-            load_remembered(&store.reader.as_ref().unwrap().lock().unwrap(), &store.seen, id.as_str(), 10).is_err()
-        );
+        // Warm as of the create, so that the load goes to it first.
+        let reader = Reader { conn: Connection::open_in_memory().unwrap(), warm_at: 1 };
+        assert!(load_remembered(&reader.conn, &store.seen, id.as_str(), 10).is_err());
+        store.reader = Some(Arc::new(Mutex::new(reader)));
         assert_eq!(store.load(&id, 10).await.unwrap(), Some(record));
+        assert_eq!(store.reader.as_ref().unwrap().lock().unwrap().warm_at, 1);
+    }
+
+    /// Whether the reader answered each load so far: it records the writes
+    /// it answered after.
+    fn reader_warm_at(store: &SqliteStore) -> u64 {
+        store.reader.as_ref().unwrap().lock().unwrap().warm_at
+    }
+
+    /// A load right after a write goes to the store's thread, whose
+    /// connection made the write and kept its page cache; the reader, whose
+    /// cache the write emptied, answers from the second load in a row.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_load_after_a_write_goes_to_the_connection_that_wrote() {
+        let dir = std::env::temp_dir().join(format!("hipflask-sqlite-route-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sessions.db");
+        let _ = std::fs::remove_file(&path);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let id = SessionId::generate();
+        let record =
+            |n| Record { data: [("n".to_owned(), hipflask::Value::Int(n))].into(), created_at: 1, expires_at: 100 };
+        store.create(&id, record(1)).await.unwrap();
+        assert_eq!(store.writes.load(Ordering::SeqCst), 1);
+
+        // First load after the create: the thread's.
+        assert_eq!(store.load(&id, 10).await.unwrap(), Some(record(1)));
+        assert_eq!(reader_warm_at(&store), 0, "answered by the reader right after a write");
+        // No write since that load: the reader answers, and is warm from then on.
+        assert_eq!(store.load(&id, 10).await.unwrap(), Some(record(1)));
+        assert_eq!(reader_warm_at(&store), 1);
+        assert_eq!(store.load(&id, 10).await.unwrap(), Some(record(1)));
+        assert_eq!(reader_warm_at(&store), 1);
+
+        // A save, then loads: the same again, and every answer is the saved one.
+        let changes = hipflask::Changes { keys: vec![("n".to_owned(), Some(hipflask::Value::Int(2)))], cleared: false };
+        let update = Update { changes, loaded: None, expires_at: 100 };
+        assert_eq!(store.update(&id, &update, 10).await.unwrap(), Updated::Applied);
+        assert_eq!(store.load(&id, 10).await.unwrap(), Some(record(2)));
+        assert_eq!(reader_warm_at(&store), 1, "answered by the reader right after a write");
+        assert_eq!(store.load(&id, 10).await.unwrap(), Some(record(2)));
+        assert_eq!(reader_warm_at(&store), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The load by rowid reads the table alone: SQLite's plan for it names

@@ -41,6 +41,10 @@ async fn loads_do_not_wait_for_another_process_writing() {
         let id = SessionId::generate();
         let data: Dict = [("user".to_owned(), hipflask::Value::from("alice"))].into();
         store.create(&id, Record { data: data.clone(), created_at: now, expires_at: now + 60 }).await.unwrap();
+        // A load right after this store's own write goes to its thread; the
+        // ones after it, with no write between, to the read-only connection,
+        // which is the one this test is about.
+        store.load(&id, now).await.unwrap();
         let other_process = rusqlite::Connection::open(&path).unwrap();
         other_process
             .execute_batch("BEGIN IMMEDIATE; UPDATE hipflask_sessions SET data = '{\"user\":\"bob\"}';")
