@@ -186,12 +186,12 @@ impl Reader {
     /// now and as the previous load found it.
     ///
     /// Any write empties the page cache of every other connection to the
-    /// database: the reader's next read finds it cold, clears it (SQLite
-    /// walks the cache's whole hash table, sized by the most pages it ever
-    /// held) and reads its pages again. At a million sessions that made a
-    /// write request cost a fifth more instructions than at a thousand
-    /// (callgrind), where the thread's connection, which made the write,
-    /// still has every page. So the reader answers while no write came since
+    /// database: the reader's next read finds it cold, clears it (callgrind
+    /// puts about 5k instructions in SQLite's `pcache1TruncateUnsafe` per
+    /// such load at a million sessions) and reads its pages again: a write
+    /// request at a million sessions cost a fifth more instructions than at
+    /// a thousand. The thread's connection, which made the write, still has
+    /// every page. So the reader answers while no write came since
     /// it last did, or from the second load in a row with no write between
     /// them: a run of reads pays the cold start once, and a load that follows
     /// a write goes to the thread. Writes by other processes are not counted;
@@ -431,7 +431,8 @@ impl Store for SqliteStore {
                 reader.warm_at = writes;
                 return Ok(answer);
             }
-            // Busy, or failed: the store's thread waits, and says why it failed.
+            // Busy, cold after a write, or failed: the store's thread answers
+            // (waiting if it must, and saying why it failed).
             let seen = self.seen.clone();
             self.conn.call(move |conn| load_remembered(conn, &seen, &id, now)).await
         })
