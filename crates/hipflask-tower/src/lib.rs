@@ -219,38 +219,27 @@ fn merge(earlier: Option<SaveOutcome>, later: SaveOutcome) -> SaveOutcome {
 pub struct LazySession(Arc<Slot>);
 
 impl LazySession {
-    /// The session, reading the cookie (and the store, for server-side
-    /// sessions) on the first call. Fails only when the store fails.
-    pub async fn load(&self) -> Result<hipflask::Session, hipflask::Error> {
-        self.load_inner().await
-    }
-
     pub(crate) fn slot(&self) -> Arc<Slot> {
         self.0.clone()
     }
 
-    async fn load_inner(&self) -> Result<hipflask::Session, hipflask::Error> {
+    /// The session, reading the cookie (and the store, for server-side
+    /// sessions) on the first call. Fails only when the store fails.
+    pub async fn load(&self) -> Result<hipflask::Session, hipflask::Error> {
         let slot = &self.0;
         if let Some(s) = slot.session.get() {
             return Ok(s.clone());
         }
-        // One Cookie header is the rule: no list to build for it.
-        let many: Vec<&[u8]>;
-        let one: [&[u8]; 1];
-        let cookies: &[&[u8]] = match &slot.cookies {
-            Cookies::None => &[],
-            Cookies::One(v) => {
-                one = [v.as_bytes()];
-                &one
-            }
-            Cookies::Many(_) => {
-                many = slot.cookies.values().collect();
-                &many
-            }
-        };
         let config = slot.config();
         let metrics = slot.shared.metrics();
-        let loading = std::pin::pin!(config.load_session(cookies));
+        // The load owns what it needs from the headers: nothing borrowed from
+        // them lives across the wait, which keeps this future small.
+        let loading = std::pin::pin!(match &slot.cookies {
+            Cookies::None => config.load_session(&[]),
+            // One Cookie header is the rule: no list to build for it.
+            Cookies::One(v) => config.load_session(&[v.as_bytes()]),
+            Cookies::Many(_) => config.load_session(&slot.cookies.values().collect::<Vec<_>>()),
+        });
         let result = if config.is_server_side() {
             within(&metrics.store_load, "load", config.store_timeout(), loading).await
         } else {
@@ -396,7 +385,11 @@ where
 /// this future is part of every handler future that loads the session, and
 /// axum moves that whole future into a box of its own. Holding the operation
 /// by value beside the timer made the load's future 968 bytes instead of 576,
-/// copied each time it moved.
+/// copied each time it moved. (Since the load itself became a ready answer or
+/// a boxed wait, [`hipflask::LoadSession`], it is 280 bytes, and a handler
+/// taking a [`Session`] 800: below the 1,032 bytes glibc's allocator serves
+/// from its per-thread cache. At 1,096 bytes each box took the allocator's
+/// slow path.)
 async fn within<T>(
     timer: &metrics::Histogram,
     name: &'static str,

@@ -293,6 +293,31 @@ async fn saves_answered_in_place_are_ready_and_others_wait_for_the_store() {
     }
 }
 
+/// A load the store answers in place (the memory store) or that needs no
+/// store (no cookie, a cookie session) is finished before it is awaited,
+/// with no boxed future; one that must wait for its store owns what it
+/// needs, so it still loads once the configuration it was made from is gone.
+#[tokio::test]
+async fn loads_answered_in_place_are_ready_and_others_wait_for_the_store() {
+    let stores: [(Arc<dyn Store>, &str); 2] = [
+        (Arc::new(MemoryStore::new()), "LoadSession(\"ready\")"),
+        (Arc::new(Faulty::new(Duration::ZERO, |_| false)), "LoadSession(\"waiting for the store\")"),
+    ];
+    for (store, state) in stores {
+        let config = builder(store).build().unwrap();
+        let id = send(&app(config.clone()), "/set/a/0", None).await.cookie_value().unwrap();
+        let new = config.load_session(&[]);
+        assert_eq!(format!("{new:?}"), "LoadSession(\"ready\")", "{state}: no cookie, no store call");
+        assert_eq!(new.await.unwrap().get::<String>("a"), None);
+        let load = config.load_session(&[format!("session={id}").as_bytes()]);
+        drop(config);
+        assert_eq!(format!("{load:?}"), state);
+        assert_eq!(load.await.unwrap().get::<String>("a").as_deref(), Some("0"), "{state}");
+    }
+    let cookies = Config::builder().secret_key("secret").build().unwrap();
+    assert_eq!(format!("{:?}", cookies.load_session(&[b"session=x"])), "LoadSession(\"ready\")");
+}
+
 /// A store that is down.
 #[derive(Debug)]
 struct Down;
@@ -353,25 +378,30 @@ fn absolute_clock() -> u64 {
     ABSOLUTE_CLOCK.load(Ordering::SeqCst)
 }
 
+/// On the memory store, whose loads are answered in place, and on a store
+/// whose loads wait: the ending deletes the session on both paths.
 #[tokio::test]
 async fn the_absolute_timeout_ends_even_an_active_session() {
-    let store = Arc::new(MemoryStore::new());
-    let config = builder(store.clone())
-        .clock(absolute_clock)
-        .refresh_fraction(0.0)
-        .absolute_timeout(Some(Duration::from_secs(100)))
-        .build()
-        .unwrap();
-    let app = app(config);
-    let id = send(&app, "/set/user/alice", None).await.cookie_value().unwrap();
-    for _ in 0..9 {
+    let stores: [Arc<dyn Store>; 2] = [Arc::new(MemoryStore::new()), Arc::new(Faulty::new(Duration::ZERO, |_| false))];
+    for store in stores {
+        ABSOLUTE_CLOCK.store(1_700_000_000, Ordering::SeqCst);
+        let config = builder(store.clone())
+            .clock(absolute_clock)
+            .refresh_fraction(0.0)
+            .absolute_timeout(Some(Duration::from_secs(100)))
+            .build()
+            .unwrap();
+        let app = app(config);
+        let id = send(&app, "/set/user/alice", None).await.cookie_value().unwrap();
+        for _ in 0..9 {
+            ABSOLUTE_CLOCK.fetch_add(10, Ordering::SeqCst);
+            assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "alice", "{store:?}: active within the timeout");
+        }
         ABSOLUTE_CLOCK.fetch_add(10, Ordering::SeqCst);
-        assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "alice", "active within the timeout");
+        assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "None", "{store:?}: 100 s after creation it is over");
+        let sid = SessionId::parse(&id).unwrap();
+        assert!(store.load(&sid, absolute_clock()).await.unwrap().is_none(), "{store:?}: and deleted from the store");
     }
-    ABSOLUTE_CLOCK.fetch_add(10, Ordering::SeqCst);
-    assert_eq!(send(&app, "/get/user", Some(&id)).await.body, "None", "100 s after creation it is over");
-    let sid = SessionId::parse(&id).unwrap();
-    assert!(store.load(&sid, absolute_clock()).await.unwrap().is_none(), "and deleted from the store");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::cookie::CookieCodec;
 use crate::error::{Error, ErrorKind};
 use crate::key::SecretKey;
-use crate::server::{SaveSession, SaveStep, ServerSide};
+use crate::server::{LoadSession, SaveSession, SaveStep, ServerSide};
 use crate::session::{PERMANENT_KEY, Session};
 use crate::sid::SidSigner;
 use crate::store::{ConflictPolicy, Store};
@@ -93,7 +93,7 @@ struct Inner {
     max_cookie_size: usize,
     strict_cookie_size: bool,
     clock: Clock,
-    server: Option<ServerSide>,
+    server: Option<Arc<ServerSide>>,
     /// `; Domain=...` (or nothing) and the attributes after `Expires`,
     /// joined once: they are the same in every cookie of a kind.
     attributes: (String, Tails),
@@ -485,16 +485,18 @@ impl ConfigBuilder {
         let raw_path = self.path.filter(|p| !p.is_empty()).unwrap_or(self.application_root);
         let path = quote_path(&raw_path);
         let lifetime = self.lifetime.as_secs();
-        let server = self.store.map(|store| ServerSide {
-            memory: (Arc::clone(&store) as Arc<dyn std::any::Any + Send + Sync>).downcast().ok(),
-            store,
-            signer: self.use_signer.then(|| SidSigner::new(&secret)),
-            permanent_default: self.session_permanent,
-            refresh_after: (lifetime as f64 * self.refresh_fraction) as u64,
-            absolute_timeout: self.absolute_timeout.map(|d| d.as_secs()),
-            conflict: self.conflict,
-            timeout: self.store_timeout,
-            fail_open: self.fail_open,
+        let server = self.store.map(|store| {
+            Arc::new(ServerSide {
+                memory: (Arc::clone(&store) as Arc<dyn std::any::Any + Send + Sync>).downcast().ok(),
+                store,
+                signer: self.use_signer.then(|| SidSigner::new(&secret)),
+                permanent_default: self.session_permanent,
+                refresh_after: (lifetime as f64 * self.refresh_fraction) as u64,
+                absolute_timeout: self.absolute_timeout.map(|d| d.as_secs()),
+                conflict: self.conflict,
+                timeout: self.store_timeout,
+                fail_open: self.fail_open,
+            })
         });
         let tail = |bare: bool, partitioned: bool| {
             let when = |on: bool, text: &'static str| if on { text } else { "" };
@@ -660,12 +662,12 @@ impl Config {
     /// [`open`](Config::open) for cookie sessions, the store otherwise. Fails
     /// only when the store does ([`ErrorKind::Backend`]); a bad cookie or id
     /// gives a new session.
-    pub async fn load_session(&self, cookie_headers: &[&[u8]]) -> Result<Session, Error> {
+    pub fn load_session(&self, cookie_headers: &[&[u8]]) -> LoadSession {
         match &self.0.server {
-            None => Ok(self.open(cookie_headers.iter().copied())),
+            None => LoadSession::ready(Ok(self.open(cookie_headers.iter().copied()))),
             Some(server) => {
                 let cookie = crate::header::find_cookie(cookie_headers.iter().copied(), self.cookie_name().as_bytes());
-                self.open_server(server, cookie.as_deref()).await
+                self.open_server(server, cookie.as_deref())
             }
         }
     }

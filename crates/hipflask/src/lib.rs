@@ -100,7 +100,7 @@ pub use memory::MemoryStore;
 pub use msgpack::{from_msgpack, from_stored_session, str_to_msgpack, to_msgpack, value_to_msgpack};
 pub use seen::{IdKeyHasher, LastSeen, TailHasher};
 pub use ser::to_value;
-pub use server::SaveSession;
+pub use server::{LoadSession, SaveSession};
 pub use session::{FLASHES_KEY, Flash, PERMANENT_KEY, Session};
 pub use sid::{SESSION_ID_LEN, SID_SALT, SessionId, SidSigner};
 pub use store::{

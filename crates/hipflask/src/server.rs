@@ -54,6 +54,12 @@ impl ServerSide {
         id
     }
 
+    /// Whether a session created at `created_at` is past the absolute
+    /// timeout at `now`, however active it was.
+    fn expired(&self, created_at: u64, now: u64) -> bool {
+        self.absolute_timeout.is_some_and(|t| now >= created_at.saturating_add(t))
+    }
+
     fn new_session(&self) -> Session {
         let mut data = Dict::new();
         if self.permanent_default {
@@ -64,11 +70,89 @@ impl ServerSide {
     }
 }
 
-/// [`Store::load`], without its boxed future when the store answers in place.
-async fn load(store: &dyn Store, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-    match store.load_now(id, now) {
-        Some(answer) => answer,
-        None => store.load(id, now).await,
+/// The session a store's answer to a load gives.
+fn opened(server: &Arc<ServerSide>, id: SessionId, now: u64, answer: Result<Option<Record>, Error>) -> LoadSession {
+    let record = match answer {
+        Ok(Some(record)) => record,
+        Ok(None) => return LoadSession::ready(Ok(server.new_session())),
+        Err(e) => return LoadSession::ready(Err(e)),
+    };
+    if server.expired(record.created_at, now) {
+        return end_for_good(server, id);
+    }
+    let keep = server.conflict == ConflictPolicy::Reject;
+    LoadSession::ready(Ok(Session::server(record.data, id, Some((record.created_at, record.expires_at)), keep)))
+}
+
+/// A session past the absolute timeout however active: deleted for good,
+/// and a new one in its place.
+fn end_for_good(server: &Arc<ServerSide>, id: SessionId) -> LoadSession {
+    let server = Arc::clone(server);
+    LoadSession::waiting(async move {
+        server.store.delete(&id).await?;
+        Ok(server.new_session())
+    })
+}
+
+/// A store's answer, either given when the future was made or behind one
+/// boxed future that owns what it needs.
+///
+/// Loads and saves that the store answers in place (the memory store, a
+/// local cache hit, a request that only read) are the common case: they get
+/// no boxed future, and the future that carries them is a few words. Axum
+/// moves the future that loads the session into a box of its own with the
+/// whole handler, so its size is paid on every request.
+enum Answer<T> {
+    Ready(Option<Result<T, Error>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>),
+}
+
+impl<T> Answer<T> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
+        match self {
+            Answer::Ready(result) => Poll::Ready(result.take().expect("session future polled after completion")),
+            Answer::Waiting(wait) => wait.as_mut().poll(cx),
+        }
+    }
+
+    fn state(&self) -> &'static str {
+        match self {
+            Answer::Ready(_) => "ready",
+            Answer::Waiting(_) => "waiting for the store",
+        }
+    }
+}
+
+/// The future of [`Config::load_session`].
+///
+/// Ready on its first poll, with no boxed future behind it, when the session
+/// needs no store call (a cookie session, a new session) or the store
+/// answers in place (the memory store, a local cache hit); otherwise it waits
+/// for the store behind one boxed future.
+#[must_use = "a load does nothing unless awaited"]
+pub struct LoadSession(Answer<Session>);
+
+impl LoadSession {
+    pub(crate) fn ready(result: Result<Session, Error>) -> LoadSession {
+        LoadSession(Answer::Ready(Some(result)))
+    }
+
+    fn waiting(load: impl Future<Output = Result<Session, Error>> + Send + 'static) -> LoadSession {
+        LoadSession(Answer::Waiting(Box::pin(load)))
+    }
+}
+
+impl Future for LoadSession {
+    type Output = Result<Session, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll(cx)
+    }
+}
+
+impl std::fmt::Debug for LoadSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LoadSession").field(&self.0.state()).finish()
     }
 }
 
@@ -80,20 +164,15 @@ async fn load(store: &dyn Store, id: &SessionId, now: u64) -> Result<Option<Reco
 /// memory store. Other saves wait for the store behind one boxed future
 /// that owns what it needs (the configuration and a handle to the session).
 #[must_use = "a save does nothing unless awaited"]
-pub struct SaveSession(Saving);
-
-enum Saving {
-    Ready(Option<Result<SaveOutcome, Error>>),
-    Waiting(Pin<Box<dyn Future<Output = Result<SaveOutcome, Error>> + Send>>),
-}
+pub struct SaveSession(Answer<SaveOutcome>);
 
 impl SaveSession {
     pub(crate) fn ready(result: Result<SaveOutcome, Error>) -> SaveSession {
-        SaveSession(Saving::Ready(Some(result)))
+        SaveSession(Answer::Ready(Some(result)))
     }
 
     pub(crate) fn waiting(save: impl Future<Output = Result<SaveOutcome, Error>> + Send + 'static) -> SaveSession {
-        SaveSession(Saving::Waiting(Box::pin(save)))
+        SaveSession(Answer::Waiting(Box::pin(save)))
     }
 }
 
@@ -101,20 +180,13 @@ impl Future for SaveSession {
     type Output = Result<SaveOutcome, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            Saving::Ready(result) => Poll::Ready(result.take().expect("SaveSession polled after completion")),
-            Saving::Waiting(save) => save.as_mut().poll(cx),
-        }
+        self.0.poll(cx)
     }
 }
 
 impl std::fmt::Debug for SaveSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.0 {
-            Saving::Ready(_) => "ready",
-            Saving::Waiting(_) => "waiting for the store",
-        };
-        f.debug_tuple("SaveSession").field(&state).finish()
+        f.debug_tuple("SaveSession").field(&self.0.state()).finish()
     }
 }
 
@@ -157,36 +229,29 @@ impl Config {
     /// Opens the session named by the request's cookie from the store. A
     /// missing, malformed, badly signed, unknown or expired id gives a new
     /// session with a **new** id (a client's id is never adopted).
-    pub(crate) async fn open_server(&self, server: &ServerSide, cookie: Option<&[u8]>) -> Result<Session, Error> {
+    pub(crate) fn open_server(&self, server: &Arc<ServerSide>, cookie: Option<&[u8]>) -> LoadSession {
         let Some(id) = cookie.filter(|c| !c.is_empty()).and_then(|c| server.parse_cookie(c)) else {
-            return Ok(server.new_session());
+            return LoadSession::ready(Ok(server.new_session()));
         };
         let now = self.now();
-        let keep = server.conflict == ConflictPolicy::Reject;
-        let expired = |created_at: u64| server.absolute_timeout.is_some_and(|t| now >= created_at.saturating_add(t));
         if let Some(memory) = &server.memory {
             return match memory.load_shared(&id, now) {
-                Some((record, created_at, expires_at)) if !expired(created_at) => {
-                    Ok(Session::layered(record, id, (created_at, expires_at), keep))
+                Some((record, created_at, expires_at)) if !server.expired(created_at, now) => {
+                    let keep = server.conflict == ConflictPolicy::Reject;
+                    LoadSession::ready(Ok(Session::layered(record, id, (created_at, expires_at), keep)))
                 }
-                Some(_) => self.end_for_good(server, &id).await,
-                None => Ok(server.new_session()),
+                Some(_) => end_for_good(server, id),
+                None => LoadSession::ready(Ok(server.new_session())),
             };
         }
-        let Some(record) = load(&*server.store, &id, now).await? else {
-            return Ok(server.new_session());
-        };
-        if expired(record.created_at) {
-            return self.end_for_good(server, &id).await;
+        if let Some(answer) = server.store.load_now(&id, now) {
+            return opened(server, id, now, answer);
         }
-        Ok(Session::server(record.data, id, Some((record.created_at, record.expires_at)), keep))
-    }
-
-    /// A session past the absolute timeout however active: deleted for
-    /// good, and a new one in its place.
-    async fn end_for_good(&self, server: &ServerSide, id: &SessionId) -> Result<Session, Error> {
-        server.store.delete(id).await?;
-        Ok(server.new_session())
+        let server = Arc::clone(server);
+        LoadSession::waiting(async move {
+            let answer = server.store.load(&id, now).await;
+            opened(&server, id, now, answer).await
+        })
     }
 
     /// The save of a server-side session that needs no store call: nothing
@@ -388,7 +453,7 @@ impl Config {
             }
             Slow::Regenerate => {
                 // Move the session, with this request's changes, to a fresh id.
-                let Some(mut current) = load(&**store, &state.id, now).await? else {
+                let Some(mut current) = store.load(&state.id, now).await? else {
                     return Ok(self.gone(out));
                 };
                 let (changes, loaded) = session.changes_and_loaded(true);
