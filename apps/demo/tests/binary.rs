@@ -86,9 +86,9 @@ fn metrics_are_served_in_prometheus_format() {
     assert!(page.contains("hipflask_cookies_rejected_total{reason=\"bad_signature\"}"), "{page}");
 }
 
-#[test]
-fn store_times_are_a_histogram_whose_zero_bucket_counts_answers_given_in_place() {
-    let (mut child, addr) = serve(&[("SESSION_TYPE", "memory")]);
+/// The demo's `/metrics` page after a seed and three writes to one session.
+fn metrics_after_four_saves(settings: &[(&str, &str)]) -> String {
+    let (mut child, addr) = serve(settings);
     let seeded = get(&addr, "/bench/seed", None);
     let cookie = seeded
         .lines()
@@ -102,16 +102,30 @@ fn store_times_are_a_histogram_whose_zero_bucket_counts_answers_given_in_place()
     let page = get(&addr, "/metrics", None);
     child.kill().unwrap();
     child.wait().unwrap();
-    let count = |series: &str| {
-        page.lines()
-            .find_map(|l| l.strip_prefix(series))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {series} in {page}"))
-    };
-    // Four saves (the seed's and three writes), all answered by the memory
-    // store on their first poll: every one is in the `le="0"` bucket.
-    assert_eq!(count("hipflask_store_seconds_bucket{op=\"save\",le=\"0\"}"), 4, "{page}");
-    assert_eq!(count("hipflask_store_seconds_bucket{op=\"save\",le=\"+Inf\"}"), 4, "{page}");
-    assert_eq!(count("hipflask_store_seconds_count{op=\"save\"}"), 4, "{page}");
+    page
+}
+
+/// The value of one series on a metrics page, if it is there.
+fn series(page: &str, name: &str) -> Option<u64> {
+    page.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn store_waits_are_a_histogram_and_answers_given_in_place_a_count() {
+    // The memory store answers every save on its first poll: nothing waited.
+    let page = metrics_after_four_saves(&[("SESSION_TYPE", "memory")]);
+    assert_eq!(series(&page, "hipflask_store_in_place_total{op=\"save\"}"), Some(4), "{page}");
+    assert_eq!(series(&page, "hipflask_store_seconds_count{op=\"save\"}").unwrap_or(0), 0, "{page}");
+
+    // SQLite's writes go to its own thread: a save is timed when it waited
+    // for the answer, counted when the thread answered before the first poll
+    // ended. Never both.
+    let dir = std::env::temp_dir().join(format!("hipflask-demo-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("sessions.db").display());
+    let page = metrics_after_four_saves(&[("SESSION_TYPE", "sqlite"), ("SESSION_DATABASE_URL", &url)]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let waited = series(&page, "hipflask_store_seconds_count{op=\"save\"}").unwrap_or(0);
+    assert_eq!(series(&page, "hipflask_store_in_place_total{op=\"save\"}"), Some(4 - waited), "{page}");
     assert!(!page.contains("quantile="), "a histogram, not a summary: {page}");
 }

@@ -38,9 +38,9 @@ impl Session {
     /// handler's own response stands (make new changes and save again to retry).
     pub async fn save(&self) -> Result<(), hipflask::Error> {
         let config = self.slot.config();
-        let timer = &self.slot.shared.metrics().store_save;
+        let metrics = &self.slot.shared.metrics().save;
         let saving = std::pin::pin!(config.save_session(&self.inner));
-        match crate::within(timer, "save", config.store_timeout(), saving).await {
+        match crate::within(metrics, config.store_timeout(), saving).await {
             Ok(outcome) => {
                 self.slot.remember(outcome);
                 Ok(())

@@ -54,22 +54,34 @@ fn two_writes(app: impl FnOnce() -> Router) -> Snapshotter {
     snapshotter
 }
 
-/// (name, labels) -> counter value, and names of histograms with samples.
-fn read_metrics(snapshotter: &Snapshotter) -> (Vec<(String, String, u64)>, Vec<String>) {
-    let mut counters = Vec::new();
-    let mut histograms = Vec::new();
+/// What one snapshot holds (a snapshot takes them).
+struct Snapshot {
+    /// (name, labels, value).
+    counters: Vec<(String, String, u64)>,
+    /// The names and labels of histograms with samples.
+    histograms: Vec<String>,
+    /// The samples of `hipflask_store_seconds`, by op.
+    store_seconds: Vec<(String, f64)>,
+}
+
+fn read_metrics(snapshotter: &Snapshotter) -> Snapshot {
+    let mut out = Snapshot { counters: Vec::new(), histograms: Vec::new(), store_seconds: Vec::new() };
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let name = key.key().name().to_owned();
         let labels: Vec<String> = key.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        let op = key.key().labels().find(|l| l.key() == "op").map(|l| l.value().to_owned());
         match value {
-            DebugValue::Counter(n) => counters.push((name, labels.join(","), n)),
+            DebugValue::Counter(n) => out.counters.push((name, labels.join(","), n)),
             DebugValue::Histogram(samples) if !samples.is_empty() => {
-                histograms.push(format!("{name}{{{}}}", labels.join(",")))
+                if let (true, Some(op)) = (name == "hipflask_store_seconds", op) {
+                    out.store_seconds.extend(samples.iter().map(|v| (op.clone(), f64::from(*v))));
+                }
+                out.histograms.push(format!("{name}{{{}}}", labels.join(",")))
             }
             _ => {}
         }
     }
-    (counters, histograms)
+    out
 }
 
 fn count(counters: &[(String, String, u64)], name: &str, labels: &str) -> u64 {
@@ -86,20 +98,22 @@ fn cookie_sessions_report_loads_saves_and_rejections() {
         send(&app, "/read", Some(&cookie));
         send(&app, "/read", Some("forged.cookie.value"));
     });
-    let (counters, _) = read_metrics(&snapshotter);
+    let Snapshot { counters, .. } = read_metrics(&snapshotter);
     assert_eq!(count(&counters, "hipflask_sessions_loaded_total", ""), 3);
     assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
     assert_eq!(count(&counters, "hipflask_cookies_rejected_total", "reason=bad_signature"), 1);
 }
 
 #[test]
-fn server_side_sessions_report_creation_saves_and_store_latency() {
+fn server_side_sessions_report_creation_saves_and_store_operations() {
     let snapshotter = two_writes(memory_app);
-    let (counters, histograms) = read_metrics(&snapshotter);
+    let Snapshot { counters, histograms, .. } = read_metrics(&snapshotter);
     assert_eq!(count(&counters, "hipflask_sessions_created_total", ""), 1);
     assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
-    assert!(histograms.contains(&"hipflask_store_seconds{op=load}".to_owned()), "{histograms:?}");
-    assert!(histograms.contains(&"hipflask_store_seconds{op=save}".to_owned()), "{histograms:?}");
+    // The memory store answers every call in place: counted, nothing timed.
+    assert_eq!(count(&counters, "hipflask_store_in_place_total", "op=load"), 2);
+    assert_eq!(count(&counters, "hipflask_store_in_place_total", "op=save"), 2);
+    assert!(histograms.is_empty(), "{histograms:?}");
 }
 
 #[test]
@@ -113,21 +127,11 @@ fn requests_that_only_read_make_no_save_call() {
             assert_eq!(send(&app, "/read", Some(&id)), None, "a read sets no cookie");
         }
     });
-    let samples = |op: &str| {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter(|(key, ..)| key.key().name() == "hipflask_store_seconds")
-            .filter(|(key, ..)| key.key().labels().any(|l| l.value() == op))
-            .map(|(.., value)| match value {
-                DebugValue::Histogram(s) => s.len(),
-                _ => 0,
-            })
-            .sum::<usize>()
-    };
+    let Snapshot { counters, histograms, .. } = read_metrics(&snapshotter);
     // One save for the write; the three reads are answered without the store.
-    assert_eq!(samples("save"), 1);
+    assert_eq!(count(&counters, "hipflask_store_in_place_total", "op=save"), 1);
+    assert_eq!(count(&counters, "hipflask_store_in_place_total", "op=load"), 4);
+    assert!(histograms.is_empty(), "{histograms:?}");
 }
 
 /// Apps often build the router first and install the recorder later in
@@ -141,39 +145,28 @@ fn a_recorder_installed_after_the_layer_is_built_gets_the_metrics() {
         let id = send(&app, "/write", None).unwrap();
         send(&app, "/write", Some(&id));
     });
-    let (counters, histograms) = read_metrics(&snapshotter);
+    let Snapshot { counters, .. } = read_metrics(&snapshotter);
     assert_eq!(count(&counters, "hipflask_sessions_loaded_total", ""), 2);
     assert_eq!(count(&counters, "hipflask_sessions_saved_total", ""), 1);
-    assert!(histograms.contains(&"hipflask_store_seconds{op=save}".to_owned()), "{histograms:?}");
+    assert_eq!(count(&counters, "hipflask_store_in_place_total", "op=save"), 2);
 }
 
-/// The samples of `hipflask_store_seconds`, by op (a snapshot takes them).
-fn store_seconds(snapshotter: &Snapshotter) -> Vec<(String, f64)> {
-    let mut samples = Vec::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let op = key.key().labels().find(|l| l.key() == "op").map(|l| l.value().to_owned());
-        if let (true, Some(op), DebugValue::Histogram(s)) = (key.key().name() == "hipflask_store_seconds", op, value) {
-            samples.extend(s.into_iter().map(|v| (op.clone(), f64::from(v))));
-        }
-    }
-    samples
-}
-
-/// A store that answers at once is recorded as taking no time (without
-/// reading the clock); one that has to wait is timed.
+/// A store that answers at once is counted, without reading the clock;
+/// one that has to wait is timed, and not counted as answered in place.
 #[test]
-fn store_seconds_are_zero_for_an_answer_at_once_and_the_wait_otherwise() {
-    let snapshotter = two_writes(memory_app);
-    let at_once = store_seconds(&snapshotter);
-    assert!(at_once.iter().any(|(op, _)| op == "load") && at_once.iter().any(|(op, _)| op == "save"), "{at_once:?}");
-    assert!(at_once.iter().all(|(_, s)| *s == 0.0), "{at_once:?}");
+fn answers_given_in_place_are_counted_and_waits_are_timed() {
+    let waited = read_metrics(&two_writes(memory_app)).store_seconds;
+    assert_eq!(waited, [], "nothing waited");
 
     let snapshotter = two_writes(|| {
         let slow = Faulty::new(std::time::Duration::from_millis(30), |_| false);
         app(Config::builder().secret_key("secret").store(Arc::new(slow)).build().unwrap())
     });
-    // The first request has no cookie: its load never reaches the store.
-    let waited = store_seconds(&snapshotter);
+    let Snapshot { counters, store_seconds: waited, .. } = read_metrics(&snapshotter);
     let slow = |op: &str| waited.iter().filter(|(o, s)| o == op && *s >= 0.03).count();
     assert_eq!((slow("load"), slow("save")), (1, 2), "{waited:?}");
+    assert_eq!(waited.len(), 3, "every wait is timed once: {waited:?}");
+    // The first request has no cookie: its load needs no store call.
+    assert_eq!(count(&counters, "hipflask_store_in_place_total", "op=load"), 1);
+    assert_eq!(count(&counters, "hipflask_store_in_place_total", "op=save"), 0);
 }
