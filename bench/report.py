@@ -119,9 +119,11 @@ def write(results, docs):
             "per route over 100 seeded sessions after a warm-up. User-space instructions of the server process",
             "only: the kernel's TCP work (most of a request's CPU time, and the same for every server) and the",
             "store's own processes are not in it. Ratios are to bare axum. The demo runs with its Prometheus",
-            "exporter installed (100-300 instructions per request); the exporter folds its samples every five",
-            "seconds, and whether that falls inside a count moves a write's count by up to 1.2k between runs",
-            "of the same binary (other routes: 1%). The before-and-after counts below were taken side by",
+            "exporter installed: a store call answered in place is a counter's increment (about 20",
+            "instructions), one that waited a histogram sample (about 185, and its share of the fold the",
+            "exporter makes every five seconds; whether a fold falls inside a count moves a write's count by",
+            "up to 1.2k between runs of the same binary, other routes 1%). The allocator's state moves a",
+            "count by up to 150 instructions too. The before-and-after counts below were taken side by",
             "side or repeated.",
         ]
         counted_on = results.get("dates", {}).get("instructions")
