@@ -60,6 +60,12 @@ impl ServerSide {
         self.absolute_timeout.is_some_and(|t| now >= created_at.saturating_add(t))
     }
 
+    /// Whether saves refuse to overwrite keys changed since the load, so a
+    /// loaded session keeps what it loaded to compare against.
+    fn rejects_conflicts(&self) -> bool {
+        self.conflict == ConflictPolicy::Reject
+    }
+
     fn new_session(&self) -> Session {
         let mut data = Dict::new();
         if self.permanent_default {
@@ -80,7 +86,7 @@ fn opened(server: &Arc<ServerSide>, id: SessionId, now: u64, answer: Result<Opti
     if server.expired(record.created_at, now) {
         return end_for_good(server, id);
     }
-    let keep = server.conflict == ConflictPolicy::Reject;
+    let keep = server.rejects_conflicts();
     LoadSession::ready(Ok(Session::server(record.data, id, Some((record.created_at, record.expires_at)), keep)))
 }
 
@@ -237,7 +243,7 @@ impl Config {
         if let Some(memory) = &server.memory {
             return match memory.load_shared(&id, now) {
                 Some((record, created_at, expires_at)) if !server.expired(created_at, now) => {
-                    let keep = server.conflict == ConflictPolicy::Reject;
+                    let keep = server.rejects_conflicts();
                     LoadSession::ready(Ok(Session::layered(record, id, (created_at, expires_at), keep)))
                 }
                 Some(_) => end_for_good(server, id),
@@ -321,7 +327,7 @@ impl Config {
         let (changes, loaded) = match answered {
             // Taken by the store already: only the expiry is read after.
             Some(_) => (Changes::default(), None),
-            None => session.changes_and_loaded(server.conflict == ConflictPolicy::Reject),
+            None => session.changes_and_loaded(server.rejects_conflicts()),
         };
         if answered.is_none() && changes.is_empty() && !refresh_due() {
             return SaveStep::Done(Ok(out));
