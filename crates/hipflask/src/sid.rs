@@ -130,11 +130,11 @@ impl SidSigner {
 
     /// The signed cookie value of `sid`.
     pub fn sign(&self, sid: &str) -> String {
-        let mut out = String::with_capacity(sid.len() + 28);
-        out.push_str(sid);
-        out.push('.');
-        URL_SAFE_NO_PAD.encode_string(self.key.sign(sid.as_bytes()), &mut out);
-        out
+        let mut out = Vec::with_capacity(sid.len() + 28);
+        out.extend_from_slice(sid.as_bytes());
+        out.push(b'.');
+        crate::cookie::push_base64url(&mut out, &self.key.sign(sid.as_bytes()));
+        String::from_utf8(out).expect("an id, a dot and base64url are ASCII")
     }
 
     /// The id inside a signed value, or `None` when the signature does not
