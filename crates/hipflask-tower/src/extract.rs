@@ -7,9 +7,11 @@ use axum_core::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use crate::{LazySession, Slot};
+use crate::{LazySession, Load, Slot};
 
 /// The request's session, as an axum extractor. It dereferences to
 /// [`hipflask::Session`], so every dict-like method is available directly.
@@ -94,25 +96,50 @@ impl IntoResponse for SessionRejection {
     }
 }
 
+/// The extractor's future: the [`Load`] of the request's session, or `None`
+/// on a route without the layer. The load holds the request's shared state,
+/// which the extracted [`Session`] keeps for its explicit saves.
+struct Extract(Option<Load>);
+
+impl Future for Extract {
+    type Output = Result<Session, SessionRejection>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(load) = &mut self.0 else {
+            return Poll::Ready(Err(SessionRejection::Missing));
+        };
+        let loaded = ready!(Pin::new(&mut *load).poll(cx));
+        // The slot moves into the session: no count to raise and drop again.
+        let slot = self.0.take().map(Load::into_slot);
+        let inner = loaded.map_err(SessionRejection::Unavailable)?;
+        Poll::Ready(slot.map(|slot| Session { inner, slot }).ok_or(SessionRejection::Missing))
+    }
+}
+
+fn extract(parts: &Parts) -> Extract {
+    Extract(parts.extensions.get::<LazySession>().map(|lazy| Load::new(lazy.slot())))
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = SessionRejection;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let lazy = parts.extensions.get::<LazySession>().ok_or(SessionRejection::Missing)?;
-        let inner = lazy.load().await.map_err(SessionRejection::Unavailable)?;
-        Ok(Session { inner, slot: lazy.slot() })
+    fn from_request_parts(parts: &mut Parts, _: &S) -> impl Future<Output = Result<Self, Self::Rejection>> + Send {
+        extract(parts)
     }
 }
 
 impl<S: Send + Sync> axum_core::extract::OptionalFromRequestParts<S> for Session {
     type Rejection = SessionRejection;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        match parts.extensions.get::<LazySession>() {
-            None => Ok(None),
-            Some(lazy) => {
-                let inner = lazy.load().await.map_err(SessionRejection::Unavailable)?;
-                Ok(Some(Session { inner, slot: lazy.slot() }))
+    fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> impl Future<Output = Result<Option<Self>, Self::Rejection>> + Send {
+        let extract = extract(parts);
+        async move {
+            match extract {
+                Extract(None) => Ok(None),
+                some => some.await.map(Some),
             }
         }
     }

@@ -246,33 +246,92 @@ impl LazySession {
     /// The session, reading the cookie (and the store, for server-side
     /// sessions) on the first call. Fails only when the store fails.
     pub async fn load(&self) -> Result<hipflask::Session, hipflask::Error> {
-        let slot = &self.0;
+        Load::new(self.slot()).await
+    }
+}
+
+/// A request's session being loaded: the future behind both
+/// [`LazySession::load`] and the [`Session`] extractor.
+///
+/// A few words while the answer is in place (a cookie session, the memory
+/// store, a local cache hit), and one boxed future once the store must be
+/// waited for. It is part of every handler future that takes a [`Session`],
+/// which axum boxes and moves: as an `async fn`, the load made that future
+/// 280 bytes larger on every request, for a state only a waiting store needs.
+pub(crate) struct Load {
+    slot: Arc<Slot>,
+    wait: Option<Waiting>,
+}
+
+/// A load that waits for the store, with what it needs owned.
+type Waiting = Pin<Box<dyn Future<Output = Result<hipflask::Session, hipflask::Error>> + Send>>;
+
+impl Load {
+    pub(crate) fn new(slot: Arc<Slot>) -> Load {
+        Load { slot, wait: None }
+    }
+
+    pub(crate) fn into_slot(self) -> Arc<Slot> {
+        self.slot
+    }
+}
+
+impl Future for Load {
+    type Output = Result<hipflask::Session, hipflask::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(wait) = &mut this.wait {
+            return wait.as_mut().poll(cx);
+        }
+        let slot = &this.slot;
         if let Some(s) = slot.session.get() {
-            return Ok(s.clone());
+            return Poll::Ready(Ok(s.clone()));
         }
         let config = slot.config();
-        let metrics = slot.shared.metrics();
         // The load owns what it needs from the headers: nothing borrowed from
-        // them lives across the wait, which keeps this future small.
-        let loading = std::pin::pin!(match &slot.cookies {
+        // them lives across the wait.
+        let mut loading = match &slot.cookies {
             Cookies::None => config.load_session(&[]),
             // One Cookie header is the rule: no list to build for it.
             Cookies::One(v) => config.load_session(&[v.as_bytes()]),
             Cookies::Many(_) => config.load_session(&slot.cookies.values().collect::<Vec<_>>()),
+        };
+        if let Poll::Ready(result) = Pin::new(&mut loading).poll(cx) {
+            if config.is_server_side() {
+                record(&slot.shared.metrics().load, &result, None);
+            }
+            return Poll::Ready(settle(slot, result));
+        }
+        let slot = Arc::clone(slot);
+        let mut wait = Box::pin(async move {
+            let config = slot.config();
+            let result = if config.is_server_side() {
+                waited(&slot.shared.metrics().load, config.store_timeout(), Pin::new(&mut loading)).await
+            } else {
+                loading.await
+            };
+            settle(&slot, result)
         });
-        let result = if config.is_server_side() {
-            within(&metrics.load, config.store_timeout(), loading).await
-        } else {
-            loading.await
-        };
-        let loaded = match result {
-            Ok(s) => s,
-            Err(e) => config.on_load_failure(e)?,
-        };
-        metrics.loaded.increment(1);
-        // Two loads racing within one request: the first one stored wins.
-        Ok(slot.session.get_or_init(|| loaded).clone())
+        let first = wait.as_mut().poll(cx);
+        this.wait = Some(wait);
+        first
     }
+}
+
+/// The load's answer made the request's session: a store failure goes
+/// through the configured fallback, and of two loads racing within one
+/// request the first one stored wins.
+fn settle(
+    slot: &Slot,
+    result: Result<hipflask::Session, hipflask::Error>,
+) -> Result<hipflask::Session, hipflask::Error> {
+    let loaded = match result {
+        Ok(s) => s,
+        Err(e) => slot.config().on_load_failure(e)?,
+    };
+    slot.shared.metrics().loaded.increment(1);
+    Ok(slot.session.get_or_init(|| loaded).clone())
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for SessionService<S>
@@ -401,18 +460,12 @@ where
 /// reads a clock of its own for each) about 250 instructions with the
 /// exporter's upkeep, against 20 for the count. Others are timed from the end
 /// of that first poll, which only starts the I/O: the seconds are those spent
-/// waiting. The response future does the same for the end-of-request save
-/// without an `async` block.
+/// waiting. The response future and [`Load`] do the same without an `async`
+/// block around the first poll, and this one serves [`Session::save`].
 ///
 /// The caller pins the operation, and the timer is boxed when there is one:
-/// this future is part of every handler future that loads the session, and
-/// axum moves that whole future into a box of its own. Holding the operation
-/// by value beside the timer made the load's future 968 bytes instead of 576,
-/// copied each time it moved. (Since the load itself became a ready answer or
-/// a boxed wait, [`hipflask::LoadSession`], it is 280 bytes, and a handler
-/// taking a [`Session`] 800: below the 1,032 bytes glibc's allocator serves
-/// from its per-thread cache. At 1,096 bytes each box took the allocator's
-/// slow path.)
+/// holding the operation by value beside the timer made the future that
+/// awaits this one 968 bytes instead of 576, copied each time it moved.
 async fn within<T>(
     metrics: &StoreOp,
     timeout: Option<std::time::Duration>,
@@ -423,6 +476,16 @@ async fn within<T>(
         record(metrics, &result, None);
         return result;
     }
+    waited(metrics, timeout, op).await
+}
+
+/// The rest of [`within`], for an operation that did not answer on its first
+/// poll: timed from now, and bounded by the store timeout.
+async fn waited<T>(
+    metrics: &StoreOp,
+    timeout: Option<std::time::Duration>,
+    op: Pin<&mut impl Future<Output = Result<T, hipflask::Error>>>,
+) -> Result<T, hipflask::Error> {
     let started = std::time::Instant::now();
     let result = match limit(timeout) {
         None => op.await,
@@ -559,6 +622,101 @@ fn add_vary_cookie(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hipflask::{MemoryStore, Record, SessionId, Store, StoreFuture, Update, Updated};
+
+    /// A memory store whose calls wait until the test opens its gate, as a
+    /// store across a network waits for its answer.
+    #[derive(Debug, Default)]
+    struct Waits {
+        inner: MemoryStore,
+        open: std::sync::atomic::AtomicBool,
+    }
+
+    impl Waits {
+        fn after_the_gate<'a, T: Send + 'a>(&'a self, op: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+            Box::pin(async move {
+                std::future::poll_fn(|_| match self.open.load(std::sync::atomic::Ordering::SeqCst) {
+                    true => Poll::Ready(()),
+                    false => Poll::Pending,
+                })
+                .await;
+                op.await
+            })
+        }
+    }
+
+    impl Store for Waits {
+        fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
+            self.after_the_gate(self.inner.load(id, now))
+        }
+        fn create<'a>(&'a self, id: &'a SessionId, record: Record) -> StoreFuture<'a, ()> {
+            self.after_the_gate(self.inner.create(id, record))
+        }
+        fn update<'a>(&'a self, id: &'a SessionId, update: &'a Update, now: u64) -> StoreFuture<'a, Updated> {
+            self.after_the_gate(self.inner.update(id, update, now))
+        }
+        fn delete<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, bool> {
+            self.after_the_gate(self.inner.delete(id))
+        }
+        fn delete_expired(&self, now: u64) -> StoreFuture<'_, u64> {
+            self.after_the_gate(self.inner.delete_expired(now))
+        }
+        fn list(&self, now: u64) -> StoreFuture<'_, Vec<SessionId>> {
+            self.after_the_gate(self.inner.list(now))
+        }
+        fn sessions_of_user<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, Vec<SessionId>> {
+            self.after_the_gate(self.inner.sessions_of_user(user, now))
+        }
+        fn delete_user<'a>(&'a self, user: &'a str) -> StoreFuture<'a, u64> {
+            self.after_the_gate(self.inner.delete_user(user))
+        }
+    }
+
+    /// A request's slot whose cookie names a stored session holding `n = 7`.
+    fn slot_for_stored_session(memory: &MemoryStore, store: Arc<dyn Store>) -> Arc<Slot> {
+        let id = SessionId::generate();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let data = [("n".to_owned(), hipflask::Value::Int(7))].into_iter().collect();
+        let created = memory.create(&id, Record { data, created_at: now, expires_at: now + 3600 });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(std::pin::pin!(created).poll(&mut cx).is_ready());
+        let config = Config::builder().secret_key("k").store(store).build().unwrap();
+        let cookie = HeaderValue::from_str(&format!("session={}", id.as_str())).unwrap();
+        Arc::new(Slot {
+            shared: Arc::new(Shared { config, metrics: OnceLock::new() }),
+            cookies: Cookies::One(cookie),
+            session: OnceLock::new(),
+            saved: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A load the store answers in place is ready on its first poll with no
+    /// boxed future; one that waits boxes what it needs, finishes on a later
+    /// poll, and the request's other loads then share its session.
+    #[test]
+    fn loads_box_only_a_wait_for_the_store() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let memory = Arc::new(MemoryStore::new());
+        let slot = slot_for_stored_session(&memory, memory.clone());
+        let mut load = Load::new(slot);
+        let Poll::Ready(Ok(session)) = Pin::new(&mut load).poll(&mut cx) else { panic!("the memory store waited") };
+        assert!(load.wait.is_none());
+        assert_eq!(session.get::<i64>("n"), Some(7));
+
+        let waits = Arc::new(Waits::default());
+        let slot = slot_for_stored_session(&waits.inner, waits.clone());
+        let mut load = Load::new(Arc::clone(&slot));
+        assert!(Pin::new(&mut load).poll(&mut cx).is_pending());
+        assert!(load.wait.is_some());
+        assert!(Pin::new(&mut load).poll(&mut cx).is_pending());
+        waits.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        let Poll::Ready(Ok(session)) = Pin::new(&mut load).poll(&mut cx) else { panic!("the open gate still waited") };
+        assert_eq!(session.get::<i64>("n"), Some(7));
+        session.insert("n", 8).unwrap();
+        let mut again = Load::new(slot);
+        let Poll::Ready(Ok(same)) = Pin::new(&mut again).poll(&mut cx) else { panic!("a second load waited") };
+        assert_eq!(same.get::<i64>("n"), Some(8), "one session per request");
+    }
 
     fn vary_after(existing: &[&'static str]) -> Vec<String> {
         let mut headers = HeaderMap::new();
