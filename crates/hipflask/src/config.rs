@@ -758,16 +758,19 @@ impl Config {
             }
             let now = self.now();
             let expires = permanent.then(|| now.saturating_add(c.lifetime) as i64);
-            let value = c.codec.encode(data, now);
-            let header = self.cookie_header(&value, expires, false);
-            self.check_size(&value, &header)?;
+            // The value is signed straight into the header, one allocation.
+            let (value_len, header) = c.codec.with_value(data, now, |value| {
+                let header = self.write_cookie_with(value.len(), |out| value.write_to(out), expires, false, false);
+                (value.len(), header)
+            });
+            self.check_size(value_len, &header)?;
             out.set_cookie = Some(header);
             out.vary_cookie = true;
             Ok(out)
         })
     }
 
-    fn check_size(&self, value: &str, header: &str) -> Result<(), Error> {
+    fn check_size(&self, value_len: usize, header: &str) -> Result<(), Error> {
         let max = self.0.max_cookie_size;
         if max == 0 || header.len() <= max {
             return Ok(());
@@ -776,8 +779,8 @@ impl Config {
             "The '{}' cookie is too large: the value was {} bytes but the header required {} extra bytes. \
              The final size was {} bytes but the limit is {} bytes. Browsers may silently ignore cookies larger than this.",
             self.cookie_name(),
-            value.len(),
-            header.len() - value.len(),
+            value_len,
+            header.len() - value_len,
             header.len(),
             max
         );
@@ -805,6 +808,27 @@ impl Config {
     /// header value then takes the buffer over as it is, where a buffer with
     /// room to spare cost it one more allocation for every response.
     fn write_cookie(&self, value: &str, expires: Option<i64>, delete: bool, flask_session: bool) -> String {
+        self.write_cookie_with(
+            value.len(),
+            |out| out.extend_from_slice(value.as_bytes()),
+            expires,
+            delete,
+            flask_session,
+        )
+    }
+
+    /// [`write_cookie`](Config::write_cookie) with the value written into the
+    /// header by `write_value`, which appends exactly `value_len` ASCII bytes.
+    /// The header's buffer is exactly its length, so it becomes a header value
+    /// without another allocation.
+    fn write_cookie_with(
+        &self,
+        value_len: usize,
+        write_value: impl FnOnce(&mut Vec<u8>),
+        expires: Option<i64>,
+        delete: bool,
+        flask_session: bool,
+    ) -> String {
         let c = &self.0;
         let (domain, tail) = &c.attributes;
         let tail = match (flask_session, delete) {
@@ -813,12 +837,18 @@ impl Config {
             (true, true) => &tail.bare,
         };
         let join = |expires_attr: &str, date: &str| {
-            let parts = [c.cookie_name.as_str(), "=", value, domain.as_str(), expires_attr, date, tail.as_str()];
-            let mut h = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-            for part in parts {
-                h.push_str(part);
+            let (head, rest) = ([c.cookie_name.as_str(), "="], [domain.as_str(), expires_attr, date, tail.as_str()]);
+            let len = head.iter().chain(&rest).map(|p| p.len()).sum::<usize>() + value_len;
+            let mut h = Vec::with_capacity(len);
+            for part in head {
+                h.extend_from_slice(part.as_bytes());
             }
-            h
+            write_value(&mut h);
+            for part in rest {
+                h.extend_from_slice(part.as_bytes());
+            }
+            debug_assert_eq!((h.len(), h.capacity()), (len, len));
+            String::from_utf8(h).expect("the parts are text and the value ASCII")
         };
         match expires {
             _ if delete => join("; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0", ""),
@@ -945,6 +975,46 @@ mod tests {
                 assert!(h.ends_with("; Path=/") || h.contains("; Path=/; "), "{h}");
             }
         }
+    }
+
+    /// `save` signs the value straight into the header: the header must
+    /// still carry exactly the value `encode` gives (compressed or not,
+    /// permanent or not), in a buffer with no spare room, and the size error
+    /// must still measure the value apart from the attributes.
+    #[test]
+    fn saved_headers_carry_the_encoded_value_in_an_exact_buffer() {
+        const NOW: u64 = 1_700_000_000;
+        let config = Config::builder().secret_key("k").clock(|| NOW).cookie_httponly(true).build().unwrap();
+        for (name, permanent, text) in [
+            ("short", false, "alice".to_owned()),
+            ("short, permanent", true, "alice".to_owned()),
+            ("compressible", false, "ab".repeat(400)),
+            ("compressible, permanent", true, "ab".repeat(400)),
+        ] {
+            let session = Session::new();
+            session.insert("user", &text).unwrap();
+            session.set_permanent(permanent);
+            let header = config.save(&session).unwrap().set_cookie.unwrap();
+            assert_eq!(header.len(), header.capacity(), "{name}: {header}");
+            let expected = config.codec().encode(&session.to_dict(), NOW);
+            assert_eq!(expected.starts_with('.'), text.len() > 100, "{name}: compression as Flask decides");
+            let (value, attributes) = header.split_once(';').unwrap();
+            assert_eq!(value, format!("session={expected}"), "{name}");
+            assert_eq!(attributes.contains("Expires="), permanent, "{name}: {attributes}");
+            assert_eq!(config.codec().decode(&expected, NOW).unwrap(), session.to_dict(), "{name}");
+        }
+
+        let strict =
+            Config::builder().secret_key("k").clock(|| NOW).max_cookie_size(60).strict_cookie_size(true).build();
+        let session = Session::new();
+        session.insert("user", "alice").unwrap();
+        let value_len = strict.as_ref().unwrap().codec().encode(&session.to_dict(), NOW).len();
+        let err = strict.unwrap().save(&session).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CookieTooLarge);
+        let header_len = "session=".len() + value_len + "; HttpOnly; Path=/".len();
+        let expected =
+            format!("the value was {value_len} bytes but the header required {} extra", header_len - value_len);
+        assert!(err.to_string().contains(&expected), "{err}");
     }
 
     #[test]

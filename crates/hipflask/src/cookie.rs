@@ -2,7 +2,7 @@
 //! `URLSafeTimedSerializer` with salt `cookie-session`, HMAC-SHA1 and
 //! Flask's tagged JSON, compressed with zlib when that saves two bytes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -226,29 +226,39 @@ impl CookieCodec {
 
     /// The cookie value Flask would write for `session` at Unix time `now`.
     pub fn encode(&self, session: &Dict, now: u64) -> String {
-        let mut text = String::with_capacity(128);
-        json::write_session(session, &mut text);
-        self.sign_payload(text.as_bytes(), now)
+        self.with_value(session, now, |value| {
+            let mut out = Vec::with_capacity(value.len());
+            value.write_to(&mut out);
+            String::from_utf8(out).expect("base64url and dots are ASCII")
+        })
     }
 
-    /// Signs an already serialized tagged-JSON payload.
-    pub(crate) fn sign_payload(&self, json: &[u8], now: u64) -> String {
-        let mut out = Vec::with_capacity(json.len() * 4 / 3 + 48);
-        match compress_if_smaller(json) {
-            Some(compressed) => {
-                out.push(b'.');
-                push_base64url(&mut out, &compressed);
-            }
-            None => push_base64url(&mut out, json),
-        }
-        out.push(b'.');
+    /// Serializes `session` (compressed when Flask's rule says so) and hands
+    /// `f` the cookie value to be signed, whose length is known before its
+    /// bytes: the `Set-Cookie` header around it is then allocated once, at its
+    /// exact size, and the value written straight into it.
+    pub(crate) fn with_value<R>(&self, session: &Dict, now: u64, f: impl FnOnce(&SignedValue<'_>) -> R) -> R {
+        // The session's JSON is only an intermediate: one buffer per thread,
+        // taken out of its cell for the call (so a call inside `f` finds an
+        // empty one and is still correct), instead of an allocation per write.
+        let mut text = JSON_SCRATCH.try_with(Cell::take).unwrap_or_default();
+        text.clear();
+        json::write_session(session, &mut text);
+        let compressed = compress_if_smaller(text.as_bytes());
         let ts = now.to_be_bytes();
-        let first = ts.iter().position(|b| *b != 0).unwrap_or(ts.len());
-        push_base64url(&mut out, &ts[first..]);
-        let signature = self.keys.sign(&out);
-        out.push(b'.');
-        push_base64url(&mut out, &signature);
-        String::from_utf8(out).expect("base64url and dots are ASCII")
+        let value = SignedValue {
+            keys: &self.keys,
+            payload: compressed.as_deref().unwrap_or(text.as_bytes()),
+            compressed: compressed.is_some(),
+            ts_from: ts.iter().position(|b| *b != 0).unwrap_or(ts.len()),
+            ts,
+        };
+        let result = f(&value);
+        // A huge session's buffer is not kept for the thread's lifetime.
+        if text.capacity() <= JSON_SCRATCH_KEEP {
+            let _ = JSON_SCRATCH.try_with(|cell| cell.set(text));
+        }
+        result
     }
 
     /// Verifies a cookie and reads its session, following Flask's order:
@@ -308,6 +318,60 @@ impl CookieCodec {
         let signed = cookie.rsplit_once('.').map_or(cookie, |(s, _)| s);
         let payload = signed.rsplit_once('.').map_or(signed, |(p, _)| p);
         decode_payload(payload)
+    }
+}
+
+thread_local! {
+    static JSON_SCRATCH: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// The largest JSON buffer kept per thread between cookie writes: a few
+/// times a cookie's 4 KiB, and past it the allocation is small next to the
+/// work of the encode.
+const JSON_SCRATCH_KEEP: usize = 16 * 1024;
+
+/// The length of an HMAC-SHA1 signature in unpadded base64url.
+const SIGNATURE_B64_LEN: usize = 27;
+
+/// A cookie value ready to be signed: `payload.timestamp.signature`, with a
+/// leading `.` when the payload is compressed (itsdangerous' marker).
+pub(crate) struct SignedValue<'a> {
+    keys: &'a KeyRing,
+    /// The tagged JSON, or its zlib stream.
+    payload: &'a [u8],
+    compressed: bool,
+    /// The timestamp, big-endian, from its first non-zero byte
+    /// (itsdangerous' `int_to_bytes`).
+    ts: [u8; 8],
+    ts_from: usize,
+}
+
+impl SignedValue<'_> {
+    /// The value's length in bytes, before it is written.
+    pub(crate) fn len(&self) -> usize {
+        let b64 = |n| base64::encoded_len(n, false).expect("a slice's base64 length fits in usize");
+        usize::from(self.compressed)
+            + b64(self.payload.len())
+            + 1
+            + b64(self.ts.len() - self.ts_from)
+            + 1
+            + SIGNATURE_B64_LEN
+    }
+
+    /// Appends the signed value to `out`: exactly [`len`](SignedValue::len)
+    /// bytes, all ASCII.
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        if self.compressed {
+            out.push(b'.');
+        }
+        push_base64url(out, self.payload);
+        out.push(b'.');
+        push_base64url(out, &self.ts[self.ts_from..]);
+        let signature = self.keys.sign(&out[start..]);
+        out.push(b'.');
+        push_base64url(out, &signature);
+        debug_assert_eq!(out.len() - start, self.len());
     }
 }
 
@@ -712,6 +776,32 @@ mod tests {
         }
         let cached: usize = codec.verified.shards.iter().map(|s| s.lock().unwrap().entries.len()).sum();
         assert!(cached <= CACHE_SHARDS * CACHE_SHARD_LEN, "{cached}");
+    }
+
+    /// The per-thread JSON buffer: a value signed inside another's callback
+    /// (which finds the buffer taken) is still right, both values match
+    /// `encode` made apart, and a huge session's buffer is not kept.
+    #[test]
+    fn the_shared_json_buffer_survives_nesting_and_drops_huge_sessions() {
+        let codec = CookieCodec::new(&SecretKey::new("secret").unwrap(), &[], 100);
+        let session = |text: String| Dict::from([("user".to_owned(), crate::Value::from(text))]);
+        let (outer, inner) = (session("alice".into()), session(letters(3000, 7)));
+        let write = |v: &SignedValue<'_>| {
+            let mut out = Vec::new();
+            v.write_to(&mut out);
+            assert_eq!(out.len(), v.len());
+            String::from_utf8(out).unwrap()
+        };
+        let (a, b) = codec.with_value(&outer, 1000, |v| (write(v), codec.with_value(&inner, 1000, write)));
+        assert_eq!(codec.decode(&a, 1000).unwrap(), outer);
+        assert_eq!(codec.decode(&b, 1000).unwrap(), inner);
+        assert_eq!((codec.encode(&outer, 1000), codec.encode(&inner, 1000)), (a, b));
+
+        let kept = || JSON_SCRATCH.with(|cell| cell.replace(String::new()).capacity());
+        codec.encode(&session("x".repeat(JSON_SCRATCH_KEEP * 2)), 1000);
+        assert!(kept() <= JSON_SCRATCH_KEEP, "a huge session's buffer was kept");
+        codec.encode(&outer, 1000);
+        assert!(kept() > 0, "a small session's buffer was not kept");
     }
 
     /// Letters that zlib shrinks only somewhat, as a real session's text.
