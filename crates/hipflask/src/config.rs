@@ -716,21 +716,21 @@ impl Config {
     pub fn open<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> Session {
         match crate::header::find_cookie(cookie_headers, self.cookie_name().as_bytes()) {
             Some(raw) => self.open_value(&raw),
-            None => Session::new(),
+            None => Session::new_cookie(),
         }
     }
 
     /// Like [`open`](Config::open), from the cookie value itself.
     pub fn open_value(&self, value: &[u8]) -> Session {
         if value.is_empty() {
-            return Session::new();
+            return Session::new_cookie();
         }
         match self.0.codec.decode_bytes(value, self.now()) {
             Ok(data) => Session::from_shared(data),
             Err(e) => {
                 metrics::counter!("hipflask_cookies_rejected_total", "reason" => e.reason()).increment(1);
                 tracing::warn!(reason = e.reason(), error = %e, "rejected session cookie; starting an empty session");
-                Session::new()
+                Session::new_cookie()
             }
         }
     }
@@ -877,22 +877,69 @@ mod tests {
         let value = header.split(';').next().unwrap().split_once('=').unwrap().1.as_bytes().to_vec();
         let original = config.open_value(&value).to_dict();
         assert_eq!(original.len(), 3, "{original:?}");
-        type Change = (&'static str, fn(&Session));
-        let changes: [Change; 8] = [
+        for (name, change) in every_change() {
+            let session = config.open_value(&value);
+            change(&session);
+            assert_ne!(session.to_dict(), original, "{name} changed nothing");
+            assert_eq!(config.open_value(&value).to_dict(), original, "{name} reached the cache");
+        }
+    }
+
+    type Change = (&'static str, fn(&Session));
+
+    /// Every way of changing a session that holds `user` (a string) and
+    /// `cart` (a list).
+    fn every_change() -> [Change; 8] {
+        [
             ("insert", |s| s.insert("user", "mallory").unwrap()),
             ("insert_value", |s| s.insert_value("new", Value::Int(1))),
             ("remove", |s| drop(s.remove("user"))),
             ("remove_as", |s| drop(s.remove_as::<String>("user").unwrap())),
             ("clear", Session::clear),
-            ("with_value_mut", |s| assert_eq!(s.with_value_mut("cart", |v| *v = Value::Int(0)), Some(()))),
+            ("with_value_mut", |s| {
+                let _ = s.with_value_mut("cart", |v| *v = Value::Int(0));
+            }),
             ("flash", |s| s.flash("again", "message")),
             ("get_flashed_messages", |s| drop(s.get_flashed_messages(&[]))),
+        ]
+    }
+
+    /// Cookie sessions opened by `Config` keep no per-key notes (a cookie is
+    /// written whole): whatever changed them, and whether the cookie was
+    /// cached, missing or forged, `changes()` is the whole session as it
+    /// now is, and the saved cookie holds exactly that.
+    #[test]
+    fn cookie_sessions_report_their_whole_data_as_changes() {
+        let config = Config::builder().secret_key("k").build().unwrap();
+        let seed = Session::new();
+        seed.insert("user", "alice").unwrap();
+        seed.insert("cart", vec![1, 2]).unwrap();
+        seed.flash("hello", "message");
+        let header = config.save(&seed).unwrap().set_cookie.unwrap();
+        let value = header.split(';').next().unwrap().split_once('=').unwrap().1.as_bytes().to_vec();
+        let opened: [(&str, fn(&Config, &[u8]) -> Session); 3] = [
+            ("valid", |c, v| c.open_value(v)),
+            ("missing", |c, _| c.open(std::iter::empty())),
+            ("forged", |c, v| c.open_value(&[v, b"x"].concat())),
         ];
-        for (name, change) in changes {
-            let session = config.open_value(&value);
-            change(&session);
-            assert_ne!(session.to_dict(), original, "{name} changed nothing");
-            assert_eq!(config.open_value(&value).to_dict(), original, "{name} reached the cache");
+        for (how, open) in opened {
+            let untouched = open(&config, &value);
+            assert!(untouched.changes().is_empty(), "{how}: an unchanged session has no changes");
+            for (name, change) in every_change() {
+                let session = open(&config, &value);
+                change(&session);
+                if !session.is_modified() {
+                    // A change in place, or nothing to remove: not saved, as in Flask.
+                    assert!(session.changes().is_empty(), "{how}, {name}");
+                    session.mark_modified();
+                }
+                let whole = session.to_dict().into_iter().map(|(k, v)| (k, Some(v))).collect();
+                assert_eq!(session.changes(), crate::Changes { cleared: true, keys: whole }, "{how}, {name}");
+                let saved = config.save(&session).unwrap().set_cookie.unwrap();
+                let saved = saved.split(';').next().unwrap().split_once('=').unwrap().1;
+                let reopened = config.open_value(saved.as_bytes()).to_dict();
+                assert_eq!(reopened, session.to_dict(), "{how}, {name}: the cookie holds the session");
+            }
         }
     }
 

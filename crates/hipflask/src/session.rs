@@ -64,6 +64,10 @@ struct Inner {
     notes: Vec<Note>,
     /// Conflict detection is on: note each key's stored value.
     keep_originals: bool,
+    /// No notes are kept: a cookie session opened by [`Config`](crate::Config)
+    /// is written whole, so a note per changed key (an allocation on the
+    /// first write of every request) would only be thrown away.
+    untracked: bool,
     cleared: bool,
     /// Server-side state; `None` for cookie sessions.
     server: Option<Server>,
@@ -233,6 +237,9 @@ impl Inner {
     /// Records that `key` is about to change: call before changing it.
     fn will_change(&mut self, key: &str) {
         self.unlayer();
+        if self.untracked {
+            return;
+        }
         match self.notes.binary_search_by(|n| n.key.as_str().cmp(key)) {
             // A key noted earlier already has its stored value.
             Ok(i) => self.notes[i].touched = true,
@@ -255,6 +262,10 @@ impl Inner {
                 Ok(i) => layered.over[i].1 = Some(value),
                 Err(i) => layered.over.insert(i, (key, Some(value))),
             }
+            return;
+        }
+        if self.untracked {
+            self.map.to_mut().insert(key, value);
             return;
         }
         let unnoted = match self.notes.binary_search_by(|n| n.key.as_str().cmp(&key)) {
@@ -352,17 +363,31 @@ impl Session {
     }
 
     fn with_state(data: Dict, new: bool) -> Session {
-        Session::build(Data::Owned(data), None, new, None, false)
+        Session::build(Data::Owned(data), None, new, None, false, false)
+    }
+
+    /// A new cookie session opened by [`Config`](crate::Config): keeps no
+    /// notes of its changes (see `Inner::untracked`).
+    pub(crate) fn new_cookie() -> Session {
+        Session::build(Data::Owned(Dict::new()), None, true, None, false, true)
     }
 
     /// A cookie session read from the codec's cache: shares the cached
-    /// entries until its first change.
+    /// entries until its first change, and keeps no notes of its changes.
     pub(crate) fn from_shared(data: Arc<Dict>) -> Session {
-        Session::build(Data::Shared(data), None, false, None, false)
+        Session::build(Data::Shared(data), None, false, None, false, true)
     }
 
-    fn build(map: Data, layer: Option<Layered>, new: bool, server: Option<Server>, keep_originals: bool) -> Session {
+    fn build(
+        map: Data,
+        layer: Option<Layered>,
+        new: bool,
+        server: Option<Server>,
+        keep_originals: bool,
+        untracked: bool,
+    ) -> Session {
         Session(Arc::new(Mutex::new(Inner {
+            untracked,
             map,
             layer,
             modified: false,
@@ -379,7 +404,7 @@ impl Session {
     /// A server-side session: loaded (`stored` = its times) or new.
     pub(crate) fn server(data: Dict, id: SessionId, stored: Option<(u64, u64)>, keep_loaded: bool) -> Session {
         let server = Server { id, stored, regenerate: false, destroy: false, read_only: false };
-        Session::build(Data::Owned(data), None, stored.is_none(), Some(server), keep_loaded)
+        Session::build(Data::Owned(data), None, stored.is_none(), Some(server), keep_loaded, false)
     }
 
     /// A loaded [`MemoryStore`] session reading through the stored record
@@ -387,7 +412,7 @@ impl Session {
     pub(crate) fn layered(base: Compact, id: SessionId, stored: (u64, u64), keep_loaded: bool) -> Session {
         let server = Server { id, stored: Some(stored), regenerate: false, destroy: false, read_only: false };
         let layer = Layered { base, over: Vec::new() };
-        Session::build(Data::Owned(Dict::new()), Some(layer), false, Some(server), keep_loaded)
+        Session::build(Data::Owned(Dict::new()), Some(layer), false, Some(server), keep_loaded, false)
     }
 
     /// The lock without marking access: for the middleware's own reads.
@@ -665,7 +690,10 @@ impl Session {
 
     /// What this request changed, key by key, with the final values: what a
     /// store applies to the stored session (see [`Changes`]). Empty unless
-    /// the session is modified.
+    /// the session is modified. A cookie session opened by
+    /// [`Config::open`](crate::Config::open) is written whole and keeps no
+    /// per-key notes: its changes are the whole session, `cleared` and every
+    /// key set.
     pub fn changes(&self) -> Changes {
         self.changes_and_loaded(false).0
     }
@@ -679,6 +707,10 @@ impl Session {
         let loaded = loaded && inner.keep_originals;
         if !inner.modified {
             return (Changes::default(), loaded.then(Vec::new));
+        }
+        if inner.untracked {
+            let keys = inner.map.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+            return (Changes { cleared: true, keys }, loaded.then(Vec::new));
         }
         if let Some(layered) = &inner.layer {
             let originals = loaded.then(|| layered.over.iter().map(|(k, _)| layered.base.get(k).cloned()).collect());
