@@ -497,6 +497,10 @@ fn deflate_cannot_win(data: &[u8]) -> bool {
     if n > PROOF_MAX_LEN {
         return false;
     }
+    let budget = 8 * (n as u32 - 8);
+    if distinct_literals_cannot_win(data, budget) {
+        return true;
+    }
     // Everything below is sized by the input, not by the alphabet or the
     // limit: this runs on every cookie write, mostly on a few dozen bytes.
     //
@@ -536,7 +540,6 @@ fn deflate_cannot_win(data: &[u8]) -> bool {
             fixed += if byte < 144 { 8 } else { 9 };
         }
     }
-    let budget = 8 * (n as u32 - 8);
     if fixed <= budget {
         return false;
     }
@@ -562,6 +565,33 @@ fn deflate_cannot_win(data: &[u8]) -> bool {
     // Stored blocks always take n + 5 bytes or more, so they never win. Keep a
     // margin of one bit for floating-point rounding in the entropy.
     dynamic - 1.0 > f64::from(budget)
+}
+
+/// The first test of [`deflate_cannot_win`], which settles the small
+/// sessions of most writes (`{"visits":12}`, a user id) in a few dozen
+/// instructions where the whole proof takes over a thousand: the first
+/// occurrence of each byte value can only be sent as a literal (a match
+/// copies earlier bytes, and none of them has that value), so a stream
+/// sends at least one literal per distinct value, and the end of block.
+///
+/// Fixed Huffman codes take 10 bits of header and end of block and at least
+/// 8 bits a literal. A dynamic block (zlib writes one block for inputs this
+/// small) takes 30 bits of header at least (as in `deflate_cannot_win`), its
+/// literal code lengths (one run at best: see [`code_lengths_bits`]), and
+/// at least once each of `k` = distinct + 1 codes of a prefix code, whose
+/// lengths sum to at least what a balanced tree of `k` leaves gives.
+fn distinct_literals_cannot_win(data: &[u8], budget: u32) -> bool {
+    let mut seen = [0u64; 4];
+    for &byte in data {
+        seen[usize::from(byte >> 6)] |= 1 << (byte & 63);
+    }
+    let distinct: u32 = seen.iter().map(|w| w.count_ones()).sum();
+    let fixed = 10 + 8 * distinct;
+    let k = distinct + 1;
+    let depth = k.ilog2();
+    let leaves = k * depth + 2 * (k - (1 << depth));
+    let dynamic = 30 + 1 + distinct.div_ceil(2) + leaves;
+    fixed.min(dynamic) > budget
 }
 
 /// The fewest bits that can send the code lengths of literals 0..=256 when
@@ -708,6 +738,48 @@ mod tests {
         assert!(skipped > 1000, "only {skipped} skipped");
         assert!(deflate_cannot_win(br#"{"visits":2}"#));
         assert!(deflate_cannot_win(br#"{"_permanent":true,"visits":12}"#));
+    }
+
+    /// The distinct-literals rule alone, on the short inputs it is for,
+    /// including the repetitive ones zlib does shrink: it must never skip a
+    /// payload zlib compresses by Flask's rule, and must settle small
+    /// sessions by itself.
+    #[test]
+    fn the_distinct_literals_rule_never_skips_what_zlib_compresses() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        let (mut skipped, mut compressible) = (0, 0);
+        for case in 0..40_000u64 {
+            let len = 9 + next(if case % 2 == 0 { 40 } else { 150 }) as usize;
+            let alphabet = 1 + next(if case % 4 == 0 { 8 } else { 90 });
+            // Random values, some starting with a run of one value, some ending
+            // with a copy of their start: what zlib needs to win on short input.
+            let mut data: Vec<u8> = (0..len).map(|_| (b' ' as u64 + next(alphabet)) as u8).collect();
+            if case % 5 == 0 {
+                let run = next(len as u64) as usize;
+                data[..run].fill(b'x');
+            }
+            if case % 3 == 0 {
+                let copy = next(len as u64 / 2 + 1) as usize;
+                data.copy_within(..copy, len - copy);
+            }
+            let wins = zlib_wins(&data);
+            compressible += usize::from(wins);
+            if distinct_literals_cannot_win(&data, 8 * (len as u32 - 8)) {
+                skipped += 1;
+                assert!(!wins, "the rule skipped a payload zlib compresses: {data:?}");
+            }
+        }
+        assert!(skipped > 5_000 && compressible > 5_000, "{skipped} skipped, {compressible} compressible");
+        for visits in (0..2_000_000).step_by(997) {
+            let json = format!("{{\"visits\":{visits}}}");
+            assert!(distinct_literals_cannot_win(json.as_bytes(), 8 * (json.len() as u32 - 8)), "{json}");
+        }
     }
 
     /// The code-length bound walked symbol by symbol over all 257, the plain
