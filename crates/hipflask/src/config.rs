@@ -760,7 +760,8 @@ impl Config {
             let expires = permanent.then(|| now.saturating_add(c.lifetime) as i64);
             // The value is signed straight into the header, one allocation.
             let (value_len, header) = c.codec.with_value(data, now, |value| {
-                let header = self.write_cookie_with(value.len(), |out| value.write_to(out), expires, false, false);
+                let header =
+                    self.write_cookie_with::<Vec<u8>>(value.len(), |out| value.write_to(out), expires, false, false);
                 (value.len(), header)
             });
             self.check_size(value_len, &header)?;
@@ -808,23 +809,18 @@ impl Config {
     /// header value then takes the buffer over as it is, where a buffer with
     /// room to spare cost it one more allocation for every response.
     fn write_cookie(&self, value: &str, expires: Option<i64>, delete: bool, flask_session: bool) -> String {
-        self.write_cookie_with(
-            value.len(),
-            |out| out.extend_from_slice(value.as_bytes()),
-            expires,
-            delete,
-            flask_session,
-        )
+        // Joined as text: a value that is already a `str` needs no check.
+        self.write_cookie_with::<String>(value.len(), |out| out.push_str(value), expires, delete, flask_session)
     }
 
     /// [`write_cookie`](Config::write_cookie) with the value written into the
-    /// header by `write_value`, which appends exactly `value_len` ASCII bytes.
-    /// The header's buffer is exactly its length, so it becomes a header value
+    /// header by `write_value`, which appends exactly `value_len` bytes. The
+    /// header's buffer is exactly its length, so it becomes a header value
     /// without another allocation.
-    fn write_cookie_with(
+    fn write_cookie_with<B: HeaderBuf>(
         &self,
         value_len: usize,
-        write_value: impl FnOnce(&mut Vec<u8>),
+        write_value: impl FnOnce(&mut B),
         expires: Option<i64>,
         delete: bool,
         flask_session: bool,
@@ -839,22 +835,60 @@ impl Config {
         let join = |expires_attr: &str, date: &str| {
             let (head, rest) = ([c.cookie_name.as_str(), "="], [domain.as_str(), expires_attr, date, tail.as_str()]);
             let len = head.iter().chain(&rest).map(|p| p.len()).sum::<usize>() + value_len;
-            let mut h = Vec::with_capacity(len);
+            let mut h = B::with_capacity(len);
             for part in head {
-                h.extend_from_slice(part.as_bytes());
+                h.push_str(part);
             }
             write_value(&mut h);
             for part in rest {
-                h.extend_from_slice(part.as_bytes());
+                h.push_str(part);
             }
-            debug_assert_eq!((h.len(), h.capacity()), (len, len));
-            String::from_utf8(h).expect("the parts are text and the value ASCII")
+            h.into_header(len)
         };
         match expires {
             _ if delete => join("; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0", ""),
             Some(t) => crate::date::with_http_date(t, |date| join("; Expires=", date)),
             None => join("", ""),
         }
+    }
+}
+
+/// The buffer a `Set-Cookie` header is joined in: text, or bytes (for a
+/// signed value written as bytes), checked as text once at the end.
+trait HeaderBuf {
+    fn with_capacity(len: usize) -> Self;
+    fn push_str(&mut self, part: &str);
+    /// The header, `len` bytes long in a buffer of exactly that size.
+    fn into_header(self, len: usize) -> String;
+}
+
+impl HeaderBuf for String {
+    fn with_capacity(len: usize) -> Self {
+        String::with_capacity(len)
+    }
+
+    fn push_str(&mut self, part: &str) {
+        self.push_str(part);
+    }
+
+    fn into_header(self, len: usize) -> String {
+        debug_assert_eq!((self.len(), self.capacity()), (len, len));
+        self
+    }
+}
+
+impl HeaderBuf for Vec<u8> {
+    fn with_capacity(len: usize) -> Self {
+        Vec::with_capacity(len)
+    }
+
+    fn push_str(&mut self, part: &str) {
+        self.extend_from_slice(part.as_bytes());
+    }
+
+    fn into_header(self, len: usize) -> String {
+        debug_assert_eq!((self.len(), self.capacity()), (len, len));
+        String::from_utf8(self).expect("the parts are text and the value ASCII")
     }
 }
 
