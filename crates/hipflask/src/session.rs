@@ -253,21 +253,27 @@ impl Inner {
     /// Sets `key` to `value`, noting the change as [`will_change`] does.
     /// The key moves into whichever of the note and the map needs a copy, and
     /// the stored value being replaced becomes the note's original: overwriting
-    /// a key (the usual write) copies neither.
+    /// a key (the usual write) copies neither. Where nothing keeps the key
+    /// (a layered or untracked session that has it already), it is never
+    /// made a `String`.
     ///
     /// [`will_change`]: Inner::will_change
-    fn set(&mut self, key: String, value: Value) {
+    fn set(&mut self, key: impl AsRef<str> + Into<String>, value: Value) {
         if let Some(layered) = &mut self.layer {
-            match layered.find(&key) {
+            match layered.find(key.as_ref()) {
                 Ok(i) => layered.over[i].1 = Some(value),
-                Err(i) => layered.over.insert(i, (key, Some(value))),
+                Err(i) => layered.over.insert(i, (key.into(), Some(value))),
             }
             return;
         }
         if self.untracked {
-            self.map.to_mut().insert(key, value);
+            match self.map.to_mut().get_mut(key.as_ref()) {
+                Some(slot) => *slot = value,
+                None => drop(self.map.to_mut().insert(key.into(), value)),
+            }
             return;
         }
+        let key: String = key.into();
         let unnoted = match self.notes.binary_search_by(|n| n.key.as_str().cmp(&key)) {
             Ok(i) => {
                 self.notes[i].touched = true;
@@ -434,16 +440,16 @@ impl Session {
     ///
     /// Fails only when `value` cannot be represented (e.g. a map whose keys
     /// are not strings, integers or bools); the session is then unchanged.
-    pub fn insert<T: Serialize>(&self, key: impl Into<String>, value: T) -> Result<(), Error> {
+    pub fn insert<T: Serialize>(&self, key: impl AsRef<str> + Into<String>, value: T) -> Result<(), Error> {
         let value = crate::to_value(&value)?;
         self.insert_value(key, value);
         Ok(())
     }
 
     /// Stores a [`Value`] under `key`; infallible.
-    pub fn insert_value(&self, key: impl Into<String>, value: Value) {
+    pub fn insert_value(&self, key: impl AsRef<str> + Into<String>, value: Value) {
         let mut inner = self.touch();
-        inner.set(key.into(), value);
+        inner.set(key, value);
         inner.modified = true;
     }
 
