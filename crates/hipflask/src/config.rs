@@ -951,7 +951,8 @@ mod tests {
         seed.flash("hello", "message");
         let header = config.save(&seed).unwrap().set_cookie.unwrap();
         let value = header.split(';').next().unwrap().split_once('=').unwrap().1.as_bytes().to_vec();
-        let opened: [(&str, fn(&Config, &[u8]) -> Session); 3] = [
+        type Open = (&'static str, fn(&Config, &[u8]) -> Session);
+        let opened: [Open; 3] = [
             ("valid", |c, v| c.open_value(v)),
             ("missing", |c, _| c.open(std::iter::empty())),
             ("forged", |c, v| c.open_value(&[v, b"x"].concat())),
