@@ -273,7 +273,12 @@ impl Inner {
             }
             return;
         }
-        let key: String = key.into();
+        self.set_noted(key.into(), value);
+    }
+
+    /// [`set`](Inner::set) for a session that keeps change notes; not
+    /// generic, so every key type shares one copy of it.
+    fn set_noted(&mut self, key: String, value: Value) {
         let unnoted = match self.notes.binary_search_by(|n| n.key.as_str().cmp(&key)) {
             Ok(i) => {
                 self.notes[i].touched = true;
