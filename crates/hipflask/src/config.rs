@@ -903,12 +903,7 @@ mod tests {
     #[test]
     fn changes_to_a_session_from_a_cached_cookie_never_reach_the_cache() {
         let config = Config::builder().secret_key("k").build().unwrap();
-        let seed = Session::new();
-        seed.insert("user", "alice").unwrap();
-        seed.insert("cart", vec![1, 2]).unwrap();
-        seed.flash("hello", "message");
-        let header = config.save(&seed).unwrap().set_cookie.unwrap();
-        let value = header.split(';').next().unwrap().split_once('=').unwrap().1.as_bytes().to_vec();
+        let value = seeded_cookie(&config);
         let original = config.open_value(&value).to_dict();
         assert_eq!(original.len(), 3, "{original:?}");
         for (name, change) in every_change() {
@@ -917,6 +912,16 @@ mod tests {
             assert_ne!(session.to_dict(), original, "{name} changed nothing");
             assert_eq!(config.open_value(&value).to_dict(), original, "{name} reached the cache");
         }
+    }
+
+    /// The cookie value of a session holding `user`, `cart` and a flash.
+    fn seeded_cookie(config: &Config) -> Vec<u8> {
+        let seed = Session::new();
+        seed.insert("user", "alice").unwrap();
+        seed.insert("cart", vec![1, 2]).unwrap();
+        seed.flash("hello", "message");
+        let header = config.save(&seed).unwrap().set_cookie.unwrap();
+        header.split(';').next().unwrap().split_once('=').unwrap().1.as_bytes().to_vec()
     }
 
     type Change = (&'static str, fn(&Session));
@@ -945,12 +950,7 @@ mod tests {
     #[test]
     fn cookie_sessions_report_their_whole_data_as_changes() {
         let config = Config::builder().secret_key("k").build().unwrap();
-        let seed = Session::new();
-        seed.insert("user", "alice").unwrap();
-        seed.insert("cart", vec![1, 2]).unwrap();
-        seed.flash("hello", "message");
-        let header = config.save(&seed).unwrap().set_cookie.unwrap();
-        let value = header.split(';').next().unwrap().split_once('=').unwrap().1.as_bytes().to_vec();
+        let value = seeded_cookie(&config);
         type Open = (&'static str, fn(&Config, &[u8]) -> Session);
         let opened: [Open; 3] = [
             ("valid", |c, v| c.open_value(v)),

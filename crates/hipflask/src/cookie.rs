@@ -684,16 +684,20 @@ mod tests {
         out.len() + 2 <= data.len()
     }
 
-    /// Inputs shaped like sessions and like what breaks bounds: JSON with
-    /// repeated keys, short alphabets, runs, random bytes, all lengths to 1100.
-    fn samples() -> Vec<Vec<u8>> {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move |m: u64| {
+    /// A seeded xorshift: `next(m)` is a number below `m`.
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |m| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state % m
-        };
+        }
+    }
+
+    /// Inputs shaped like sessions and like what breaks bounds: JSON with
+    /// repeated keys, short alphabets, runs, random bytes, all lengths to 1100.
+    fn samples() -> Vec<Vec<u8>> {
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let mut out = Vec::new();
         for case in 0..30_000u64 {
             let len = next(1100) as usize + 1;
@@ -746,13 +750,7 @@ mod tests {
     /// sessions by itself.
     #[test]
     fn the_distinct_literals_rule_never_skips_what_zlib_compresses() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move |m: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % m
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let (mut skipped, mut compressible) = (0, 0);
         for case in 0..40_000u64 {
             let len = 9 + next(if case % 2 == 0 { 40 } else { 150 }) as usize;
