@@ -868,7 +868,8 @@ impl HeaderBuf for String {
     }
 
     fn push_str(&mut self, part: &str) {
-        self.push_str(part);
+        // The inherent method, named in full so it cannot read as recursion.
+        String::push_str(self, part);
     }
 
     fn into_header(self, len: usize) -> String {

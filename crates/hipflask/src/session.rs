@@ -269,7 +269,9 @@ impl Inner {
         if self.untracked {
             match self.map.to_mut().get_mut(key.as_ref()) {
                 Some(slot) => *slot = value,
-                None => drop(self.map.to_mut().insert(key.into(), value)),
+                None => {
+                    self.map.to_mut().insert(key.into(), value);
+                }
             }
             return;
         }
