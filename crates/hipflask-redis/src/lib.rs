@@ -9,11 +9,13 @@
 //! # let _ = store; Ok(()) }
 //! ```
 //!
-//! # Why redis-rs
+//! # Which client
 //!
-//! It is the most used Redis client in Rust, its `ConnectionManager`
-//! reconnects by itself, and its cluster client speaks the same command API,
-//! so one store covers both.
+//! Commands are built and Redis Cluster is reached with redis-rs, the most
+//! used Redis client in Rust. A standalone server is reached through a
+//! connection of this crate's own (`wire.rs`): through redis-rs' multiplexed
+//! connection an uncached read cost the server 43.2k instructions, through
+//! this one 34.7k (callgrind, the benchmark's `/bench/read`).
 //!
 //! # No lost updates, one round trip
 //!
@@ -32,25 +34,26 @@
 //! Either way the result is the same.
 //!
 //! On a standalone server, the loads and saves of requests running at the
-//! same moment go out together, one pipeline per write to the socket, so
-//! each still takes one round trip but Redis and this process are woken
-//! once per batch instead of once per command. A request that finds no
-//! other waiting for Redis is sent at once.
+//! same moment go out together: a request that finds the connection idle
+//! writes its commands at once, and those that come while others wait for
+//! Redis are written together after the next read, so each still takes one
+//! round trip but Redis and this process are woken once per batch instead
+//! of once per command.
 //!
 //! # Closed connections
 //!
 //! Redis closes clients idle for longer than its `timeout` setting, and a
-//! restart closes all of them. A command that finds its connection closed
-//! is sent once more, on the new connection, so the first request after an
-//! idle spell is not answered 503. Loads only read and saves set or delete
-//! the request's keys, so sending again never stores anything else; with
-//! conflicts refused, a save whose first sending was applied before the
-//! connection dropped is answered 409.
+//! restart closes all of them. On a standalone server, a command that finds
+//! its connection closed is sent once more, on a new connection, so the
+//! first request after an idle spell is not answered 503. Loads only read
+//! and saves set or delete the request's keys, so sending again never
+//! stores anything else; with conflicts refused, a save whose first sending
+//! was applied before the connection dropped is answered 409.
 //!
 //! # Timeouts
 //!
-//! On a standalone server each command waits at most 500 ms for its answer,
-//! so a Redis that stops answering (paused, swapping, stuck in a slow
+//! On a standalone server each command waits at most 500 ms for its answer
+//! (connecting again included), so a Redis that stops answering (paused, swapping, stuck in a slow
 //! command) fails the load or save with [`ErrorKind::Timeout`] (503 from the
 //! layer, or an empty unsaved session with `fail_open`) instead of holding
 //! the request. A session command takes well under a millisecond, so only a
@@ -75,8 +78,8 @@
 //! standalone Redis 6 or newer, over TCP or a Unix socket.
 //!
 //! One case is left: should this process lose its tracked connection while
-//! its listener stays up, the cache is emptied when the client library
-//! notices, a moment later; Redis restarts and network failures close both.
+//! its listener stays up, the cache is emptied when the connection's
+//! watching task is woken by the closed socket, a moment later; Redis restarts and network failures close both.
 //! With [`ConflictPolicy::Reject`](hipflask::ConflictPolicy::Reject), a save
 //! computed from a read that old is refused (409 from the layer) rather than
 //! writing over the other process's change.
@@ -92,18 +95,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use hipflask::{Dict, Error, ErrorKind, Record, SessionId, Store, StoreFuture, Update, Updated, user_of};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value as RValue};
 
-mod batch;
 mod cache;
 mod listen;
 mod merge;
-mod reconnect;
+mod wire;
 
-use batch::{Batcher, reply};
-use reconnect::Reconnecting;
+use wire::{Wire, reply};
 
 const MERGE: &str = include_str!("merge.lua");
 
@@ -126,9 +127,6 @@ pub struct RedisStore {
     /// The standalone server's client, for the local cache's own connection.
     client: Option<redis::Client>,
     local: Option<Arc<Local>>,
-    /// Batches the hot path's commands on a standalone server (a cluster
-    /// routes each command by its key: no batching there).
-    batch: Option<Arc<Batcher<Reconnecting>>>,
     prefix: String,
     user_key: String,
     script: redis::Script,
@@ -140,8 +138,7 @@ pub struct RedisStore {
 /// listener.
 struct Local {
     cache: Arc<cache::LocalCache>,
-    tracked: Reconnecting,
-    batch: Arc<Batcher<Reconnecting>>,
+    tracked: Wire,
     listener: listen::Listener,
     /// Where the listener connects to (again).
     info: redis::ConnectionInfo,
@@ -152,7 +149,7 @@ struct Local {
 
 #[derive(Clone)]
 enum Conn {
-    Single(Reconnecting),
+    Single(Wire),
     Cluster(ClusterConnection),
 }
 
@@ -223,9 +220,8 @@ fn backend(e: redis::RedisError) -> Error {
     Error::new(kind, "Redis session store failed").with_source(e)
 }
 
-/// How long a command on a standalone server may wait for its answer (see
-/// "Timeouts" in the crate docs). redis-rs' default, set here so that an
-/// upgrade of the client cannot change it unnoticed.
+/// How long a command on a standalone server may wait for its answer,
+/// reconnecting included (see "Timeouts" in the crate docs).
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl RedisStore {
@@ -233,8 +229,8 @@ impl RedisStore {
     /// where the client supports it). The connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(backend)?;
-        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = Reconnecting(ConnectionManager::new_with_config(client.clone(), config).await.map_err(backend)?);
+        let conn =
+            Wire::connect(client.get_connection_info().clone(), None, RESPONSE_TIMEOUT).await.map_err(backend)?;
         Ok(RedisStore { client: Some(client), ..RedisStore::with(Conn::Single(conn)) })
     }
 
@@ -246,15 +242,10 @@ impl RedisStore {
     }
 
     fn with(conn: Conn) -> RedisStore {
-        let batch = match &conn {
-            Conn::Single(c) => Some(Batcher::new(c.clone())),
-            Conn::Cluster(_) => None,
-        };
         RedisStore {
             conn,
             client: None,
             local: None,
-            batch,
             prefix: "session:".into(),
             user_key: "_user_id".into(),
             script: redis::Script::new(MERGE),
@@ -285,19 +276,13 @@ impl RedisStore {
         let info = client.get_connection_info().clone();
         let listen_to = info.clone();
         let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(backend)?;
         let cache = Arc::new(cache::LocalCache::new(capacity));
         let pushes = cache.clone();
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender(move |push: redis::PushInfo| {
-                pushes.on_push(push);
-                Ok::<(), std::convert::Infallible>(())
-            });
-        let tracked = Reconnecting(ConnectionManager::new_with_config(client, config).await.map_err(backend)?);
+        let on_push: wire::PushSender = Arc::new(move |push| pushes.on_push(push));
+        let tracked =
+            Wire::connect(info.set_redis_settings(settings), Some(on_push), RESPONSE_TIMEOUT).await.map_err(backend)?;
         let local = Local {
             cache,
-            batch: Batcher::new(tracked.clone()),
             tracked,
             listener: listen::Listener::default(),
             info: listen_to,
@@ -403,12 +388,13 @@ impl RedisStore {
     /// where the connection allows: on the tracked connection (`tracked`,
     /// with the local cache) or the main one.
     async fn send(&self, tracked: bool, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<RValue>> {
-        let batch = match (&self.local, tracked) {
-            (Some(local), true) => Some(&local.batch),
-            _ => self.batch.as_ref(),
+        let wire = match (&self.local, tracked, &self.conn) {
+            (Some(local), true, _) => Some(&local.tracked),
+            (_, _, Conn::Single(wire)) => Some(wire),
+            _ => None,
         };
-        if let Some(batch) = batch {
-            return batch.send(cmds).await;
+        if let Some(wire) = wire {
+            return wire.send(&cmds).await;
         }
         let mut pipe = redis::pipe();
         for cmd in cmds {
@@ -572,7 +558,7 @@ impl RedisStore {
     async fn run_script(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
         let run = |cmd: Cmd| async move {
             let replies = self.send(tracked, vec![cmd]).await?;
-            replies.into_iter().next().map_or_else(|| Err(batch::failure("Redis sent no reply to the script")), reply)
+            replies.into_iter().next().map_or_else(|| Err(wire::failure("Redis sent no reply to the script")), reply)
         };
         match run(args.command("EVALSHA", self.script.get_hash())).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
