@@ -55,6 +55,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// Told of the connection's pushes, and of its loss as a `Disconnection`.
 pub(crate) type PushSender = Arc<dyn Fn(PushInfo) + Send + Sync>;
 
+/// How long the store's constructor waits for its first connection.
+#[cfg(not(test))]
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Shorter in the unit tests, which wait for it.
+#[cfg(test)]
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// How much a read asks the kernel for at least.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -120,8 +128,9 @@ enum Sock {
 
 impl Wire {
     /// Connects now, so that a wrong address or password is reported by the
-    /// store's constructor rather than by the first request.
-    /// RESP3 when `info` asks for it.
+    /// store's constructor rather than by the first request; in RESP3 when
+    /// `info` asks for it. Gives up after [`CONNECT_TIMEOUT`] (or `timeout`,
+    /// if longer), as later connects give up with their command.
     pub(crate) async fn connect(
         info: ConnectionInfo,
         on_push: Option<PushSender>,
@@ -134,8 +143,12 @@ impl Wire {
             link: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }));
-        wire.link().await?;
-        Ok(wire)
+        match tokio::time::timeout(CONNECT_TIMEOUT.max(timeout), wire.link()).await {
+            Ok(link) => link.map(|_| wire),
+            Err(_) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer the connection in time").into())
+            }
+        }
     }
 
     /// The database the connection selected.
@@ -147,6 +160,10 @@ impl Wire {
     /// reply may be `Value::ServerError`. Fails with a timeout when Redis
     /// has not answered in time.
     pub(crate) async fn send(&self, cmds: &[impl Borrow<Cmd>]) -> RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            // No reply would ever complete it.
+            return Ok(Vec::new());
+        }
         match tokio::time::timeout(self.0.timeout, self.send_untimed(cmds)).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer in time").into()),
@@ -164,11 +181,8 @@ impl Wire {
     async fn once(&self, cmds: &[impl Borrow<Cmd>]) -> RedisResult<Vec<Value>> {
         let link = self.link().await?;
         let id = link.enqueue(cmds)?;
-        let result = Answer { link: &link, id, finished: false }.await;
-        if result.as_ref().is_err_and(RedisError::is_connection_dropped) {
-            self.forget(&link);
-        }
-        result
+        // A link that failed is marked broken, and `live` passes it over.
+        Answer { link: &link, id, finished: false }.await
     }
 
     /// The live socket, connected first when there is none.
@@ -188,14 +202,6 @@ impl Wire {
     fn live(&self) -> Option<Arc<Link>> {
         let slot = self.0.link.lock().unwrap_or_else(PoisonError::into_inner);
         slot.as_ref().filter(|l| !l.broken.load(Ordering::Acquire)).cloned()
-    }
-
-    /// Drops `link` if it is still the current one.
-    fn forget(&self, link: &Arc<Link>) {
-        let mut slot = self.0.link.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
-            *slot = None;
-        }
     }
 }
 
@@ -368,8 +374,10 @@ impl Link {
     }
 
     /// Passes the reading on to a request that waits, and wakes it.
-    /// With no request left waiting, the socket is read until empty and its
-    /// readiness handed to the watching task, if there is one.
+    /// With no request left waiting (replies still due to requests that
+    /// gave up are read and dropped by whoever reads next), the socket is
+    /// read until empty and its readiness handed to the watching task, if
+    /// there is one.
     fn hand_over(&self, q: &mut Queue) {
         q.reader = None;
         match q.waiting.iter().find(|w| !w.abandoned) {
@@ -378,12 +386,11 @@ impl Link {
                     waker.wake_by_ref();
                 }
             }
-            None if q.waiting.is_empty() => {
+            None => {
                 if let Some(watcher) = q.watcher.clone() {
                     let _ = self.read_idle(q, &mut Context::from_waker(&watcher));
                 }
             }
-            None => {}
         }
     }
 
@@ -526,7 +533,7 @@ async fn watch(link: Arc<Link>) {
         if !q.watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             q.watcher = Some(cx.waker().clone());
         }
-        if q.reader.is_some() || !q.waiting.is_empty() {
+        if q.reader.is_some() || q.waiting.iter().any(|w| !w.abandoned) {
             return Poll::Pending;
         }
         link.read_idle(&mut q, cx)
@@ -939,20 +946,46 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_watched_connection_tells_its_loss_while_no_request_runs() {
+        for gave_up_first in [false, true] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("redis://{}", listener.local_addr().unwrap());
+            let server = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let on_push: PushSender = Arc::new(move |push: PushInfo| drop(tx.send(push.kind)));
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
+            let wire = Wire::connect(info, Some(on_push), Duration::from_millis(100)).await.unwrap();
+            let mut sock = server.await.unwrap();
+            if gave_up_first {
+                // A command this server never answers: its request gives up,
+                // and no request is left to read the socket.
+                assert!(answer(&wire, "unanswered").await.unwrap_err().is_timeout());
+            }
+            sock.write_all(b">2\r\n$9\r\ntracking-\r\n$1\r\nx\r\n").await.unwrap();
+            let pushed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+            assert_eq!(pushed, Some(PushKind::Other("tracking-".into())));
+            drop(sock);
+            let lost = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+            assert_eq!(lost, Some(PushKind::Disconnection), "gave up first: {gave_up_first}");
+            drop(wire);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_commands_need_no_reply_and_a_silent_server_fails_the_constructor_in_time() {
+        let fake = fake(Duration::ZERO, 0).await;
+        let wire = wire_to(&fake, Duration::from_secs(5)).await;
+        let none: [Cmd; 0] = [];
+        assert!(wire.send(&none).await.unwrap().is_empty());
+        // Accepts, never answers the handshake (`AUTH`, for the password).
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move { listener.accept().await.unwrap().0 });
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let on_push: PushSender = Arc::new(move |push: PushInfo| drop(tx.send(push.kind)));
+        let url = format!("redis://:secret@{}", listener.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(sock);
+        });
         let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
-        let wire = Wire::connect(info, Some(on_push), Duration::from_secs(5)).await.unwrap();
-        let mut sock = server.await.unwrap();
-        sock.write_all(b">2\r\n$9\r\ntracking-\r\n$1\r\nx\r\n").await.unwrap();
-        let pushed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
-        assert_eq!(pushed, Some(PushKind::Other("tracking-".into())));
-        drop(sock);
-        let lost = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
-        assert_eq!(lost, Some(PushKind::Disconnection));
-        drop(wire);
+        let error = Wire::connect(info, None, Duration::from_millis(50)).await.err().expect("no answer, no store");
+        assert!(error.is_timeout(), "{error:?}");
     }
 }
