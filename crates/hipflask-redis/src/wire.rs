@@ -911,6 +911,94 @@ mod tests {
         assert!(reads.len() <= 3, "{reads:?}");
     }
 
+    /// A server that answers in order but at its own pace, and now and then
+    /// closes a connection with commands unanswered: seeded, so a failure
+    /// can be replayed.
+    async fn unsteady(seed: u64) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut state = seed ^ (n + 1);
+                tokio::spawn(async move {
+                    let mut input = Vec::with_capacity(64 * 1024);
+                    while sock.read_buf(&mut input).await.unwrap_or(0) > 0 {
+                        let mut at = 0;
+                        while let Some((Value::Array(args), used)) = parse(&input[at..]).unwrap() {
+                            at += used;
+                            let roll = rng(&mut state) % 100;
+                            if roll == 0 {
+                                return; // closed, whatever was sent
+                            }
+                            if roll < 5 {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            let Some(Value::BulkString(first)) = args.get(1) else { return };
+                            let mut out = format!("${}\r\n", first.len()).into_bytes();
+                            out.extend_from_slice(first);
+                            out.extend_from_slice(b"\r\n");
+                            if sock.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                        input.drain(..at);
+                        input.reserve(64 * 1024);
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    /// Whatever the server's pace, its closed connections and the requests
+    /// that give up: a request that is answered gets exactly its own
+    /// replies, in order, and the connection serves again afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_random_delays_drops_and_give_ups_every_answer_is_the_requests_own() {
+        for seed in [1_u64, 2, 3] {
+            let url = unsteady(seed).await;
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
+            let wire = Wire::connect(info, None, Duration::from_secs(5)).await.unwrap();
+            let tasks: Vec<_> = (0..8_u64)
+                .map(|task| {
+                    let wire = wire.clone();
+                    tokio::spawn(async move {
+                        let (mut state, mut answered) = (seed * 1000 + task + 1, 0);
+                        for i in 0..100 {
+                            let count = 1 + (rng(&mut state) % 3) as usize;
+                            let args: Vec<String> = (0..count).map(|j| format!("{task}-{i}-{j}")).collect();
+                            let cmds: Vec<Cmd> = args.iter().map(|a| echo(a)).collect();
+                            let patience = if rng(&mut state).is_multiple_of(5) { 1 } else { 5_000 };
+                            let sent = tokio::time::timeout(Duration::from_millis(patience), wire.send(&cmds)).await;
+                            if let Ok(Ok(replies)) = sent {
+                                let want: Vec<Value> =
+                                    args.iter().map(|a| Value::BulkString(a.clone().into_bytes())).collect();
+                                assert_eq!(replies, want, "seed {seed}");
+                                answered += 1;
+                            }
+                        }
+                        answered
+                    })
+                })
+                .collect();
+            let mut answered = 0;
+            for task in tasks {
+                answered += task.await.unwrap();
+            }
+            assert!(answered > 200, "most requests are answered: {answered} of 800 (seed {seed})");
+            // Served again once the storm is over (a close may still cut one).
+            let mut again = false;
+            for _ in 0..5 {
+                if answer(&wire, "after").await.is_ok_and(|b| b == b"after") {
+                    again = true;
+                    break;
+                }
+            }
+            assert!(again, "seed {seed}");
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_request_that_gave_up_leaves_the_next_ones_their_own_replies() {
         // Given up at 250 ms, answered at 300 ms, then the next at once.
