@@ -14,8 +14,8 @@
 //! Commands are built and Redis Cluster is reached with redis-rs, the most
 //! used Redis client in Rust. A standalone server is reached through a
 //! connection of this crate's own (`wire.rs`): through redis-rs' multiplexed
-//! connection an uncached read cost the server 43.2k instructions, through
-//! this one 34.7k (callgrind, the benchmark's `/bench/read`).
+//! connection an uncached read cost the server 43.3k instructions, through
+//! this one 34.8k (callgrind, the benchmark's `/bench/read`).
 //!
 //! # No lost updates, one round trip
 //!
@@ -53,10 +53,10 @@
 //! # Timeouts
 //!
 //! On a standalone server each command waits at most 500 ms for its answer
-//! (connecting again included), so a Redis that stops answering (paused, swapping, stuck in a slow
-//! command) fails the load or save with [`ErrorKind::Timeout`] (503 from the
-//! layer, or an empty unsaved session with `fail_open`) instead of holding
-//! the request. A session command takes well under a millisecond, so only a
+//! (connecting again included), so a Redis that stops answering (paused,
+//! swapping, stuck in a slow command) fails the load or save with
+//! [`ErrorKind::Timeout`] (503 from the layer, or an empty unsaved session
+//! with `fail_open`) instead of holding the request. A session command takes well under a millisecond, so only a
 //! Redis in trouble is that slow. The layer's
 //! [`store_timeout`](hipflask::ConfigBuilder::store_timeout) still bounds a
 //! whole load or save, retries included, and is the one to set for Redis
@@ -79,7 +79,8 @@
 //!
 //! One case is left: should this process lose its tracked connection while
 //! its listener stays up, the cache is emptied when the connection's
-//! watching task is woken by the closed socket, a moment later; Redis restarts and network failures close both.
+//! watching task is woken by the closed socket, a moment later; Redis
+//! restarts and network failures close both.
 //! With [`ConflictPolicy::Reject`](hipflask::ConflictPolicy::Reject), a save
 //! computed from a read that old is refused (409 from the layer) rather than
 //! writing over the other process's change.
@@ -225,8 +226,10 @@ fn backend(e: redis::RedisError) -> Error {
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl RedisStore {
-    /// Connects to one Redis server (`redis://HOST:PORT/DB`, `rediss://` for TLS
-    /// where the client supports it). The connection reconnects by itself.
+    /// Connects to one Redis server: `redis://[USER:PASSWORD@]HOST:PORT/DB`, or
+    /// `redis+unix:///PATH` for a Unix socket. TLS (`rediss://`) is refused
+    /// with an error: this build has no TLS. The connection reconnects by
+    /// itself.
     pub async fn connect(url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(backend)?;
         let conn =
@@ -826,6 +829,15 @@ mod tests {
         let data: Dict = [("visits".to_owned(), Value::Int(n))].into();
         store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
         id
+    }
+
+    /// This build has no TLS: a `rediss://` URL is an error that says so,
+    /// at once, not a plain-text connection.
+    #[tokio::test]
+    async fn a_tls_url_is_refused_with_an_error() {
+        let err = RedisStore::connect("rediss://127.0.0.1:6379").await.expect_err("no TLS here");
+        let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+        assert!(cause.to_uppercase().contains("TLS"), "{err}: {cause}");
     }
 
     /// Invalidations are read even while no request reads the cache, and
