@@ -105,7 +105,7 @@ mod listen;
 mod merge;
 mod wire;
 
-use wire::{Wire, reply};
+use wire::{Commands, Wire, reply};
 
 const MERGE: &str = include_str!("merge.lua");
 
@@ -390,17 +390,17 @@ impl RedisStore {
     /// Sends `cmds` in one round trip, batched with other requests' commands
     /// where the connection allows: on the tracked connection (`tracked`,
     /// with the local cache) or the main one.
-    async fn send(&self, tracked: bool, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<RValue>> {
+    async fn send(&self, tracked: bool, cmds: &(impl Commands + ?Sized)) -> redis::RedisResult<Vec<RValue>> {
         let wire = match (&self.local, tracked, &self.conn) {
             (Some(local), true, _) => Some(&local.tracked),
             (_, _, Conn::Single(wire)) => Some(wire),
             _ => None,
         };
         if let Some(wire) = wire {
-            return wire.send(&cmds).await;
+            return wire.send(cmds).await;
         }
         let mut pipe = redis::pipe();
-        for cmd in cmds {
+        for cmd in cmds.to_cmds() {
             pipe.add_command(cmd);
         }
         pipe.query_async(&mut self.conn.clone()).await
@@ -408,12 +408,7 @@ impl RedisStore {
 
     /// The session under `key` and its TTL, read in one round trip.
     async fn fetch(&self, tracked: bool, key: &str, now: u64) -> Result<Option<(Record, std::time::Duration)>, Error> {
-        // Sized up front, as in `MergeArgs::command`.
-        let mut get = Cmd::with_capacity(2, 3 + key.len());
-        get.arg("GET").arg(key);
-        let mut pttl = Cmd::with_capacity(2, 4 + key.len());
-        pttl.arg("PTTL").arg(key);
-        let replies = self.send(tracked, vec![get, pttl]).await.map_err(backend)?;
+        let replies = self.send(tracked, &Fetch(key)).await.map_err(backend)?;
         let [raw, pttl] = <[RValue; 2]>::try_from(replies)
             .map_err(|r| Error::new(ErrorKind::Backend, format!("Redis sent {} replies to GET and PTTL", r.len())))?;
         let raw: Option<Vec<u8>> = typed(raw)?;
@@ -499,44 +494,110 @@ struct MergeArgs<'a> {
     changes: &'a [merge::Change],
 }
 
+#[cfg(test)]
 impl MergeArgs<'_> {
-    /// `EVALSHA <sha>` or `EVAL <source>`, then the key and arguments,
-    /// written straight into the command: redis' `ScriptInvocation` copied
-    /// every argument into a vector of its own first, a dozen allocations
-    /// per save.
+    /// The script's call as a redis-rs command, for tests that send it
+    /// through a connection of their own.
     fn command(&self, verb: &str, script: &str) -> Cmd {
-        // Sized up front: grown argument by argument, the command's two
-        // buffers were reallocated several times per command. The slack
-        // covers the TTL's digits, the key count and the flags.
-        let changes: usize =
-            self.changes.iter().map(|c| c.key.len() + 1 + c.value.as_ref().map_or(0, Vec::len) + c.loaded.len()).sum();
-        let data = verb.len() + script.len() + self.key.len() + self.expected.len() + self.merged.len() + changes + 32;
-        let mut cmd = Cmd::with_capacity(8 + 4 * self.changes.len(), data);
+        let mut cmds = ScriptCall { verb, script, args: self }.to_cmds();
+        cmds.pop().expect("one command")
+    }
+}
+
+/// A load's two commands, `GET` and `PTTL` of the key.
+struct Fetch<'a>(&'a str);
+
+impl Commands for Fetch<'_> {
+    fn count(&self) -> usize {
+        2
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        for verb in [&b"GET"[..], b"PTTL"] {
+            wire::command_of(out, 2);
+            wire::arg(out, verb);
+            wire::arg(out, self.0.as_bytes());
+        }
+    }
+
+    fn to_cmds(&self) -> Vec<Cmd> {
+        vec![redis::cmd("GET").arg(self.0).clone(), redis::cmd("PTTL").arg(self.0).clone()]
+    }
+}
+
+/// One call of the merge script: `EVALSHA <sha>` or `EVAL <source>`, then
+/// the key and arguments. Written straight into the connection's buffer on
+/// a standalone server; redis' `ScriptInvocation` copied every argument into
+/// a vector of its own first, a dozen allocations per save.
+struct ScriptCall<'a> {
+    verb: &'a str,
+    script: &'a str,
+    args: &'a MergeArgs<'a>,
+}
+
+impl ScriptCall<'_> {
+    /// How many arguments [`each_arg`](Self::each_arg) gives.
+    fn arg_count(&self) -> usize {
+        8 + if self.args.omit_changes { 0 } else { 4 * self.args.changes.len() }
+    }
+
+    /// The arguments, in order, to `arg`: one list for both ways of writing.
+    fn each_arg(&self, mut arg: impl FnMut(&[u8])) {
+        let args = self.args;
         // One argument for every flag: Redis makes a Lua string of each.
         let mut flags = [0u8; 4];
         let mut n = 0;
         for (on, letter) in
-            [(self.cleared, b'c'), (self.reject, b'r'), (self.read_back, b'b'), (self.omit_changes, b'o')]
+            [(args.cleared, b'c'), (args.reject, b'r'), (args.read_back, b'b'), (args.omit_changes, b'o')]
         {
             if on {
                 flags[n] = letter;
                 n += 1;
             }
         }
-        cmd.arg(verb).arg(script).arg(1).arg(self.key).arg(self.ttl).arg(&flags[..n]);
-        cmd.arg(self.expected).arg(self.merged);
-        if self.omit_changes {
-            return cmd;
+        for bytes in [self.verb.as_bytes(), self.script.as_bytes(), b"1", args.key.as_bytes()] {
+            arg(bytes);
         }
-        for change in self.changes {
-            cmd.arg(&change.key);
+        arg(wire::decimal(args.ttl, &mut [0; 20]));
+        for bytes in [&flags[..n], args.expected, args.merged] {
+            arg(bytes);
+        }
+        if args.omit_changes {
+            return;
+        }
+        for change in args.changes {
+            arg(&change.key);
             match &change.value {
-                Some(bytes) => cmd.arg("s").arg(bytes),
-                None => cmd.arg("d").arg(""),
-            };
-            cmd.arg(&change.loaded);
+                Some(bytes) => {
+                    arg(b"s");
+                    arg(bytes);
+                }
+                None => {
+                    arg(b"d");
+                    arg(b"");
+                }
+            }
+            arg(&change.loaded);
         }
-        cmd
+    }
+}
+
+impl Commands for ScriptCall<'_> {
+    fn count(&self) -> usize {
+        1
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        wire::command_of(out, self.arg_count());
+        self.each_arg(|bytes| wire::arg(out, bytes));
+    }
+
+    fn to_cmds(&self) -> Vec<Cmd> {
+        let mut cmd = Cmd::with_capacity(self.arg_count(), 0);
+        self.each_arg(|bytes| {
+            cmd.arg(bytes);
+        });
+        vec![cmd]
     }
 }
 
@@ -559,13 +620,13 @@ impl RedisStore {
     /// also loads it for the next calls. A refused `EVALSHA` wrote nothing,
     /// so sending the source is never a second write.
     async fn run_script(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
-        let run = |cmd: Cmd| async move {
-            let replies = self.send(tracked, vec![cmd]).await?;
+        let run = |verb, script| async move {
+            let replies = self.send(tracked, &ScriptCall { verb, script, args }).await?;
             replies.into_iter().next().map_or_else(|| Err(wire::failure("Redis sent no reply to the script")), reply)
         };
-        match run(args.command("EVALSHA", self.script.get_hash())).await {
+        match run("EVALSHA", self.script.get_hash()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                run(args.command("EVAL", MERGE)).await
+                run("EVAL", MERGE).await
             }
             result => result,
         }
@@ -829,6 +890,56 @@ mod tests {
         let data: Dict = [("visits".to_owned(), Value::Int(n))].into();
         store.create(&id, Record { data, created_at: now, expires_at: now + 60 }).await.unwrap();
         id
+    }
+
+    /// The hot path's commands, written straight into the connection's
+    /// buffer, are byte for byte what redis-rs writes for the same commands
+    /// (which the cluster path sends).
+    #[test]
+    fn commands_written_in_place_are_redis_rs_bytes() {
+        let packed = |cmds: Vec<Cmd>| cmds.iter().flat_map(Cmd::get_packed_command).collect::<Vec<u8>>();
+        let fetch = Fetch("session:abc");
+        let mut out = b"left from before".to_vec();
+        fetch.write(&mut out);
+        assert_eq!(out[16..], packed(fetch.to_cmds()));
+        assert_eq!(
+            packed(fetch.to_cmds()),
+            packed(vec![redis::cmd("GET").arg("session:abc").clone(), redis::cmd("PTTL").arg("session:abc").clone()])
+        );
+        let changes = [
+            merge::Change { key: b"visits".to_vec(), value: Some(vec![0x05]), loaded: vec![0x04] },
+            merge::Change { key: "caf\u{e9}".as_bytes().to_vec(), value: None, loaded: Vec::new() },
+        ];
+        for (omit_changes, cleared, ttl) in [(false, false, 2_678_400), (true, true, 1), (false, true, u64::MAX)] {
+            let args = MergeArgs {
+                key: "session:abc",
+                ttl,
+                cleared,
+                reject: true,
+                read_back: omit_changes,
+                omit_changes,
+                expected: b"\x81\xa1a\x01",
+                merged: b"",
+                changes: &changes,
+            };
+            let call = ScriptCall { verb: "EVALSHA", script: "0123abcd", args: &args };
+            let mut out = Vec::new();
+            call.write(&mut out);
+            // What the command was built as before: argument by argument.
+            let mut want = redis::cmd("EVALSHA");
+            want.arg("0123abcd").arg(1).arg("session:abc").arg(ttl);
+            let flags: String = [(cleared, 'c'), (true, 'r'), (omit_changes, 'b'), (omit_changes, 'o')]
+                .iter()
+                .filter_map(|&(on, c)| on.then_some(c))
+                .collect();
+            want.arg(flags).arg(&b"\x81\xa1a\x01"[..]).arg(&b""[..]);
+            if !omit_changes {
+                want.arg("visits").arg("s").arg(&[0x05_u8][..]).arg(&[0x04_u8][..]);
+                want.arg("caf\u{e9}").arg("d").arg("").arg(&b""[..]);
+            }
+            assert_eq!(out, want.get_packed_command(), "omit {omit_changes}");
+            assert_eq!(out, packed(call.to_cmds()));
+        }
     }
 
     /// This build has no TLS: a `rediss://` URL is an error that says so,

@@ -52,6 +52,63 @@ use redis::{
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// Commands as the connection writes them: straight into its buffer, in
+/// RESP, by the hot path's own types (no `Cmd` built and copied for each),
+/// or as redis-rs commands for everything else and for Redis Cluster.
+pub(crate) trait Commands {
+    /// How many commands: Redis answers each with one reply.
+    fn count(&self) -> usize;
+    /// Appends them to `out` in RESP.
+    fn write(&self, out: &mut Vec<u8>);
+    /// The same commands for redis-rs, on a cluster.
+    fn to_cmds(&self) -> Vec<Cmd>;
+}
+
+impl<C: Borrow<Cmd>> Commands for [C] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        for cmd in self {
+            cmd.borrow().write_packed_command(out);
+        }
+    }
+
+    fn to_cmds(&self) -> Vec<Cmd> {
+        self.iter().map(|c| c.borrow().clone()).collect()
+    }
+}
+
+/// Starts a command of `args` arguments in `out`.
+pub(crate) fn command_of(out: &mut Vec<u8>, args: usize) {
+    out.push(b'*');
+    out.extend_from_slice(decimal(args as u64, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one argument to the command being written.
+pub(crate) fn arg(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(decimal(bytes.len() as u64, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, written at the end of `buf`.
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
 /// Told of the connection's pushes, and of its loss as a `Disconnection`.
 pub(crate) type PushSender = Arc<dyn Fn(PushInfo) + Send + Sync>;
 
@@ -159,8 +216,8 @@ impl Wire {
     /// Sends `cmds` as one pipeline and returns their replies, in order; a
     /// reply may be `Value::ServerError`. Fails with a timeout when Redis
     /// has not answered in time.
-    pub(crate) async fn send(&self, cmds: &[impl Borrow<Cmd>]) -> RedisResult<Vec<Value>> {
-        if cmds.is_empty() {
+    pub(crate) async fn send(&self, cmds: &(impl Commands + ?Sized)) -> RedisResult<Vec<Value>> {
+        if cmds.count() == 0 {
             // No reply would ever complete it.
             return Ok(Vec::new());
         }
@@ -170,7 +227,7 @@ impl Wire {
         }
     }
 
-    async fn send_untimed(&self, cmds: &[impl Borrow<Cmd>]) -> RedisResult<Vec<Value>> {
+    async fn send_untimed(&self, cmds: &(impl Commands + ?Sized)) -> RedisResult<Vec<Value>> {
         let first = self.once(cmds).await;
         match first {
             Err(e) if e.is_connection_dropped() => self.once(cmds).await,
@@ -178,7 +235,7 @@ impl Wire {
         }
     }
 
-    async fn once(&self, cmds: &[impl Borrow<Cmd>]) -> RedisResult<Vec<Value>> {
+    async fn once(&self, cmds: &(impl Commands + ?Sized)) -> RedisResult<Vec<Value>> {
         let link = self.link().await?;
         let id = link.enqueue(cmds)?;
         // A link that failed is marked broken, and `live` passes it over.
@@ -223,7 +280,7 @@ impl ConnectionLike for Wire {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
-            let replies = self.send(&cmds).await?;
+            let replies = self.send(&cmds[..]).await?;
             Ok(replies.into_iter().skip(offset).take(count).collect())
         })
     }
@@ -301,15 +358,13 @@ impl Link {
     }
 
     /// Queues `cmds` for writing; the id their answer will carry.
-    fn enqueue(&self, cmds: &[impl Borrow<Cmd>]) -> RedisResult<u64> {
+    fn enqueue(&self, cmds: &(impl Commands + ?Sized)) -> RedisResult<u64> {
         let mut q = self.lock();
         if self.broken.load(Ordering::Acquire) {
             return Err(dropped("the Redis connection was closed"));
         }
-        for cmd in cmds {
-            cmd.borrow().write_packed_command(&mut q.out);
-        }
-        let left = cmds.len();
+        cmds.write(&mut q.out);
+        let left = cmds.count();
         let id = q.next_id;
         q.next_id += 1;
         q.waiting.push_back(Waiting { id, left, replies: Vec::with_capacity(left), waker: None, abandoned: false });
@@ -883,7 +938,7 @@ mod tests {
     }
 
     async fn answer(wire: &Wire, arg: &str) -> RedisResult<Vec<u8>> {
-        match wire.send(&[echo(arg)]).await?.pop() {
+        match wire.send(&[echo(arg)][..]).await?.pop() {
             Some(Value::BulkString(bytes)) => Ok(bytes),
             other => panic!("{other:?}"),
         }
@@ -970,7 +1025,8 @@ mod tests {
                             let args: Vec<String> = (0..count).map(|j| format!("{task}-{i}-{j}")).collect();
                             let cmds: Vec<Cmd> = args.iter().map(|a| echo(a)).collect();
                             let patience = if rng(&mut state).is_multiple_of(5) { 1 } else { 5_000 };
-                            let sent = tokio::time::timeout(Duration::from_millis(patience), wire.send(&cmds)).await;
+                            let sent =
+                                tokio::time::timeout(Duration::from_millis(patience), wire.send(&cmds[..])).await;
                             if let Ok(Ok(replies)) = sent {
                                 let want: Vec<Value> =
                                     args.iter().map(|a| Value::BulkString(a.clone().into_bytes())).collect();
@@ -1063,7 +1119,7 @@ mod tests {
         let fake = fake(Duration::ZERO, 0).await;
         let wire = wire_to(&fake, Duration::from_secs(5)).await;
         let none: [Cmd; 0] = [];
-        assert!(wire.send(&none).await.unwrap().is_empty());
+        assert!(wire.send(&none[..]).await.unwrap().is_empty());
         // Accepts, never answers the handshake (`AUTH`, for the password).
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("redis://:secret@{}", listener.local_addr().unwrap());
