@@ -34,6 +34,14 @@ for i, t in enumerate(v["tagged_json_vectors"][:8]):
     seed("session_file", f"one{i}", one)
     seed("session_file", f"torn{i}", one + one + one[: len(one) // 2])
     seed("session_file", f"v1-{i}", f"hipflask-session 1 1700000000 1800000000\n{t['json']}")
+# Redis answers: a load's GET and PTTL (found, missing), the merge script's.
+for r in v["flask_session"]["redis"]:
+    value = bytes.fromhex(r["redis_value_hex"])
+    seed("redis_reply", r["id"], b"$%d\r\n" % len(value) + value + b"\r\n:2678400000\r\n")
+seed("redis_reply", "missing", b"$-1\r\n:-2\r\n")
+seed("redis_reply", "merged", b"*2\r\n:1\r\n$7\r\n\x81\xa1a\xa3abc\r\n")
+seed("redis_reply", "noscript", b"-NOSCRIPT No matching script\r\n")
+seed("redis_reply", "resp3", b"%1\r\n+a\r\n>2\r\n$10\r\ninvalidate\r\n_\r\n#t\r\n")
 PY
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O >/dev/null
@@ -44,7 +52,7 @@ run() {
     "$(grep -oP 'cov: \d+ ft: \d+' "logs/$1.log" | tail -1)"
 }
 status=0
-for pair in "cookie_decode signed_payload" "tagged_json msgpack" "session_id cookie_header" "session_file"; do
+for pair in "cookie_decode signed_payload" "tagged_json msgpack" "session_id cookie_header" "session_file redis_reply"; do
   set -- $pair
   run "$1" & a=$!
   if [ -n "${2:-}" ]; then
