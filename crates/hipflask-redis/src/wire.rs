@@ -1,5 +1,7 @@
 //! The standalone server's connection: one socket, shared by every request,
-//! with no task of its own.
+//! with no task of its own to carry commands and replies (a connection that
+//! pushes, the local cache's, has one that reads it while it is idle: see
+//! [`watch`]).
 //!
 //! Why not redis-rs' multiplexed connection: a round trip through it cost the
 //! server about 24k instructions (callgrind, the benchmark's uncached read),
