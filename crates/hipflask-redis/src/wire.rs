@@ -210,11 +210,6 @@ impl Wire {
         }
     }
 
-    /// The database the connection selected.
-    pub(crate) fn db(&self) -> i64 {
-        self.0.info.redis_settings().db()
-    }
-
     /// Sends `cmds` as one pipeline and returns their replies, in order; a
     /// reply may be `Value::ServerError`. Fails with a timeout when Redis
     /// has not answered in time.
@@ -273,7 +268,10 @@ impl ConnectionLike for Wire {
         })
     }
 
-    /// For plain pipelines: `MULTI`/`EXEC` ones are not sent here.
+    /// Plain pipelines only. redis-rs asks for a transaction's replies from
+    /// an offset past its commands; its `MULTI` and `EXEC` are not among the
+    /// commands this connection sees, so it is refused rather than sent
+    /// without them, silently not atomic. This store sends none.
     fn req_packed_commands<'a>(
         &'a mut self,
         pipe: &'a Pipeline,
@@ -281,6 +279,9 @@ impl ConnectionLike for Wire {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            if offset != 0 {
+                return Err(failure("the Redis session store's connection does not send MULTI/EXEC pipelines"));
+            }
             let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
             let replies = self.send(&cmds[..]).await?;
             Ok(replies.into_iter().skip(offset).take(count).collect())
@@ -288,7 +289,7 @@ impl ConnectionLike for Wire {
     }
 
     fn get_db(&self) -> i64 {
-        self.db()
+        self.0.info.redis_settings().db()
     }
 }
 
@@ -1055,6 +1056,25 @@ mod tests {
             }
             assert!(again, "seed {seed}");
         }
+    }
+
+    /// redis-rs' own calls through this connection: a command, a plain
+    /// pipeline, and a transaction, which is refused rather than sent
+    /// without its `MULTI` and `EXEC`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn redis_rs_commands_and_pipelines_go_through_and_transactions_are_refused() {
+        let fake = fake(Duration::ZERO, 0).await;
+        let mut wire = wire_to(&fake, Duration::from_secs(5)).await;
+        let one: Vec<u8> = redis::cmd("ECHO").arg("one").query_async(&mut wire).await.unwrap();
+        assert_eq!(one, b"one");
+        let (a, b): (Vec<u8>, Vec<u8>) =
+            redis::pipe().cmd("ECHO").arg("a").cmd("ECHO").arg("b").query_async(&mut wire).await.unwrap();
+        assert_eq!((a, b), (b"a".to_vec(), b"b".to_vec()));
+        let atomic: RedisResult<(Vec<u8>,)> = redis::pipe().atomic().cmd("ECHO").arg("t").query_async(&mut wire).await;
+        let error = atomic.expect_err("not sent");
+        assert!(error.to_string().contains("MULTI/EXEC"), "{error}");
+        assert_eq!(answer(&wire, "still").await.unwrap(), b"still", "nothing was sent");
+        assert_eq!(wire.get_db(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
