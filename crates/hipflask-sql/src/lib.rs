@@ -20,11 +20,22 @@
 //! changes and writes it back. Expired rows are removed by `delete_expired`
 //! (`hipflask sessions cleanup`).
 //!
+//! Loads, and saves by compare-and-set, of requests that come while the
+//! previous such statement is running are sent together: on PostgreSQL one
+//! statement for all of them, on MySQL one statement for the loads and one
+//! transaction (one commit) for the saves. A request alone still waits for
+//! a single statement; under load a write costs the database a fraction of
+//! a statement and a commit. A statement the database refuses is run again
+//! per request, so one bad session fails only its own request.
+//!
 //! sqlx drives both databases with one API, pools connections and needs no
 //! C library; MariaDB counts as MySQL.
 
+mod batch;
+
 use std::fmt;
 
+use batch::{Batcher, Load, Outcome, Row, Swap};
 use hipflask::{
     Error, ErrorKind, LastSeen, Record, SessionId, Store, StoreFuture, Update, Updated, apply_changes, sql_like_prefix,
     user_of,
@@ -145,7 +156,7 @@ const MYSQL: Dialect = Dialect {
 const IDLE_PING_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 macro_rules! sql_store {
-    ($(#[$doc:meta])* $name:ident, $db:ty, $dialect:expr) => {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $dialect:expr, $batched:ident) => {
         $(#[$doc])*
         #[derive(Clone)]
         pub struct $name {
@@ -153,6 +164,8 @@ macro_rules! sql_store {
             user_key: String,
             prefix: String,
             seen: std::sync::Arc<LastSeen>,
+            loads: Option<Batcher<Load, Option<Row>>>,
+            swaps: Option<Batcher<Swap, bool>>,
         }
 
         impl fmt::Debug for $name {
@@ -184,7 +197,15 @@ macro_rules! sql_store {
                     .await
                     .map_err(backend)?;
                 let seen = std::sync::Arc::new(LastSeen::default());
-                let store = $name { pool, user_key: "_user_id".into(), prefix: String::new(), seen };
+                let loads = Batcher::start({
+                    let pool = pool.clone();
+                    move |jobs| batch::$batched::load_many(pool.clone(), jobs)
+                });
+                let swaps = Batcher::start({
+                    let pool = pool.clone();
+                    move |jobs| batch::$batched::swap_many(pool.clone(), jobs)
+                });
+                let store = $name { pool, user_key: "_user_id".into(), prefix: String::new(), seen, loads, swaps };
                 store.migrate().await?;
                 Ok(store)
             }
@@ -249,17 +270,24 @@ macro_rules! sql_store {
             fn load<'a>(&'a self, id: &'a SessionId, now: u64) -> StoreFuture<'a, Option<Record>> {
                 Box::pin(async move {
                     let key = self.key(id);
-                    let row = sqlx::query($dialect.load)
-                        .bind(&key)
-                        .bind(now as i64)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(backend)?;
-                    Ok(row.and_then(|r| {
-                        let text = r.get::<String, _>(0);
+                    let outcome = match &self.loads {
+                        Some(loads) => loads.call(Load { key: key.clone(), now: now as i64 }).await,
+                        None => Outcome::Alone,
+                    };
+                    let row = match outcome {
+                        Outcome::Done(row) => row,
+                        Outcome::Failed(e) => return Err(batch::failed(e)),
+                        Outcome::Alone => sqlx::query_as($dialect.load)
+                            .bind(&key)
+                            .bind(now as i64)
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err(backend)?,
+                    };
+                    Ok(row.and_then(|(text, created_at, expires_at): Row| {
                         let data = parse_row(&key, &text)?;
                         self.seen.remember_vec(&key, text.into_bytes());
-                        Some(Record { data, created_at: r.get::<i64, _>(1) as u64, expires_at: r.get::<i64, _>(2) as u64 })
+                        Some(Record { data, created_at: created_at as u64, expires_at: expires_at as u64 })
                     }))
                 })
             }
@@ -297,17 +325,38 @@ macro_rules! sql_store {
                         && let Ok(expected) = std::str::from_utf8(&expected)
                         && let Some((text, user)) = swapped(expected, update, &self.user_key)
                     {
-                        let done = sqlx::query($dialect.swap)
-                            .bind(&text)
-                            .bind(update.expires_at as i64)
-                            .bind(user)
-                            .bind(&key)
-                            .bind(expected)
-                            .bind(now as i64)
-                            .execute(&self.pool)
-                            .await
-                            .map_err(backend)?;
-                        if done.rows_affected() == 1 {
+                        // Kept for the statement of its own, should the batch not be run.
+                        let swap = Swap {
+                            key: key.clone(),
+                            expected: expected.to_owned(),
+                            data: text.clone(),
+                            expires_at: update.expires_at as i64,
+                            user: user.clone(),
+                            now: now as i64,
+                        };
+                        let outcome = match &self.swaps {
+                            Some(swaps) => swaps.call(swap).await,
+                            None => Outcome::Alone,
+                        };
+                        let applied = match outcome {
+                            Outcome::Done(applied) => applied,
+                            Outcome::Failed(e) => return Err(batch::failed(e)),
+                            Outcome::Alone => {
+                                sqlx::query($dialect.swap)
+                                    .bind(&text)
+                                    .bind(update.expires_at as i64)
+                                    .bind(user)
+                                    .bind(&key)
+                                    .bind(expected)
+                                    .bind(now as i64)
+                                    .execute(&self.pool)
+                                    .await
+                                    .map_err(backend)?
+                                    .rows_affected()
+                                    == 1
+                            }
+                        };
+                        if applied {
                             self.seen.remember_vec(&key, text.into_bytes());
                             return Ok(Updated::Applied);
                         }
@@ -403,12 +452,14 @@ sql_store!(
     /// Sessions in PostgreSQL.
     PostgresStore,
     sqlx::Postgres,
-    POSTGRES
+    POSTGRES,
+    postgres
 );
 
 sql_store!(
     /// Sessions in MySQL or MariaDB.
     MySqlStore,
     sqlx::MySql,
-    MYSQL
+    MYSQL,
+    mysql
 );

@@ -148,3 +148,170 @@ async fn connect_installs_the_schema_on_an_empty_database_even_from_instances_st
         sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
     }
 }
+
+/// Sessions of this test.
+const AT_ONCE: usize = 20;
+
+/// `AT_ONCE` requests each load and save their own session and `AT_ONCE`
+/// more a shared one, all at the same moment, so their loads and saves
+/// travel together (on one thread, every load is queued before the first
+/// statement goes out, and so is every save). Every change must reach its
+/// own session; the shared session must keep all of its writers' keys (the
+/// save statement has each of them expecting the same data: one wins, the
+/// others must merge); and a save the database refuses (`bad_user` as the
+/// user id, on session 0), when there is one, must fail alone.
+async fn saves_at_once_each_reach_their_own_session(store: Arc<dyn Store>, bad_user: Option<&str>) {
+    use hipflask::{Changes, Update, Updated, Value};
+    let now = hipflask_conformance::NOW;
+    let record = |data: Dict| Record { data, created_at: now, expires_at: now + 3600 };
+    let set = |key: &str, value: Value| Update {
+        changes: Changes { cleared: false, keys: vec![(key.to_owned(), Some(value))] },
+        expires_at: now + 3600,
+        loaded: None,
+    };
+    let mut own = Vec::new();
+    for _ in 0..AT_ONCE {
+        let id = SessionId::generate();
+        store.create(&id, record(Dict::from_iter([("n".to_owned(), Value::Int(-1))]))).await.unwrap();
+        own.push(id);
+    }
+    let shared = SessionId::generate();
+    store.create(&shared, record(Dict::new())).await.unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(2 * AT_ONCE));
+    let mut tasks = Vec::new();
+    for i in 0..2 * AT_ONCE {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        let (id, update) = match (i, bad_user) {
+            (0, Some(bad_user)) => (own[0].clone(), set("_user_id", Value::from(bad_user))),
+            (i, _) if i < AT_ONCE => (own[i].clone(), set("n", Value::Int(i as i64))),
+            (i, _) => (shared.clone(), set(&format!("k{i}"), Value::Int(i as i64))),
+        };
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            assert!(store.load(&id, now).await.unwrap().is_some());
+            store.update(&id, &update, now).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if i == 0 && bad_user.is_some() {
+            assert!(result.is_err(), "the database took a value it should refuse");
+        } else {
+            assert_eq!(result.unwrap(), Updated::Applied, "save {i}");
+        }
+    }
+    let data = |id: &SessionId| {
+        let store = store.clone();
+        let id = id.clone();
+        async move { store.load(&id, now).await.unwrap().unwrap().data }
+    };
+    for (i, id) in own.iter().enumerate() {
+        let n = if i == 0 && bad_user.is_some() { -1 } else { i as i64 };
+        assert_eq!(data(id).await.get("n"), Some(&Value::Int(n)), "session {i}");
+    }
+    assert_eq!(data(&shared).await.len(), AT_ONCE, "a shared session's writers were lost");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn saves_at_once_each_reach_their_own_session_and_a_refused_one_fails_alone() {
+    if let Some(url) = url("POSTGRES_URL") {
+        let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
+        saves_at_once_each_reach_their_own_session(store.clone(), None).await;
+        // PostgreSQL's text cannot hold a NUL character.
+        saves_at_once_each_reach_their_own_session(store, Some("nul\0user")).await;
+    }
+    if let Some(url) = url("MYSQL_URL") {
+        let store = Arc::new(MySqlStore::connect(&url).await.unwrap());
+        saves_at_once_each_reach_their_own_session(store.clone(), None).await;
+        // The user id column holds 191 characters; strict mode refuses more.
+        saves_at_once_each_reach_their_own_session(store, Some(&"u".repeat(300))).await;
+    }
+}
+
+/// Three sessions, created and loaded, so that their saves compare and set.
+async fn three_loaded_sessions(store: &Arc<dyn Store>) -> Vec<SessionId> {
+    let now = hipflask_conformance::NOW;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = SessionId::generate();
+        store.create(&id, Record { data: Dict::new(), created_at: now, expires_at: now + 3600 }).await.unwrap();
+        assert!(store.load(&id, now).await.unwrap().is_some());
+        ids.push(id);
+    }
+    ids
+}
+
+/// Saves of all `ids` at once (each sets `n` to its index), while another
+/// transaction holds the row of `ids[0]`: the saves of the others, sent
+/// together with it, must finish; the first must wait for its row. Returns
+/// the first save, to be awaited once the row is released.
+async fn saves_pass_a_row_locked_elsewhere(
+    store: &Arc<dyn Store>,
+    ids: &[SessionId],
+) -> tokio::task::JoinHandle<hipflask::Updated> {
+    use hipflask::{Changes, Update, Updated, Value};
+    let now = hipflask_conformance::NOW;
+    let mut saves: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (store, id) = (store.clone(), id.clone());
+            let update = Update {
+                changes: Changes { cleared: false, keys: vec![("n".into(), Some(Value::Int(i as i64)))] },
+                expires_at: now + 3600,
+                loaded: None,
+            };
+            tokio::spawn(async move { store.update(&id, &update, now).await.unwrap() })
+        })
+        .collect();
+    let first = saves.remove(0);
+    for save in saves {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), save).await;
+        assert_eq!(done.expect("a save waited for another session's locked row").unwrap(), Updated::Applied);
+    }
+    assert!(!first.is_finished(), "a save went past its own locked row");
+    first
+}
+
+/// Each of `ids` holds its index as `n`.
+async fn saved_in_order(store: &Arc<dyn Store>, ids: &[SessionId]) {
+    for (i, id) in ids.iter().enumerate() {
+        let data = store.load(id, hipflask_conformance::NOW).await.unwrap().unwrap().data;
+        assert_eq!(data.get("n"), Some(&hipflask::Value::Int(i as i64)), "session {i}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_row_locked_elsewhere_holds_up_only_its_own_save() {
+    use sqlx::Connection as _;
+    if let Some(url) = url("POSTGRES_URL") {
+        let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url).await.unwrap());
+        let ids = three_loaded_sessions(&store).await;
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut tx = other.begin().await.unwrap();
+        sqlx::query("SELECT data FROM hipflask_sessions WHERE id = $1 FOR UPDATE")
+            .bind(ids[0].as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let first = saves_pass_a_row_locked_elsewhere(&store, &ids).await;
+        tx.commit().await.unwrap();
+        assert_eq!(first.await.unwrap(), hipflask::Updated::Applied);
+        saved_in_order(&store, &ids).await;
+    }
+    if let Some(url) = url("MYSQL_URL") {
+        let store: Arc<dyn Store> = Arc::new(MySqlStore::connect(&url).await.unwrap());
+        let ids = three_loaded_sessions(&store).await;
+        let mut other = sqlx::MySqlConnection::connect(&url).await.unwrap();
+        let mut tx = other.begin().await.unwrap();
+        sqlx::query("SELECT data FROM hipflask_sessions WHERE id = ? FOR UPDATE")
+            .bind(ids[0].as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let first = saves_pass_a_row_locked_elsewhere(&store, &ids).await;
+        tx.commit().await.unwrap();
+        assert_eq!(first.await.unwrap(), hipflask::Updated::Applied);
+        saved_in_order(&store, &ids).await;
+    }
+}
