@@ -382,6 +382,12 @@ mod tests {
         .unwrap()
     }
 
+    /// `batcher.call(job)` on a task of its own.
+    fn spawn_call(batcher: &Batcher<u32, u32>, job: u32) -> tokio::task::JoinHandle<Outcome<u32>> {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.call(job).await })
+    }
+
     async fn settle() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -394,8 +400,7 @@ mod tests {
         let batcher = doubling(gate.clone(), seen.clone());
         let mut tasks = Vec::new();
         for j in 1..=11 {
-            let batcher = batcher.clone();
-            tasks.push(tokio::spawn(async move { batcher.call(j).await }));
+            tasks.push(spawn_call(&batcher, j));
             if j == 1 {
                 // The first statement is out; the others queue behind it.
                 settle().await;
@@ -413,19 +418,10 @@ mod tests {
     async fn a_request_that_gave_up_before_its_statement_is_left_out_of_it() {
         let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::new(Mutex::new(Vec::new())));
         let batcher = doubling(gate.clone(), seen.clone());
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.call(1).await }
-        });
+        let first = spawn_call(&batcher, 1);
         settle().await;
-        let gave_up = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.call(2).await }
-        });
-        let stays = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.call(3).await }
-        });
+        let gave_up = spawn_call(&batcher, 2);
+        let stays = spawn_call(&batcher, 3);
         settle().await;
         gave_up.abort();
         settle().await;
@@ -439,18 +435,9 @@ mod tests {
     async fn a_failed_statement_fails_every_request_in_it_and_only_those() {
         let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::new(Mutex::new(Vec::new())));
         let batcher = doubling(gate.clone(), seen.clone());
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.call(1).await }
-        });
+        let first = spawn_call(&batcher, 1);
         settle().await;
-        let failing: Vec<_> = [12, 13]
-            .into_iter()
-            .map(|j| {
-                let batcher = batcher.clone();
-                tokio::spawn(async move { batcher.call(j).await })
-            })
-            .collect();
+        let failing: Vec<_> = [12, 13].into_iter().map(|j| spawn_call(&batcher, j)).collect();
         settle().await;
         gate.add_permits(3);
         assert!(matches!(first.await.unwrap(), Outcome::Done(2)));

@@ -243,12 +243,13 @@ async fn three_loaded_sessions(store: &Arc<dyn Store>) -> Vec<SessionId> {
 
 /// Saves of all `ids` at once (each sets `n` to its index), while another
 /// transaction holds the row of `ids[0]`: the saves of the others, sent
-/// together with it, must finish; the first must wait for its row. Returns
-/// the first save, to be awaited once the row is released.
+/// together with it, must finish; the first must wait for its row, and be
+/// applied once `release` has released it.
 async fn saves_pass_a_row_locked_elsewhere(
     store: &Arc<dyn Store>,
     ids: &[SessionId],
-) -> tokio::task::JoinHandle<hipflask::Updated> {
+    release: impl std::future::Future<Output = ()>,
+) {
     use hipflask::{Changes, Update, Updated, Value};
     let now = hipflask_conformance::NOW;
     let mut saves: Vec<_> = ids
@@ -270,7 +271,9 @@ async fn saves_pass_a_row_locked_elsewhere(
         assert_eq!(done.expect("a save waited for another session's locked row").unwrap(), Updated::Applied);
     }
     assert!(!first.is_finished(), "a save went past its own locked row");
-    first
+    release.await;
+    assert_eq!(first.await.unwrap(), Updated::Applied);
+    saved_in_order(store, ids).await;
 }
 
 /// Each of `ids` holds its index as `n`.
@@ -294,10 +297,7 @@ async fn a_row_locked_elsewhere_holds_up_only_its_own_save() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let first = saves_pass_a_row_locked_elsewhere(&store, &ids).await;
-        tx.commit().await.unwrap();
-        assert_eq!(first.await.unwrap(), hipflask::Updated::Applied);
-        saved_in_order(&store, &ids).await;
+        saves_pass_a_row_locked_elsewhere(&store, &ids, async { tx.commit().await.unwrap() }).await;
     }
     if let Some(url) = url("MYSQL_URL") {
         let store: Arc<dyn Store> = Arc::new(MySqlStore::connect(&url).await.unwrap());
@@ -309,9 +309,6 @@ async fn a_row_locked_elsewhere_holds_up_only_its_own_save() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let first = saves_pass_a_row_locked_elsewhere(&store, &ids).await;
-        tx.commit().await.unwrap();
-        assert_eq!(first.await.unwrap(), hipflask::Updated::Applied);
-        saved_in_order(&store, &ids).await;
+        saves_pass_a_row_locked_elsewhere(&store, &ids, async { tx.commit().await.unwrap() }).await;
     }
 }
