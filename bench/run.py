@@ -335,8 +335,11 @@ def median_run(runs):
 
 def main_table(all_servers, args, tmp, redis_url, results):
     """Every server started at once (idle ones cost nothing), then measured in
-    interleaved rounds: drift on a shared machine hits all servers alike, and
-    each figure is the median of the rounds."""
+    interleaved rounds, each figure the median of the rounds. Within a round,
+    bare axum runs just before and just after every other server: this
+    machine's speed drifts by a fifth over a minute, and a round of one route
+    takes that long, so each server's ratio is taken against the mean of the
+    two bare runs beside it rather than against one bare run a minute away."""
     prepared = []
     try:
         for server in all_servers:
@@ -346,22 +349,37 @@ def main_table(all_servers, args, tmp, redis_url, results):
             server.contended = server.seed(1)[0]
             measure(server, "read", 1, server.many)  # warm-up, not recorded
         runs = {(s.name, r): [] for s in prepared for r in ROUTES}
+        paired = {(s.name, r): [] for s in prepared for r in ROUTES}
+        bare = next((s for s in prepared if s.name == "axum-bare"), None)
+
+        def one(server, round_, route):
+            before = store_statements(server.name, redis_url)
+            run = measure(server, route, args.seconds, server.many)
+            if before is not None:
+                run["store_ops"] = (store_statements(server.name, redis_url) - before) / max(run["requests"], 1)
+            runs[(server.name, route)].append(run)
+            print(f"  round {round_ + 1} {server.name:13} /bench/{route:5} {run['rps']:9.0f} req/s  "
+                  f"{run['cpu_us']:6.1f} us/req (server {run['server_us']:.1f} + store {run['store_us']:.1f})  "
+                  f"non-2xx {run['non_2xx']}", flush=True)
+            return run
+
         for round_ in range(args.rounds):
             for route in ROUTES:
-                for server in prepared:
-                    before = store_statements(server.name, redis_url)
-                    run = measure(server, route, args.seconds, server.many)
-                    if before is not None:
-                        run["store_ops"] = (store_statements(server.name, redis_url) - before) / max(run["requests"], 1)
-                    runs[(server.name, route)].append(run)
-                    print(f"  round {round_ + 1} {server.name:13} /bench/{route:5} {run['rps']:9.0f} req/s  "
-                          f"{run['cpu_us']:6.1f} us/req (server {run['server_us']:.1f} + store {run['store_us']:.1f})  "
-                          f"non-2xx {run['non_2xx']}", flush=True)
+                last_bare = one(bare, round_, route) if bare else None
+                # Flask's rows are not divided by bare axum's: run after the others, unbracketed.
+                for server in sorted((s for s in prepared if s is not bare), key=lambda s: s.group == "flask"):
+                    one(server, round_, route)
+                    if bare and server.group != "flask":
+                        next_bare = one(bare, round_, route)
+                        paired[(server.name, route)].append((last_bare["cpu_us"] + next_bare["cpu_us"]) / 2)
+                        last_bare = next_bare
         for server in prepared:
             row = {"label": server.label, "group": server.group}
             for route in ROUTES:
                 row[route] = median_run(runs[(server.name, route)])
                 row[route]["rounds_cpu_us"] = [r["cpu_us"] for r in runs[(server.name, route)]]
+                if paired[(server.name, route)]:
+                    row[route]["rounds_bare_us"] = paired[(server.name, route)]
             results[server.name] = row
         print("== contention: one session, all connections", flush=True)
         for server in prepared:
