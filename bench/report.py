@@ -3,6 +3,7 @@
 import json
 import statistics
 import sys
+import textwrap
 from pathlib import Path
 
 # Each hipflask backend against the Flask deployment it replaces: the same kind of store under
@@ -88,19 +89,17 @@ def write(results, docs):
             "",
             "## CPU per request against bare axum",
             "",
-            *(
-                [
-                    "Server + store CPU per request divided by the mean of bare axum's two runs just before",
-                    "and just after it in the same round (each run is a few seconds; the machine's speed",
-                    "drifts over a round's minute); the median over the rounds, with the lowest and highest",
-                    "round after it. Targets from the performance issue in brackets.",
-                ]
-                if bracketed
-                else [
-                    "Server + store CPU per request divided by bare axum's in the same round (rounds are",
-                    "interleaved, so the two ran moments apart); the median over the rounds, with the lowest and",
-                    "highest round after it. Targets from the performance issue in brackets.",
-                ]
+            *textwrap.wrap(
+                "Server + store CPU per request divided by "
+                + (
+                    "the mean of bare axum's two runs just before and just after it in the same round "
+                    "(each run is a few seconds; the machine's speed drifts over a round's minute)"
+                    if bracketed
+                    else "bare axum's in the same round (rounds are interleaved, so the two ran moments apart)"
+                )
+                + "; the median over the rounds, with the lowest and highest round after it. "
+                "Targets from the performance issue in brackets.",
+                96,
             ),
             "",
             "| server | /bench/read | /bench/write |",
