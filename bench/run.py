@@ -307,6 +307,8 @@ def servers(args, tmp, redis_url):
         ]
     return before + [
         Server("axum-bare", "axum, no session layer", [*peer, "axum-bare", "127.0.0.1:{port}"], group="peer"),
+        # The floor of Flask's wire format: a session response's headers, no session.
+        Server("axum-wire", "axum, no session layer, a session response's headers", [*peer, "axum-wire", "127.0.0.1:{port}"], group="peer"),
         Server("cookie", "hipflask, signed cookie", demo, {**base, "SESSION_TYPE": "cookie"}),
         Server("memory", "hipflask, memory", demo, {**server_side, "SESSION_TYPE": "memory", "SESSION_MEMORY_CAPACITY": "2000000"}),
         Server("filesystem", "hipflask, filesystem", demo, {**server_side, "SESSION_TYPE": "filesystem", "SESSION_FILE_DIR": f"{tmp}/files"}),
@@ -383,7 +385,7 @@ def main_table(all_servers, args, tmp, redis_url, results):
             results[server.name] = row
         print("== contention: one session, all connections", flush=True)
         for server in prepared:
-            if server.name in ("axum-bare", "cookie", "actix-cookie", "flask-cookie"):
+            if server.name in ("axum-bare", "axum-wire", "cookie", "actix-cookie", "flask-cookie"):
                 continue
             # Every connection increments the same session's counter.
             run = measure(server, "write", args.seconds, lua_script([server.contended], tmp))

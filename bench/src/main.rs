@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-const KINDS: &str = "axum-bare | tower-memory | tower-redis | actix-cookie | actix-redis";
+const KINDS: &str = "axum-bare | axum-wire | tower-memory | tower-redis | actix-cookie | actix-redis";
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -19,6 +19,7 @@ fn main() -> std::io::Result<()> {
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     match kind.as_str() {
         "axum-bare" => tokio_main(axum_peer::bare(), addr),
+        "axum-wire" => tokio_main(axum_peer::wire(), addr),
         "tower-memory" => tokio_main(axum_peer::tower_memory(), addr),
         "tower-redis" => {
             let runtime = tokio_runtime()?;
@@ -45,8 +46,13 @@ fn tokio_main(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
 mod axum_peer {
     use std::net::SocketAddr;
 
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use axum::Router;
-    use axum::http::StatusCode;
+    use axum::extract::Request;
+    use axum::http::header::{COOKIE, SET_COOKIE, VARY};
+    use axum::http::{HeaderValue, StatusCode};
+    use axum::response::{IntoResponse, Response};
     use axum::routing::get;
 
     pub(crate) async fn serve(app: Router, addr: SocketAddr) -> std::io::Result<()> {
@@ -62,6 +68,46 @@ mod axum_peer {
             .route("/bench/read", get(|| async { "0" }))
             .route("/bench/write", get(|| async { "1" }))
             .route("/bench/seed", get(|| async { "1" }))
+    }
+
+    /// Bare axum answering with what a Flask-compatible session response carries, and no session:
+    /// `Vary: Cookie` on reads and writes, a write's `Set-Cookie` with the request's id and an
+    /// `Expires` date, and the count as a `String` body. The floor of the wire format: what a
+    /// session layer costs beyond it is its own work.
+    pub(crate) fn wire() -> Router {
+        Router::new()
+            .route("/bench/none", get(|| async { "ok" }))
+            .route("/bench/read", get(|| async { ([(VARY, HeaderValue::from_static("Cookie"))], count()) }))
+            .route("/bench/write", get(wire_write))
+            .route("/bench/seed", get(wire_seed))
+    }
+
+    /// The handler's answer as the session peers make it: a number formatted into a `String`.
+    fn count() -> String {
+        std::hint::black_box(1i64).to_string()
+    }
+
+    /// A `Set-Cookie` as Flask-Session writes a permanent session's: the id the request sent,
+    /// an `Expires` of the same length as a real one, `HttpOnly` and `Path=/`.
+    async fn wire_write(request: Request) -> Response {
+        const TAIL: &str = "; Expires=Tue, 05 Jan 2027 09:25:31 GMT; HttpOnly; Path=/";
+        let id = request.headers().get(COOKIE).and_then(|v| v.as_bytes().strip_prefix(b"session=")).unwrap_or_default();
+        let mut cookie = Vec::with_capacity(8 + id.len() + TAIL.len());
+        cookie.extend_from_slice(b"session=");
+        cookie.extend_from_slice(id);
+        cookie.extend_from_slice(TAIL.as_bytes());
+        let Ok(cookie) = HeaderValue::try_from(cookie) else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        ([(VARY, HeaderValue::from_static("Cookie")), (SET_COOKIE, cookie)], count()).into_response()
+    }
+
+    /// Hands out ids shaped as Flask-Session's (43 characters), so requests carry a cookie of the
+    /// real size.
+    async fn wire_seed() -> impl IntoResponse {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let cookie = format!("session={:043}; Path=/", NEXT.fetch_add(1, Ordering::Relaxed));
+        ([(SET_COOKIE, cookie)], "1")
     }
 
     type Answer = Result<String, StatusCode>;
