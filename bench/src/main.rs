@@ -45,7 +45,6 @@ fn tokio_main(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
 
 mod axum_peer {
     use std::net::SocketAddr;
-
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use axum::Router;
