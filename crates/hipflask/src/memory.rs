@@ -60,6 +60,17 @@ struct Entry {
     user: Option<String>,
 }
 
+/// A key a session reading through a [`Compact`] record changed: one of the
+/// record's, by position, or a new one. Overwriting a key, the usual write,
+/// then copies no name, and the store finds the entry without a search.
+#[derive(Clone, Debug)]
+pub(crate) enum Key {
+    /// The record's entry at this position.
+    Stored(usize),
+    /// A key the record does not have.
+    New(String),
+}
+
 /// A stored session's data: its entries in key order, in one allocation
 /// that fits them. A `Dict` (a B-tree) allocates a node with room for
 /// eleven entries however few it holds: for the usual session of a few keys
@@ -94,6 +105,20 @@ impl Compact {
 
     fn find(&self, key: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    /// Where `key` is among the entries.
+    pub(crate) fn position(&self, key: &str) -> Option<usize> {
+        self.find(key).ok()
+    }
+
+    /// The name of a key a session changed.
+    pub(crate) fn name<'a>(&'a self, key: &'a Key) -> &'a str {
+        match key {
+            // Positions come from `position` on this very record.
+            Key::Stored(i) => self.0.get(*i).map_or("", |(k, _)| k),
+            Key::New(k) => k,
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&Value> {
@@ -237,20 +262,23 @@ impl MemoryStore {
     /// [`Store::update`] for a session that read through `base`, the record
     /// [`load_shared`](Self::load_shared) gave it, handed back here so that
     /// the store can change the record in place when nobody else holds it.
+    /// `over` is what the session set (`Some`) or removed (`None`), in key
+    /// order, with keys of `base` named by position.
     ///
     /// When the stored record is still `base`, nothing changed it since the
     /// load (a record is never changed while a session holds it), so there is
     /// no conflict to look for, and the record after the changes is exactly
     /// the session's view: it is returned with `true` for the session to read
-    /// through from now on. Otherwise the stored record is compared with
-    /// `base` key by key (with `check`, [`ConflictPolicy::Reject`]) and
-    /// `base` is returned with `false`: the session keeps its own view.
+    /// through from now on, and the values set may have been moved out of
+    /// `over`. Otherwise the stored record is compared with `base` key by key
+    /// (with `check`, [`ConflictPolicy::Reject`]) and `base` is returned with
+    /// `false`: the session keeps its own view, and `over` is untouched.
     ///
     /// [`ConflictPolicy::Reject`]: crate::ConflictPolicy::Reject
     pub(crate) fn update_shared(
         &self,
         id: &SessionId,
-        changes: &Changes,
+        over: &mut [(Key, Option<Value>)],
         expires_at: u64,
         base: Compact,
         check: bool,
@@ -261,6 +289,31 @@ impl MemoryStore {
         let Some(entry) = sessions.get_mut(id).filter(|e| e.expires_at > now) else {
             return (Ok(Updated::Gone), base, false);
         };
+        // The usual write: keys the loaded record has, set again, and nothing
+        // changed the record since. Done by position, with the values moved
+        // in, once the session's hold is let go: the entries are copied only
+        // if another request holds them.
+        if entry.data.same(&base) && over.iter().all(|(k, v)| matches!(k, Key::Stored(_)) && v.is_some()) {
+            drop(base);
+            let entries = Arc::make_mut(&mut entry.data.0);
+            let mut user_changed = false;
+            for (key, value) in over.iter_mut() {
+                if let (Key::Stored(i), Some(v)) = (key, value.take())
+                    && let Some((name, slot)) = entries.get_mut(*i)
+                {
+                    *slot = v;
+                    user_changed |= **name == *self.user_key;
+                }
+            }
+            entry.expires_at = expires_at;
+            if user_changed {
+                Inner::move_user(users, id, entry, &self.user_key);
+            }
+            return (Ok(Updated::Applied), entry.data.clone(), true);
+        }
+        // Anything else goes by name, as another store's update does.
+        let changes =
+            Changes { cleared: false, keys: over.iter().map(|(k, v)| (base.name(k).to_owned(), v.clone())).collect() };
         // Still the record the session loaded: nothing changed it since, so
         // there is nothing to compare. Let go of the session's hold first,
         // under the store's lock: the record is then changed in place unless
@@ -273,9 +326,9 @@ impl MemoryStore {
         } else {
             Some(base)
         };
-        entry.data.apply_unchecked(changes);
+        entry.data.apply_unchecked(&changes);
         entry.expires_at = expires_at;
-        Inner::reindex_user(users, id, entry, &self.user_key, changes);
+        Inner::reindex_user(users, id, entry, &self.user_key, &changes);
         match kept {
             None => (Ok(Updated::Applied), entry.data.clone(), true),
             Some(base) => (Ok(Updated::Applied), base, false),
@@ -303,6 +356,12 @@ impl Inner {
         if !changes.cleared && changes.keys.iter().all(|(key, _)| key != user_key) {
             return;
         }
+        Inner::move_user(users, id, entry, user_key);
+    }
+
+    /// Moves `id` in the user index to the user `entry` now names, if that
+    /// is another one.
+    fn move_user(users: &mut HashMap<String, HashSet<SessionId>>, id: &SessionId, entry: &mut Entry, user_key: &str) {
         let user = entry.data.user(user_key);
         if user == entry.user {
             return;

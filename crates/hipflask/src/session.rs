@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind};
-use crate::memory::{Compact, MemoryStore};
+use crate::memory::{Compact, Key, MemoryStore};
 use crate::sid::SessionId;
 use crate::store::{Changes, Updated};
 use crate::value::{Dict, Value};
@@ -95,40 +95,116 @@ enum Data {
 /// while a session is layered, its `map` is an empty map that nothing reads.
 struct Layered {
     base: Compact,
-    /// Each key set (`Some`) or removed (`None`), in key order.
-    over: Vec<(String, Option<Value>)>,
+    /// Each key set (`Some`) or removed (`None`), in key order; a key of
+    /// `base` is named by its position there.
+    over: Over,
+}
+
+/// One key a layered session set (`Some`) or removed (`None`).
+type Change = (Key, Option<Value>);
+
+/// The changes of a layered session, held inline while there is one: the
+/// usual write sets one key, and a vector for it cost an allocation on
+/// every such request.
+enum Over {
+    Inline(Option<Change>),
+    Heap(Vec<Change>),
+}
+
+impl Over {
+    fn as_slice(&self) -> &[Change] {
+        match self {
+            Over::Inline(one) => one.as_slice(),
+            Over::Heap(all) => all,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Change] {
+        match self {
+            Over::Inline(one) => one.as_mut_slice(),
+            Over::Heap(all) => all,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Inserts `change` at position `i` (at most the length).
+    fn insert(&mut self, i: usize, change: Change) {
+        match self {
+            Over::Inline(one) => match one.take() {
+                None => *one = Some(change),
+                Some(first) => {
+                    let mut all = Vec::with_capacity(4);
+                    all.push(first);
+                    all.insert(i.min(1), change);
+                    *self = Over::Heap(all);
+                }
+            },
+            Over::Heap(all) => all.insert(i, change),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Over::Inline(None);
+    }
+
+    fn into_vec(self) -> Vec<Change> {
+        match self {
+            Over::Inline(one) => one.into_iter().collect(),
+            Over::Heap(all) => all,
+        }
+    }
 }
 
 impl Layered {
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.over.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        self.over.as_slice().binary_search_by(|(k, _)| self.base.name(k).cmp(key))
     }
 
     fn get(&self, key: &str) -> Option<&Value> {
         match self.find(key) {
-            Ok(i) => self.over[i].1.as_ref(),
+            Ok(i) => self.over.as_slice()[i].1.as_ref(),
             Err(_) => self.base.get(key),
+        }
+    }
+
+    /// Sets `key` to `value`; its name is copied only if `base` lacks it.
+    fn set(&mut self, key: impl AsRef<str> + Into<String>, value: Value) {
+        match self.find(key.as_ref()) {
+            Ok(i) => self.over.as_mut_slice()[i].1 = Some(value),
+            Err(i) => {
+                let key = self.base.position(key.as_ref()).map_or_else(|| Key::New(key.into()), Key::Stored);
+                self.over.insert(i, (key, Some(value)));
+            }
         }
     }
 
     /// Removes `key`, returning its value: a change like any other.
     fn remove(&mut self, key: &str) -> Option<Value> {
         match self.find(key) {
-            Ok(i) => self.over[i].1.take(),
+            Ok(i) => self.over.as_mut_slice()[i].1.take(),
             Err(i) => {
-                let value = self.base.get(key).cloned()?;
-                self.over.insert(i, (key.to_owned(), None));
-                Some(value)
+                let at = self.base.position(key)?;
+                let value = self.base.get(key).cloned();
+                self.over.insert(i, (Key::Stored(at), None));
+                value
             }
         }
+    }
+
+    /// Each change with its key's name, in key order.
+    fn changes(&self) -> impl Iterator<Item = (&str, Option<&Value>)> {
+        self.over.as_slice().iter().map(|(k, v)| (self.base.name(k), v.as_ref()))
     }
 
     /// The entries as one map.
     fn to_dict(&self) -> Dict {
         let mut dict = self.base.to_dict();
-        for (key, value) in &self.over {
+        for (key, value) in self.changes() {
             match value {
-                Some(v) => dict.insert(key.clone(), v.clone()),
+                Some(v) => dict.insert(key.to_owned(), v.clone()),
                 None => dict.remove(key),
             };
         }
@@ -137,9 +213,10 @@ impl Layered {
 
     /// Whether no key but `_permanent` is present.
     fn falsy(&self) -> bool {
-        let over_falsy = self.over.iter().all(|(k, v)| v.is_none() || k == PERMANENT_KEY);
+        let over = self.over.as_slice();
+        let over_falsy = self.changes().all(|(k, v)| v.is_none() || k == PERMANENT_KEY);
         over_falsy
-            && self.base.keys().all(|k| k == PERMANENT_KEY || matches!(self.find(k), Ok(i) if self.over[i].1.is_none()))
+            && self.base.keys().all(|k| k == PERMANENT_KEY || matches!(self.find(k), Ok(i) if over[i].1.is_none()))
     }
 }
 
@@ -211,12 +288,14 @@ impl Inner {
         let Some(layered) = self.layer.take() else { return };
         self.map = Data::Owned(layered.to_dict());
         let keep = self.keep_originals;
+        let Layered { base, over } = layered;
         // A layered session keeps no notes: its record is what it loaded.
-        self.notes = layered
-            .over
+        self.notes = over
+            .into_vec()
             .into_iter()
             .map(|(key, _)| {
-                let original = keep.then(|| layered.base.get(&key).cloned());
+                let key = base.name(&key).to_owned();
+                let original = keep.then(|| base.get(&key).cloned());
                 Note { key, touched: true, original }
             })
             .collect();
@@ -260,10 +339,7 @@ impl Inner {
     /// [`will_change`]: Inner::will_change
     fn set(&mut self, key: impl AsRef<str> + Into<String>, value: Value) {
         if let Some(layered) = &mut self.layer {
-            match layered.find(key.as_ref()) {
-                Ok(i) => layered.over[i].1 = Some(value),
-                Err(i) => layered.over.insert(i, (key.into(), Some(value))),
-            }
+            layered.set(key, value);
             return;
         }
         if self.untracked {
@@ -424,7 +500,7 @@ impl Session {
     /// (see [`Layered`]).
     pub(crate) fn layered(base: Compact, id: SessionId, stored: (u64, u64), keep_loaded: bool) -> Session {
         let server = Server { id, stored: Some(stored), regenerate: false, destroy: false, read_only: false };
-        let layer = Layered { base, over: Vec::new() };
+        let layer = Layered { base, over: Over::Inline(None) };
         Session::build(Data::Owned(Dict::new()), Some(layer), false, Some(server), keep_loaded, false)
     }
 
@@ -726,8 +802,9 @@ impl Session {
             return (Changes { cleared: true, keys }, loaded.then(Vec::new));
         }
         if let Some(layered) = &inner.layer {
-            let originals = loaded.then(|| layered.over.iter().map(|(k, _)| layered.base.get(k).cloned()).collect());
-            return (Changes { cleared: false, keys: layered.over.clone() }, originals);
+            let originals = loaded.then(|| layered.changes().map(|(k, _)| layered.base.get(k).cloned()).collect());
+            let keys = layered.changes().map(|(k, v)| (k.to_owned(), v.cloned())).collect();
+            return (Changes { cleared: false, keys }, originals);
         }
         let mut keys = Vec::new();
         let mut originals = Vec::new();
@@ -848,11 +925,9 @@ impl Session {
     ) -> Option<Result<Updated, Error>> {
         let mut inner = self.raw();
         let check = inner.keep_originals;
-        let layered = inner.layer.take()?;
-        // The changed keys move to the store and back: nothing is copied.
-        let changes = Changes { cleared: false, keys: layered.over };
-        let (answer, base, folded) = store.update_shared(id, &changes, expires_at, layered.base, check, now);
-        let mut over = changes.keys;
+        let Layered { base, mut over } = inner.layer.take()?;
+        // The changed values move to the store when it takes them in place.
+        let (answer, base, folded) = store.update_shared(id, over.as_mut_slice(), expires_at, base, check, now);
         if folded {
             // The record now holds exactly this view.
             over.clear();
