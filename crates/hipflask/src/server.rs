@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use crate::config::{Config, SaveOutcome};
 use crate::error::Error;
 use crate::memory::MemoryStore;
-use crate::session::{PERMANENT_KEY, Session};
+use crate::session::{PERMANENT_KEY, SaveState, Session};
 use crate::sid::{SessionId, SidSigner};
 use crate::store::{Changes, ConflictPolicy, Record, Store, Update, Updated, apply_changes};
 use crate::value::{Dict, Value};
@@ -286,16 +286,27 @@ impl Config {
     /// a [`Slow`] kind and starts over in `save_server_slow`, where its store
     /// calls outweigh looking at the session again.
     pub(crate) fn save_server_now(&self, server: &ServerSide, session: &Session) -> SaveStep {
-        if let Some(out) = self.save_server_in_place(server, session) {
-            return SaveStep::Done(Ok(out));
-        }
-        let Some(state) = session.server_state() else {
+        // One look at the session under one lock, which a caller that already
+        // tried `save_server_in_place` does not repeat. Most requests only
+        // read: the data is looked at in place, and copied out only on the
+        // paths that create a record.
+        let Some(SaveState { server: state, modified, accessed, permanent, empty, layered_changes }) =
+            session.save_state()
+        else {
             return SaveStep::Done(self.save(session));
         };
-        // Most requests only read: look at the data in place, and copy it out
-        // only on the paths that create a record.
-        let (modified, accessed, permanent, empty) = session.save_flags();
         let out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
+        if !modified && !state.destroy && !state.regenerate {
+            // What `save_server_in_place` answers: nothing to write unless the
+            // expiry refresh is due (never for a read-only session).
+            let refresh = match state.stored {
+                Some((_, stored_expires)) if !state.read_only => self.refresh_due(server, stored_expires, self.now()),
+                _ => false,
+            };
+            if !refresh {
+                return SaveStep::Done(Ok(out));
+            }
+        }
         if state.read_only {
             if modified {
                 tracing::warn!("changes to a session served while the store was failing are not saved");
@@ -317,7 +328,7 @@ impl Config {
         let (now, created_at, expires_at) = self.save_times(server, state.stored);
         let refresh_due = || self.refresh_due(server, stored_expires, now);
         // A memory store's session saves through the record it reads.
-        let layered = server.memory.as_ref().and_then(|memory| Some((memory, session.layered_changes()?)));
+        let layered = server.memory.as_ref().and_then(|memory| Some((memory, layered_changes?)));
         let answered = match layered {
             Some((_, false)) if !refresh_due() => return SaveStep::Done(Ok(out)),
             // `None` only if another handle just made it a map: saved below.
@@ -414,10 +425,9 @@ impl Config {
     /// The saves that create, delete or move a record: destroyed and
     /// regenerated sessions, and the first save of a new one.
     async fn save_server_slow(&self, server: &ServerSide, session: &Session, slow: Slow) -> Result<SaveOutcome, Error> {
-        let Some(state) = session.server_state() else {
+        let Some(SaveState { server: state, modified, accessed, permanent, empty, .. }) = session.save_state() else {
             return self.save(session);
         };
-        let (modified, accessed, permanent, empty) = session.save_flags();
         let data = || session.inspect(|d, _, _| d.clone());
         let mut out = SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None };
         let (now, _, expires_at) = self.save_times(server, state.stored);

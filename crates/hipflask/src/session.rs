@@ -405,6 +405,22 @@ pub(crate) struct Server {
     pub(crate) read_only: bool,
 }
 
+/// What a server-side save looks at (see [`Session::save_state`]). Reading
+/// a layered session for it leaves the session layered.
+#[derive(Debug)]
+pub(crate) struct SaveState {
+    pub(crate) server: Server,
+    pub(crate) modified: bool,
+    pub(crate) accessed: bool,
+    pub(crate) permanent: bool,
+    /// "Falsy" as Flask-Session says: no key but `_permanent`, which ends
+    /// the session.
+    pub(crate) empty: bool,
+    /// For a layered session, whether it has changes for the store (`None`:
+    /// not layered).
+    pub(crate) layered_changes: Option<bool>,
+}
+
 /// One flashed message with its category.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Flash {
@@ -841,8 +857,25 @@ impl Session {
         s
     }
 
-    pub(crate) fn server_state(&self) -> Option<Server> {
-        self.raw().server.clone()
+    /// Everything a server-side save decides on, read under one lock.
+    /// `None` for cookie sessions.
+    pub(crate) fn save_state(&self) -> Option<SaveState> {
+        let inner = self.raw();
+        let server = inner.server.clone()?;
+        let permanent = inner.get(PERMANENT_KEY).is_some_and(Value::is_truthy);
+        let empty = match &inner.layer {
+            Some(layered) => layered.falsy(),
+            None => inner.map.keys().all(|k| k == PERMANENT_KEY),
+        };
+        let layered_changes = inner.layer.as_ref().map(|l| inner.modified && !l.over.is_empty());
+        Some(SaveState {
+            server,
+            modified: inner.modified,
+            accessed: inner.accessed,
+            permanent,
+            empty,
+            layered_changes,
+        })
     }
 
     /// Forgets this request's unsaved changes, so nothing is written when the
@@ -889,25 +922,6 @@ impl Session {
         let mut inner = self.raw();
         let (modified, accessed) = (inner.modified, inner.accessed);
         f(inner.dict(), modified, accessed)
-    }
-
-    /// What a server-side save looks at first: whether the session is
-    /// modified, accessed, permanent, and "falsy" as Flask-Session says (no
-    /// key but `_permanent`), which ends it. Layered sessions stay layered.
-    pub(crate) fn save_flags(&self) -> (bool, bool, bool, bool) {
-        let inner = self.raw();
-        let permanent = inner.get(PERMANENT_KEY).is_some_and(Value::is_truthy);
-        let empty = match &inner.layer {
-            Some(layered) => layered.falsy(),
-            None => inner.map.keys().all(|k| k == PERMANENT_KEY),
-        };
-        (inner.modified, inner.accessed, permanent, empty)
-    }
-
-    /// Whether a layered session has changes to save (`None`: not layered).
-    pub(crate) fn layered_changes(&self) -> Option<bool> {
-        let inner = self.raw();
-        inner.layer.as_ref().map(|l| inner.modified && !l.over.is_empty())
     }
 
     /// The save of a layered session, in place: hands the store this
@@ -1139,7 +1153,7 @@ mod tests {
             Op::Saved => format!("{:?}", s.mark_saved(SessionId::generate(), Some((0, 100)))),
         };
         let (changes, loaded) = s.changes_and_loaded(true);
-        let flags = s.save_flags();
+        let flags = s.save_state().map(|st| (st.modified, st.accessed, st.permanent, st.empty));
         format!("{answer} | {:?} {:?} {flags:?} {}", changes, loaded, s.is_modified())
     }
 
