@@ -8,6 +8,12 @@ use std::borrow::Cow;
 /// request reads it.
 pub(crate) fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &[u8]) -> Option<Cow<'a, [u8]>> {
     for header in headers {
+        // The usual header starts with the session cookie: its first pair is
+        // then this one, whatever follows, with no name to search for.
+        if let Some(value) = header.strip_prefix(name).and_then(|rest| rest.strip_prefix(b"=")) {
+            let value = find_semicolon(value).map_or(value, |i| &value[..i]);
+            return Some(unquote(value.trim_ascii()));
+        }
         let mut rest = Some(header);
         while let Some(text) = rest {
             let (pair, after) = match find_semicolon(text) {
@@ -83,6 +89,27 @@ mod tests {
         let h: [&[u8]; 2] = [b"a=1; session=first; session=second", b"session=third"];
         assert_eq!(find_cookie(h, b"session").as_deref(), Some(&b"first"[..]));
         assert_eq!(find_cookie([&b"xsession=1; session_x=2"[..]], b"session"), None);
+    }
+
+    #[test]
+    fn a_header_that_starts_with_the_cookie_reads_as_any_other() {
+        // Each header both as it is and behind another cookie, which the
+        // general path reads: the two must agree.
+        for h in [
+            &b"session=abc"[..],
+            b"session=abc; other=1",
+            b"session= abc ;x=2",
+            b"session=",
+            b"session=;session=second",
+            b"session=\"a\\054b\"; x=1",
+            b"session==x",
+            b"sessionx=1; session=2",
+            b"session =1; session=2",
+        ] {
+            let behind = [&b"a=b; "[..], h].concat();
+            assert_eq!(find_cookie([h], b"session"), find_cookie([&behind[..]], b"session"), "{h:?}");
+        }
+        assert_eq!(find_cookie([&b"session=abc ; x=1"[..]], b"session").as_deref(), Some(&b"abc"[..]));
     }
 
     #[test]
