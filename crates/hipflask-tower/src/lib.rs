@@ -63,6 +63,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
@@ -198,6 +199,9 @@ struct Slot {
     /// What an explicit `Session::save` inside the handler produced; the
     /// response gets its cookie unless a later save replaces it.
     saved: std::sync::Mutex<Option<SaveOutcome>>,
+    /// Whether `saved` was ever set: most handlers never save explicitly,
+    /// and the response then skips the lock.
+    explicit: AtomicBool,
 }
 
 impl Slot {
@@ -208,10 +212,14 @@ impl Slot {
     fn remember(&self, outcome: SaveOutcome) {
         let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *saved = Some(merge(saved.take(), outcome));
+        self.explicit.store(true, Ordering::Release);
     }
 
     /// The final outcome, folded over any explicit saves.
     fn finish(&self, last: Option<SaveOutcome>) -> Option<SaveOutcome> {
+        if !self.explicit.load(Ordering::Acquire) {
+            return last;
+        }
         let earlier = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         match (earlier, last) {
             (None, last) => last,
@@ -353,6 +361,7 @@ where
             cookies: Cookies::from_headers(req.headers()),
             session: OnceLock::new(),
             saved: std::sync::Mutex::new(None),
+            explicit: AtomicBool::new(false),
         });
         req.extensions_mut().insert(LazySession(slot.clone()));
         ResponseFuture { state: State::Running { inner: self.inner.call(req), slot: Some(slot) } }
@@ -687,6 +696,7 @@ mod tests {
             cookies: Cookies::One(cookie),
             session: OnceLock::new(),
             saved: std::sync::Mutex::new(None),
+            explicit: AtomicBool::new(false),
         })
     }
 
