@@ -264,12 +264,17 @@ impl Config {
     /// changed and no expiry refresh is due. `None` means call `save_server`.
     pub(crate) fn save_server_in_place(&self, server: &ServerSide, session: &Session) -> Option<SaveOutcome> {
         let (accessed, stored) = session.unchanged_server()?;
-        if let Some((_, stored_expires)) = stored
-            && self.refresh_due(server, stored_expires, self.now())
-        {
+        if self.unchanged_refresh_due(server, stored) {
             return None;
         }
         Some(SaveOutcome { vary_cookie: accessed, vary_first: accessed, set_cookie: None })
+    }
+
+    /// Whether an unchanged session is written anyway, for its expiry:
+    /// `stored` is its stored times, `None` when it is not stored or is
+    /// read-only (never written).
+    fn unchanged_refresh_due(&self, server: &ServerSide, stored: Option<(u64, u64)>) -> bool {
+        stored.is_some_and(|(_, stored_expires)| self.refresh_due(server, stored_expires, self.now()))
     }
 
     /// Whether an unchanged session's expiry is rewritten now: once the
@@ -299,11 +304,8 @@ impl Config {
         if !modified && !state.destroy && !state.regenerate {
             // What `save_server_in_place` answers: nothing to write unless the
             // expiry refresh is due (never for a read-only session).
-            let refresh = match state.stored {
-                Some((_, stored_expires)) if !state.read_only => self.refresh_due(server, stored_expires, self.now()),
-                _ => false,
-            };
-            if !refresh {
+            let stored = if state.read_only { None } else { state.stored };
+            if !self.unchanged_refresh_due(server, stored) {
                 return SaveStep::Done(Ok(out));
             }
         }
