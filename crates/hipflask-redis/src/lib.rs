@@ -365,7 +365,9 @@ impl RedisStore {
             // Tracking is off after a disconnection: the connection manager
             // has reconnected (or will), without it. Until it is back on,
             // reads go through uncached.
-            match local.enable_tracking(ticket).await {
+            // Boxed, as it is rare (after a disconnection): inline, it would
+            // grow every load's future, allocated and copied on each request.
+            match Box::pin(local.enable_tracking(ticket)).await {
                 Ok(Some(on)) => ticket = on,
                 Ok(None) => {}
                 // Debug only: while Redis is down this fails on every request,
@@ -472,7 +474,9 @@ impl RedisStore {
         };
         if let Some((_, Some(v))) = update.changes.keys.iter().find(|(k, _)| *k == self.user_key) {
             let data: Dict = [(self.user_key.clone(), v.clone())].into();
-            self.index(id, &data).await?;
+            // Boxed, as it is rare (a login): inline, it would grow every
+            // save's future, allocated and copied on each request.
+            Box::pin(self.index(id, &data)).await?;
         }
         Ok((Updated::Applied, stored))
     }
@@ -606,14 +610,21 @@ impl RedisStore {
     /// Runs the merge script: once, and with the changes a second time when
     /// they were left out and the stored bytes were not those expected.
     async fn run_merge(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
-        let result = self.run_script(tracked, args).await?;
-        if args.omit_changes && result == RValue::Int(3) {
-            // Stored bytes other than those expected (another process wrote):
-            // the script merges the changes into what is stored.
-            let full = MergeArgs { expected: &[], merged: &[], omit_changes: false, ..*args };
-            return self.run_script(tracked, &full).await;
+        // Stored bytes other than those expected (another process wrote)
+        // answer 3: the script is called again, with the changes, to merge
+        // them into what is stored.
+        let full = MergeArgs { expected: &[], merged: &[], omit_changes: false, ..*args };
+        let mut args = args;
+        // One call site, in a loop: each `await` of the script would hold a
+        // future of its own in this one, allocated on every save.
+        loop {
+            let result = self.run_script(tracked, args).await?;
+            if args.omit_changes && result == RValue::Int(3) {
+                args = &full;
+                continue;
+            }
+            return Ok(result);
         }
-        Ok(result)
     }
 
     /// One call of the merge script, by its hash, and by its source when the
@@ -621,15 +632,24 @@ impl RedisStore {
     /// also loads it for the next calls. A refused `EVALSHA` wrote nothing,
     /// so sending the source is never a second write.
     async fn run_script(&self, tracked: bool, args: &MergeArgs<'_>) -> redis::RedisResult<RValue> {
-        let run = |verb, script| async move {
-            let replies = self.send(tracked, &ScriptCall { verb, script, args }).await?;
-            replies.into_iter().next().map_or_else(|| Err(wire::failure("Redis sent no reply to the script")), reply)
-        };
-        match run("EVALSHA", self.script.get_hash()).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                run("EVAL", MERGE).await
+        let mut call = ScriptCall { verb: "EVALSHA", script: self.script.get_hash(), args };
+        loop {
+            let replies = self.send(tracked, &call).await;
+            let result = replies.and_then(|replies| {
+                replies
+                    .into_iter()
+                    .next()
+                    .map_or_else(|| Err(wire::failure("Redis sent no reply to the script")), reply)
+            });
+            match result {
+                Err(e)
+                    if call.verb == "EVALSHA"
+                        && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    call = ScriptCall { verb: "EVAL", script: MERGE, args };
+                }
+                result => return result,
             }
-            result => result,
         }
     }
 }

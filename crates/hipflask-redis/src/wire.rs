@@ -248,7 +248,10 @@ impl Wire {
         if let Some(link) = self.live() {
             return Ok(link);
         }
-        let link = Link::connect(&self.0.info, self.0.on_push.clone()).await?;
+        // Boxed: connecting is rare, and inline its future would make every
+        // command's future (and the store's, which holds it) several times
+        // larger, copied and allocated on each request.
+        let link = Box::pin(Link::connect(&self.0.info, self.0.on_push.clone())).await?;
         *self.0.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
         Ok(link)
     }
