@@ -53,11 +53,13 @@
 //!
 //! # Timeouts
 //!
-//! On a standalone server each command waits at most 500 ms for its answer
-//! (connecting again included), so a Redis that stops answering (paused,
-//! swapping, stuck in a slow command) fails the load or save with
-//! [`ErrorKind::Timeout`] (503 from the layer, or an empty unsaved session
-//! with `fail_open`) instead of holding the request. A session command takes well under a millisecond, so only a
+//! On a standalone server each command waits 500 ms for its answer
+//! (connecting again included; up to an eighth longer, as one task per
+//! connection looks for late commands in place of a timer for each), so a
+//! Redis that stops answering (paused, swapping, stuck in a slow command)
+//! fails the load or save with [`ErrorKind::Timeout`] (503 from the layer,
+//! or an empty unsaved session with `fail_open`) instead of holding the
+//! request. A session command takes well under a millisecond, so only a
 //! Redis in trouble is that slow. The layer's
 //! [`store_timeout`](hipflask::ConfigBuilder::store_timeout) still bounds a
 //! whole load or save, retries included, and is the one to set for Redis

@@ -46,7 +46,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
 use redis::{
@@ -168,6 +168,9 @@ struct Queue {
     next_id: u64,
     /// The task that reads the socket while no request does (see [`watch`]).
     watcher: Option<Waker>,
+    /// The deadline keeper, while it sleeps for want of commands (see
+    /// [`keep_deadlines`]).
+    keeper: Option<Waker>,
 }
 
 struct Waiting {
@@ -177,6 +180,8 @@ struct Waiting {
     waker: Option<Waker>,
     /// Its request gave up: the replies are read and dropped.
     abandoned: bool,
+    /// When it gives up unanswered.
+    deadline: Instant,
 }
 
 enum Sock {
@@ -218,25 +223,32 @@ impl Wire {
             // No reply would ever complete it.
             return Ok(Vec::new());
         }
-        match tokio::time::timeout(self.0.timeout, self.send_untimed(cmds)).await {
+        let deadline = Instant::now() + self.0.timeout;
+        // The usual case, a live socket: the link's keeper (see
+        // [`keep_deadlines`]) fails the command at its deadline, which costs
+        // far less than a timer of its own for each command.
+        if let Some(link) = self.live() {
+            match Self::on(&link, cmds, deadline).await {
+                Err(e) if e.is_connection_dropped() => {}
+                result => return result,
+            }
+        }
+        // Connecting (again), with a timer for the time left: a connect can
+        // hang before any keeper exists.
+        let retry = async {
+            let link = self.link().await?;
+            Self::on(&link, cmds, deadline).await
+        };
+        match tokio::time::timeout_at(deadline.into(), retry).await {
             Ok(result) => result,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer in time").into()),
+            Err(_) => Err(timed_out()),
         }
     }
 
-    async fn send_untimed(&self, cmds: &(impl Commands + ?Sized)) -> RedisResult<Vec<Value>> {
-        let first = self.once(cmds).await;
-        match first {
-            Err(e) if e.is_connection_dropped() => self.once(cmds).await,
-            result => result,
-        }
-    }
-
-    async fn once(&self, cmds: &(impl Commands + ?Sized)) -> RedisResult<Vec<Value>> {
-        let link = self.link().await?;
-        let id = link.enqueue(cmds)?;
+    async fn on(link: &Link, cmds: &(impl Commands + ?Sized), deadline: Instant) -> RedisResult<Vec<Value>> {
+        let id = link.enqueue(cmds, deadline)?;
         // A link that failed is marked broken, and `live` passes it over.
-        Answer { link: &link, id, finished: false }.await
+        Answer { link, id, finished: false }.await
     }
 
     /// The live socket, connected first when there is none.
@@ -251,7 +263,7 @@ impl Wire {
         // Boxed: connecting is rare, and inline its future would make every
         // command's future (and the store's, which holds it) several times
         // larger, copied and allocated on each request.
-        let link = Box::pin(Link::connect(&self.0.info, self.0.on_push.clone())).await?;
+        let link = Box::pin(Link::connect(&self.0.info, self.0.on_push.clone(), self.0.timeout)).await?;
         *self.0.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
         Ok(link)
     }
@@ -309,12 +321,16 @@ pub(crate) fn failure(what: impl Into<String>) -> RedisError {
     RedisError::from(io::Error::other(what.into()))
 }
 
+fn timed_out() -> RedisError {
+    io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer in time").into()
+}
+
 fn dropped(what: &str) -> RedisError {
     RedisError::from(io::Error::new(io::ErrorKind::ConnectionReset, what.to_owned()))
 }
 
 impl Link {
-    async fn connect(info: &ConnectionInfo, on_push: Option<PushSender>) -> RedisResult<Arc<Link>> {
+    async fn connect(info: &ConnectionInfo, on_push: Option<PushSender>, timeout: Duration) -> RedisResult<Arc<Link>> {
         let mut sock = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -356,6 +372,7 @@ impl Link {
         if watched {
             tokio::spawn(watch(link.clone()));
         }
+        tokio::spawn(keep_deadlines(Arc::downgrade(&link), keeper_tick(timeout)));
         Ok(link)
     }
 
@@ -364,7 +381,7 @@ impl Link {
     }
 
     /// Queues `cmds` for writing; the id their answer will carry.
-    fn enqueue(&self, cmds: &(impl Commands + ?Sized)) -> RedisResult<u64> {
+    fn enqueue(&self, cmds: &(impl Commands + ?Sized), deadline: Instant) -> RedisResult<u64> {
         let mut q = self.lock();
         if self.broken.load(Ordering::Acquire) {
             return Err(dropped("the Redis connection was closed"));
@@ -373,8 +390,31 @@ impl Link {
         let left = cmds.count();
         let id = q.next_id;
         q.next_id += 1;
-        q.waiting.push_back(Waiting { id, left, replies: Vec::with_capacity(left), waker: None, abandoned: false });
+        q.waiting.push_back(Waiting {
+            id,
+            left,
+            replies: Vec::with_capacity(left),
+            waker: None,
+            abandoned: false,
+            deadline,
+        });
+        if let Some(keeper) = q.keeper.take() {
+            keeper.wake();
+        }
         Ok(id)
+    }
+
+    /// Fails the commands whose deadline has passed, as a timer of their
+    /// own would: they give up, and their replies are read and dropped.
+    fn expire(&self, q: &mut Queue, now: Instant) {
+        let Queue { waiting, done, .. } = q;
+        for w in waiting.iter_mut().filter(|w| !w.abandoned && w.deadline <= now) {
+            w.abandoned = true;
+            done.push((w.id, Err(timed_out())));
+            if let Some(waker) = w.waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     /// Fails every waiting request: the socket is closed or unusable.
@@ -537,12 +577,13 @@ impl Future for Answer<'_> {
                 self.finished = true;
                 return Poll::Ready(answer);
             }
+            // Registered by the reader too: the keeper wakes it at its deadline.
+            if let Some(w) = q.waiting.iter_mut().find(|w| w.id == me)
+                && !w.waker.as_ref().is_some_and(|k| k.will_wake(cx.waker()))
+            {
+                w.waker = Some(cx.waker().clone());
+            }
             if q.reader.is_some_and(|r| r != me) {
-                if let Some(w) = q.waiting.iter_mut().find(|w| w.id == me)
-                    && !w.waker.as_ref().is_some_and(|k| k.will_wake(cx.waker()))
-                {
-                    w.waker = Some(cx.waker().clone());
-                }
                 return Poll::Pending;
             }
             q.reader = Some(me);
@@ -572,6 +613,52 @@ impl Drop for Answer<'_> {
         }
         if q.reader == Some(me) {
             self.link.hand_over(&mut q);
+        }
+    }
+}
+
+/// How often a link's keeper looks for commands past their deadline: an
+/// eighth of the timeout, so a command gives up at most an eighth late.
+fn keeper_tick(timeout: Duration) -> Duration {
+    (timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
+/// Fails a link's commands at their deadline, in place of a timer for each
+/// (the timer's setting and clearing, and the clock reads around them, were
+/// about a tenth of a round trip's cost to the server). Looks every `tick`
+/// while commands are sent, sleeps without a timer once a tick passed with
+/// none (the next command wakes it), and ends with the link.
+async fn keep_deadlines(link: std::sync::Weak<Link>, tick: Duration) {
+    let mut seen = u64::MAX;
+    loop {
+        let busy = std::future::poll_fn(|cx| {
+            let Some(link) = link.upgrade() else { return Poll::Ready(false) };
+            if link.broken.load(Ordering::Acquire) {
+                return Poll::Ready(false);
+            }
+            let mut q = link.lock();
+            if q.next_id != seen || q.waiting.iter().any(|w| !w.abandoned) {
+                return Poll::Ready(true);
+            }
+            q.keeper = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        if !busy.await {
+            return;
+        }
+        tokio::time::sleep(tick).await;
+        let Some(link) = link.upgrade() else { return };
+        let mut q = link.lock();
+        seen = q.next_id;
+        link.expire(&mut q, Instant::now());
+    }
+}
+
+impl Drop for Link {
+    /// A keeper asleep would otherwise never learn that its link is gone.
+    fn drop(&mut self) {
+        if let Some(keeper) = self.queue.get_mut().unwrap_or_else(PoisonError::into_inner).keeper.take() {
+            keeper.wake();
         }
     }
 }
@@ -1090,6 +1177,28 @@ mod tests {
         // Its reply comes first and is dropped; this one gets its own.
         assert_eq!(answer(&wire, "next").await.unwrap(), b"next");
         assert_eq!(answer(&wire, "after").await.unwrap(), b"after");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_keeper_fails_every_late_command_including_the_reader_and_after_a_quiet_spell() {
+        // Answered at 400 ms, given up at 200: the reader and those waiting
+        // behind it all fail, none before their deadline.
+        let fake = fake(Duration::from_millis(400), 0).await;
+        let timeout = Duration::from_millis(200);
+        let wire = wire_to(&fake, timeout).await;
+        let started = Instant::now();
+        let (a, b, c) = tokio::join!(answer(&wire, "slow"), answer(&wire, "a"), answer(&wire, "b"));
+        for late in [a, b, c] {
+            assert!(late.unwrap_err().is_timeout());
+        }
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        // The late replies are dropped as they come; the next is its own.
+        assert_eq!(answer(&wire, "next").await.unwrap(), b"next");
+        // A quiet spell of several ticks puts the keeper to sleep; the next
+        // command wakes it, and still fails in time rather than hang.
+        tokio::time::sleep(keeper_tick(timeout) * 4).await;
+        let late = tokio::time::timeout(Duration::from_secs(5), answer(&wire, "slow")).await;
+        assert!(late.expect("failed by the keeper").unwrap_err().is_timeout());
     }
 
     #[tokio::test(flavor = "current_thread")]
