@@ -129,7 +129,12 @@ impl Compact {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&Value> {
-        self.position(key).and_then(|i| self.0.get(i)).map(|(_, v)| v)
+        self.position(key).and_then(|i| self.at(i))
+    }
+
+    /// The value at a position `position` gave.
+    pub(crate) fn at(&self, i: usize) -> Option<&Value> {
+        self.0.get(i).map(|(_, v)| v)
     }
 
     /// The keys, in order.

@@ -187,7 +187,7 @@ impl Layered {
             Ok(i) => self.over.as_mut_slice()[i].1.take(),
             Err(i) => {
                 let at = self.base.position(key)?;
-                let value = self.base.get(key).cloned();
+                let value = self.base.at(at).cloned();
                 self.over.insert(i, (Key::Stored(at), None));
                 value
             }
