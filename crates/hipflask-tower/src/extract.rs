@@ -42,7 +42,7 @@ impl Session {
         let config = self.slot.config();
         let metrics = &self.slot.shared.metrics().save;
         let saving = std::pin::pin!(config.save_session(&self.inner));
-        match crate::within(metrics, config.store_timeout(), saving).await {
+        match crate::within(&self.slot.shared.deadlines, metrics, config.store_timeout(), saving).await {
             Ok(outcome) => {
                 self.slot.remember(outcome);
                 Ok(())

@@ -481,6 +481,31 @@ fn a_slow_store_times_out_with_503() {
 }
 
 #[test]
+fn a_slow_load_and_a_slow_explicit_save_time_out_too() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let slow = Arc::new(Faulty::new(Duration::from_millis(300), |_| false));
+    let config = builder(slow).store_timeout(Some(Duration::from_millis(50))).build().unwrap();
+    let early = |session: Session| async move {
+        session.insert("a", "1").unwrap();
+        match session.save().await {
+            Ok(()) => "saved".to_owned(),
+            Err(e) => format!("{:?}", e.kind()),
+        }
+    };
+    let app = app_with(config, Router::new().route("/early", get(early)));
+    let logs = Logs::default();
+    // The store would answer at 300 ms: only the deadline ends these sooner.
+    let started = std::time::Instant::now();
+    let id = SessionId::generate();
+    let a = logs.capture(|| rt.block_on(send(&app, "/get/a", Some(id.as_str()))));
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    let a = logs.capture(|| rt.block_on(send(&app, "/early", None)));
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "Timeout"), "the handler hears of it");
+    assert!(started.elapsed() >= Duration::from_millis(100), "{:?}", started.elapsed());
+    assert!(logs.text().contains("did not answer within 50ms"), "{}", logs.text());
+}
+
+#[test]
 fn fail_open_serves_an_empty_session_that_is_never_saved() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let app = app(builder(Arc::new(Down)).fail_open(true).build().unwrap());

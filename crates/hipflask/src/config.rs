@@ -365,8 +365,10 @@ impl ConfigBuilder {
 
     /// How long loading or saving a server-side session may take before the
     /// request is answered 503 (default: no limit; 1 to 5 seconds is a good
-    /// choice). The middleware enforces it with tokio's timer, which
-    /// `#[tokio::main]` and axum's runtime enable.
+    /// choice). The middleware enforces it with one task on the tokio
+    /// runtime, which needs tokio's timer (`#[tokio::main]` and axum's
+    /// runtime enable it); the task looks every eighth of the limit, so an
+    /// operation gives up between the limit and an eighth more.
     pub fn store_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.store_timeout = timeout;
         self
